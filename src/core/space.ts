@@ -1,0 +1,759 @@
+/**
+ * `IoasidSpace`: the IOASID framework of one kernel (the host's, or one guest's), after
+ * drivers/iommu/ioasid.c. Nothing is global: make as many spaces as you model kernels.
+ *
+ * Rules (kernel comment block of ioasid.c, and spec section 1.3):
+ *  1. The default allocator always exists and is never registered; it hands out the lowest free
+ *     ID in the inclusive [min, max] (or the next one, cyclic policy) from the ID engine.
+ *  2. Custom allocators take precedence over the default: the first one registered becomes
+ *     active, but only while the default allocator holds no ID (else EAGAIN).
+ *  3. Ops objects with the same alloc and free functions form one shared group with one ID table;
+ *     the group calls the functions with the pdata of its primary (first) member.
+ *  4. Switching between members of a shared group keeps outstanding IDs; unregistering the last
+ *     member of a group drops its table (its IDs are orphaned, with a warning); switching between
+ *     custom and default requires an empty space, or IDs are orphaned.
+ *  5. `find`, `setData`, `get`, `put` and `free` see only the active allocator's table.
+ *  6. Allocator calls are serialised (the kernel's ioasid_allocator_lock): concurrent callers
+ *     never receive the same ID; `find` never waits.
+ *  7. Every failure throws an IoasidError that names the offending values and changes nothing.
+ *     The profile decides which Linux quirks are kept (see profiles.ts).
+ */
+import { IoasidBugError, IoasidError, fmtId, isIoasidError } from './errors.ts';
+import { INVALID_IOASID, IOASID_MAX, checkId, type Ioasid } from './ids.ts';
+import { IdEngine, type AllocPolicy } from './id-engine.ts';
+import { RecordTable, TAG_NO_SET } from './record-table.ts';
+import { IoasidSet, type IoasidSetOptions } from './set.ts';
+import { NotifierChain, type IoasidEvent, type IoasidEventType, type IoasidListener, type SubscribeOptions } from './events.ts';
+import { PROFILE_RULES, isProfile, type Profile, type ProfileRules } from './profiles.ts';
+import type { AllocatorOps } from './allocator.ts';
+import { parseSnapshot, type SetSnapshot, type SpaceSnapshot, type TableSnapshot } from './snapshot.ts';
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+export type LogFn = (level: LogLevel, message: string, details?: Record<string, unknown>) => void;
+
+export interface IoasidSpaceOptions {
+  /** Behaviour profile; default `strict`. */
+  readonly profile?: Profile;
+  /** Width of the default allocator's ID universe [0, 2^bits - 1]; 1..32, default 20 (PCIe PASID). */
+  readonly bits?: number;
+  /** Default allocator policy; default `lowest`. */
+  readonly policy?: AllocPolicy;
+  /** Freed IDs of the default allocator wait in quarantine until `release(id)`. */
+  readonly quarantine?: boolean;
+  /** Where the kernel would printk. */
+  readonly log?: LogFn;
+}
+
+/** One allocator and its ID table (the kernel's `struct ioasid_allocator_data`). */
+interface AllocatorData {
+  /** Primary ops: its pdata is what the group's functions receive. */
+  ops: AllocatorOps;
+  /** Every registered ops object of the group (the kernel's slist), primary first. */
+  members: AllocatorOps[];
+  readonly custom: boolean;
+  readonly table: RecordTable;
+  /** Private data of IDs whose data is not null. */
+  readonly data: Map<number, unknown>;
+  /** Reference counts above 1 (1 is implied by presence in the table). */
+  readonly refs: Map<number, number>;
+}
+
+const noop: LogFn = () => {};
+const DEFAULT_OPS: AllocatorOps = Object.freeze({
+  alloc: () => INVALID_IOASID,
+  free: () => {},
+  pdata: null,
+});
+
+function sameOps(a: AllocatorOps, b: AllocatorOps): boolean {
+  return a.alloc === b.alloc && a.free === b.free;
+}
+
+function newAllocatorData(ops: AllocatorOps, custom: boolean): AllocatorData {
+  return { ops, members: custom ? [ops] : [], custom, table: new RecordTable(), data: new Map(), refs: new Map() };
+}
+
+export class IoasidSpace {
+  readonly profile: Profile;
+  readonly bits: number;
+  readonly #rules: ProfileRules;
+  readonly #log: LogFn;
+  #engine: IdEngine;
+  #default: AllocatorData;
+  /** Registered custom allocators, in registration order (the kernel's allocators_list). */
+  #list: AllocatorData[] = [];
+  #active: AllocatorData;
+  /** Set slots: tag = slot + 2 in the record tables. */
+  #sets: (IoasidSet | undefined)[] = [];
+  #tokens = new Map<string, IoasidSet>();
+  #chain: NotifierChain;
+  /** Tail of the queue of serialised allocator calls (custom allocators). */
+  #tail: Promise<unknown> = Promise.resolve();
+  #queued = 0;
+  /** Depth of synchronous execution inside a custom allocator callback. */
+  #inCallback = 0;
+
+  constructor(opts: IoasidSpaceOptions = {}) {
+    const profile = opts.profile ?? 'strict';
+    if (!isProfile(profile)) throw new IoasidError('EINVAL', `unknown profile ${fmtId(profile)}`, { profile });
+    const bits = opts.bits ?? 20;
+    this.profile = profile;
+    this.bits = bits;
+    this.#rules = PROFILE_RULES[profile];
+    this.#log = opts.log ?? noop;
+    // IdEngine.forBits validates bits and policy.
+    this.#engine = IdEngine.forBits(bits, {
+      ...(opts.policy !== undefined ? { policy: opts.policy } : {}),
+      quarantine: opts.quarantine ?? false,
+    });
+    this.#default = newAllocatorData(DEFAULT_OPS, false);
+    this.#active = this.#default;
+    this.#chain = new NotifierChain((err, event) =>
+      this.#log('error', `notifier failed on ${event.type} of IOASID ${event.id}`, { error: String(err) }),
+    );
+  }
+
+  // ---------------------------------------------------------------- sets
+
+  /** Create a set (extension series `ioasid_set_alloc`, edge 70). */
+  createSet(opts: IoasidSetOptions): IoasidSet {
+    const o = opts as unknown;
+    if (typeof o !== 'object' || o === null) throw new IoasidError('EINVAL', `set options must be an object, got ${fmtId(o)}`);
+    const { name, quota = 0, token } = opts;
+    if (typeof name !== 'string' || name.length === 0 || name.length > 256) {
+      throw new IoasidError('EINVAL', `set name must be a string of 1 to 256 characters, got ${fmtId(name)}`, { name });
+    }
+    if (typeof quota !== 'number' || !Number.isInteger(quota) || quota < 0) {
+      throw new IoasidError('EINVAL', `set quota must be a non-negative integer, got ${fmtId(quota)}`, { quota });
+    }
+    if (quota > this.capacity) {
+      throw new IoasidError('ENOSPC', `set quota ${quota} exceeds the space's capacity ${this.capacity}`, { quota, capacity: this.capacity });
+    }
+    if (token !== undefined) {
+      if (typeof token !== 'string' || token.length === 0 || token.length > 256) {
+        throw new IoasidError('EINVAL', `set token must be a string of 1 to 256 characters, got ${fmtId(token)}`, { token });
+      }
+      if (this.#tokens.has(token)) throw new IoasidError('EEXIST', `a set with token ${JSON.stringify(token)} exists`, { token });
+    }
+    let slot = this.#sets.indexOf(undefined);
+    if (slot < 0) slot = this.#sets.length;
+    const set = new IoasidSet(this, slot, { name, quota, token });
+    this.#sets[slot] = set;
+    if (token !== undefined) this.#tokens.set(token, set);
+    return set;
+  }
+
+  /** Destroy an empty set (edge 72: a set that still owns IDs is EBUSY). */
+  destroySet(set: IoasidSet): void {
+    const slot = this.#slot(set);
+    if (slot < 0) throw new IoasidError('EINVAL', 'destroySet needs a set', { set: null });
+    const n = this.setCount(set);
+    if (n > 0) throw new IoasidError('EBUSY', `set ${set.name} still owns ${n} IOASIDs`, { set: set.name, count: n });
+    this.#sets[slot] = undefined;
+    if (set.token !== undefined) this.#tokens.delete(set.token);
+    IoasidSet.retire(set);
+  }
+
+  /** Live sets, by slot order. */
+  sets(): IoasidSet[] {
+    return this.#sets.filter((s): s is IoasidSet => s !== undefined);
+  }
+
+  setByToken(token: string): IoasidSet | undefined {
+    return this.#tokens.get(token);
+  }
+
+  /** IDs the set holds in the active table. */
+  setCount(set: IoasidSet): number {
+    const slot = this.#slot(set);
+    return slot < 0 ? this.#active.table.countOf(TAG_NO_SET) : this.#active.table.countOf(slot + 2);
+  }
+
+  /** The set's IDs in the active table, ascending; work proportional to the set (edge 69). */
+  idsOf(set: IoasidSet | null): number[] {
+    const slot = this.#slot(set);
+    return this.#active.table.membersOf(slot < 0 ? TAG_NO_SET : slot + 2).sort((a, b) => a - b);
+  }
+
+  /** -1 for null; throws EINVAL for a set of another space or a destroyed set. */
+  #slot(set: IoasidSet | null | undefined): number {
+    if (set === null || set === undefined) return -1;
+    if (!(set instanceof IoasidSet)) throw new IoasidError('EINVAL', `not an IoasidSet: ${fmtId(set)}`, { set: String(set) });
+    const slot = IoasidSet.slotOf(set, this);
+    if (slot === -2) throw new IoasidError('EINVAL', `set ${set.name} belongs to another space`, { set: set.name });
+    if (slot === -1 || this.#sets[slot] !== set) throw new IoasidError('EINVAL', `set ${set.name} was destroyed`, { set: set.name });
+    return slot;
+  }
+
+  #setOfTag(tag: number): IoasidSet | null {
+    return tag >= 2 ? (this.#sets[tag - 2] ?? null) : null;
+  }
+
+  // ---------------------------------------------------------------- allocation
+
+  /** Size of the default allocator's universe. */
+  get capacity(): number {
+    return this.#engine.max - this.#engine.min + 1;
+  }
+
+  /** IDs in the active table. */
+  get size(): number {
+    return this.#active.table.size;
+  }
+
+  /** Every ID of the active table, ascending. */
+  ids(): number[] {
+    return [...this.#active.table.entries()].map(([id]) => id);
+  }
+
+  #checkAllocArgs(set: IoasidSet | null, min: unknown, max: unknown): { slot: number; lo: number; hi: number } {
+    const slot = this.#slot(set);
+    if (this.#rules.acceptInvalidAsMax && max === INVALID_IOASID) max = IOASID_MAX;
+    const lo = checkId(min, 'min');
+    const hi = checkId(max, 'max');
+    if (lo > hi) throw new IoasidError('EINVAL', `min ${fmtId(lo)} is above max ${fmtId(hi)}`, { min: lo, max: hi });
+    if (slot >= 0 && this.#rules.quotas) {
+      const s = this.#sets[slot] as IoasidSet;
+      const count = this.#active.table.countOf(slot + 2);
+      if (s.quota > 0 && count >= s.quota) {
+        throw new IoasidError('EDQUOT', `set ${s.name} is at its quota of ${s.quota}`, { set: s.name, quota: s.quota, count });
+      }
+    }
+    return { slot, lo, hi };
+  }
+
+  #assertNotInCallback(what: string): void {
+    if (this.#inCallback > 0) {
+      throw new IoasidError('EDEADLK', `${what} called from inside an allocator callback (only find may be)`, { call: what });
+    }
+  }
+
+  /**
+   * Allocate an ID in [min, max] for `set` (null: no set), with private data `priv` (the kernel's
+   * `ioasid_alloc`). Resolves to the ID; rejects with an IoasidError (ENOSPC, EDQUOT, EINVAL,
+   * ERANGE, or what a custom allocator reported).
+   */
+  async alloc(set: IoasidSet | null, min: number, max: number, priv: unknown = null): Promise<Ioasid> {
+    this.#assertNotInCallback('alloc');
+    if (!this.#active.custom && this.#queued === 0) return this.allocSync(set, min, max, priv);
+    return this.#serialise(() => this.#allocActive(set, min, max, priv));
+  }
+
+  /** Synchronous `alloc`, for when the active allocator is the default one (the host path). */
+  allocSync(set: IoasidSet | null, min: number, max: number, priv: unknown = null): Ioasid {
+    this.#assertNotInCallback('allocSync');
+    if (this.#active.custom) {
+      throw new IoasidError('EOPNOTSUPP', 'allocSync needs the default allocator; a custom allocator is active, use alloc()');
+    }
+    const { slot, lo, hi } = this.#checkAllocArgs(set, min, max);
+    const e = this.#engine;
+    const id = e.alloc(lo, hi);
+    if (id < 0) {
+      this.#log('debug', 'no free IOASID in range', { min: lo, max: hi });
+      throw new IoasidError('ENOSPC', `no free IOASID in [${fmtId(lo)}, ${fmtId(hi)}]`, { min: lo, max: hi });
+    }
+    this.#record(this.#default, id, slot, priv);
+    return id as Ioasid;
+  }
+
+  #record(ad: AllocatorData, id: number, slot: number, priv: unknown): void {
+    ad.table.insert(id, slot < 0 ? TAG_NO_SET : slot + 2);
+    if (priv !== null && priv !== undefined) ad.data.set(id, priv);
+    if (!this.#chain.empty) this.#chain.emit({ type: 'alloc', id, set: slot < 0 ? null : (this.#sets[slot] as IoasidSet) });
+  }
+
+  #serialise<T>(fn: () => Promise<T>): Promise<T> {
+    this.#queued++;
+    const run = this.#tail.then(fn);
+    this.#tail = run.then(
+      () => this.#queued--,
+      () => this.#queued--,
+    );
+    return run;
+  }
+
+  async #callCustom<T>(fn: () => T | Promise<T>): Promise<T> {
+    this.#inCallback++;
+    let r: T | Promise<T>;
+    try {
+      r = fn();
+    } finally {
+      this.#inCallback--;
+    }
+    return r;
+  }
+
+  async #allocActive(set: IoasidSet | null, min: number, max: number, priv: unknown): Promise<Ioasid> {
+    const ad = this.#active;
+    if (!ad.custom) return this.allocSync(set, min, max, priv);
+    const { slot, lo, hi } = this.#checkAllocArgs(set, min, max);
+    const ops = ad.ops;
+    const got = await this.#callCustom(() => ops.alloc(lo, hi, ops.pdata));
+    const handBack = async (why: string): Promise<void> => {
+      try {
+        await this.#callCustom(() => ops.free(got, ops.pdata));
+      } catch (err) {
+        this.#log('error', `handing back IOASID ${got} failed (${why})`, { id: got, error: String(err) });
+      }
+    };
+    if (got === INVALID_IOASID) throw new IoasidError('ENOSPC', `custom allocator has no IOASID in [${fmtId(lo)}, ${fmtId(hi)}]`, { min: lo, max: hi });
+    if (typeof got !== 'number' || !Number.isInteger(got) || got < 0 || got > IOASID_MAX) {
+      throw new IoasidError('EINVAL', `custom allocator returned ${fmtId(got)}, not an IOASID`, { returned: String(got) });
+    }
+    if (!this.#list.includes(ad)) {
+      // Unregistered while the call was in flight: nobody tracks this ID, give it back.
+      await handBack('allocator unregistered');
+      throw new IoasidError('ENODEV', `allocator was unregistered while allocating IOASID ${got}`, { id: got });
+    }
+    if (this.#rules.checkCustomRange && (got < lo || got > hi)) {
+      await handBack('out of range');
+      throw new IoasidError('ERANGE', `custom allocator returned ${fmtId(got)}, outside [${fmtId(lo)}, ${fmtId(hi)}]`, { id: got, min: lo, max: hi });
+    }
+    if (ad.table.has(got)) {
+      // The kernel hands the duplicate back, which releases an ID it still tracks; strict keeps it.
+      if (this.#rules.handBackDuplicate) await handBack('duplicate');
+      this.#log('error', `custom allocator returned IOASID ${got}, which is already tracked`, { id: got });
+      throw new IoasidError('EEXIST', `custom allocator returned ${fmtId(got)}, already allocated`, { id: got });
+    }
+    this.#record(ad, got, slot, priv);
+    return got as Ioasid;
+  }
+
+  // ---------------------------------------------------------------- free, get, put
+
+  #lookupForFree(id: unknown, set: IoasidSet | null | undefined, verb: string): number | null {
+    const ad = this.#active;
+    const n = checkId(id);
+    const slot = this.#slot(set);
+    const tag = ad.table.tag(n);
+    if (tag === 0) {
+      if (this.#rules.reportMisuse) throw new IoasidError('ENOENT', `${verb} of unknown IOASID ${fmtId(n)}`, { id: n });
+      this.#log('warn', 'Trying to free unknown IOASID', { id: n });
+      return null;
+    }
+    if (slot >= 0 && tag !== slot + 2) {
+      const owner = this.#setOfTag(tag);
+      throw new IoasidError('EACCES', `IOASID ${fmtId(n)} is not owned by set ${(set as IoasidSet).name}`, { id: n, set: (set as IoasidSet).name, owner: owner?.name ?? null });
+    }
+    return n;
+  }
+
+  /**
+   * Free an ID (the kernel's `ioasid_free`; under `linux-5.11` it is `ioasid_put`). With `set`,
+   * the ID must belong to it (EACCES). Unknown IDs: a logged no-op in the Linux profiles, ENOENT
+   * in strict. In strict, an ID with extra references is EBUSY (drop them with `put`).
+   */
+  async free(id: number, set?: IoasidSet | null): Promise<void> {
+    this.#assertNotInCallback('free');
+    if (!this.#active.custom && this.#queued === 0) return this.freeSync(id, set);
+    await this.#serialise(() => this.#freeActive(id, set, false));
+  }
+
+  freeSync(id: number, set?: IoasidSet | null): void {
+    this.#assertNotInCallback('freeSync');
+    if (this.#active.custom) throw new IoasidError('EOPNOTSUPP', 'freeSync needs the default allocator; a custom allocator is active, use free()');
+    const n = this.#lookupForFree(id, set, 'free');
+    if (n === null) return;
+    if (this.profile === 'linux-5.11') {
+      this.#putDefault(n);
+      return;
+    }
+    this.#checkNoExtraRefs(this.#default, n);
+    this.#releaseDefault(n);
+  }
+
+  #checkNoExtraRefs(ad: AllocatorData, id: number): void {
+    const refs = ad.refs.get(id);
+    if (refs !== undefined) {
+      throw new IoasidError('EBUSY', `IOASID ${fmtId(id)} still has ${refs} references; use put()`, { id, refs });
+    }
+  }
+
+  #putDefault(id: number): boolean {
+    if (this.#dropRef(this.#default, id)) return false;
+    this.#releaseDefault(id);
+    return true;
+  }
+
+  /** Drop one reference; true when references remain. */
+  #dropRef(ad: AllocatorData, id: number): boolean {
+    const refs = ad.refs.get(id);
+    if (refs === undefined) return false;
+    if (refs <= 2) ad.refs.delete(id);
+    else ad.refs.set(id, refs - 1);
+    return true;
+  }
+
+  #releaseDefault(id: number): void {
+    const ad = this.#default;
+    if (!this.#engine.free(id)) throw new IoasidBugError('default table and engine disagree', { id });
+    this.#forget(ad, id);
+  }
+
+  #forget(ad: AllocatorData, id: number): void {
+    const tag = ad.table.remove(id);
+    ad.data.delete(id);
+    ad.refs.delete(id);
+    if (!this.#chain.empty) this.#chain.emit({ type: 'free', id, set: this.#setOfTag(tag) });
+  }
+
+  /** Returns true when the ID was released (put semantics). */
+  async #freeActive(id: number, set: IoasidSet | null | undefined, isPut: boolean): Promise<boolean> {
+    const ad = this.#active;
+    if (!ad.custom) {
+      if (isPut) return this.putSync(id);
+      this.freeSync(id, set);
+      return true;
+    }
+    const n = this.#lookupForFree(id, set, isPut ? 'put' : 'free');
+    if (n === null) return false;
+    if (isPut || this.profile === 'linux-5.11') {
+      if (this.#dropRef(ad, n)) return false;
+    } else {
+      this.#checkNoExtraRefs(ad, n);
+    }
+    const ops = ad.ops;
+    try {
+      await this.#callCustom(() => ops.free(n, ops.pdata));
+    } catch (err) {
+      if (this.#rules.keepRecordOnFailedFree) {
+        if (isIoasidError(err)) throw err;
+        throw new IoasidError('ENODEV', `custom allocator failed to free IOASID ${fmtId(n)}: ${String(err)}`, { id: n }, { cause: err });
+      }
+      this.#log('warn', `custom free of IOASID ${n} failed; record dropped anyway`, { id: n, error: String(err) });
+    }
+    // The group may have lost this table meanwhile (unregistered): then there is nothing to drop.
+    if (ad.table.has(n)) this.#forget(ad, n);
+    return true;
+  }
+
+  /** Take a reference (refcount profiles: `linux-5.11`, `strict`). */
+  get(id: number): void {
+    this.#needRefcounts('get');
+    const n = checkId(id);
+    const ad = this.#active;
+    if (!ad.table.has(n)) {
+      if (this.#rules.reportMisuse) throw new IoasidError('ENOENT', `get of unknown IOASID ${fmtId(n)}`, { id: n });
+      this.#log('warn', 'get of unknown IOASID (WARN_ON)', { id: n });
+      return;
+    }
+    ad.refs.set(n, (ad.refs.get(n) ?? 1) + 1);
+  }
+
+  /** Drop a reference; true when it was the last and the ID was freed. */
+  async put(id: number): Promise<boolean> {
+    this.#needRefcounts('put');
+    this.#assertNotInCallback('put');
+    if (!this.#active.custom && this.#queued === 0) return this.putSync(id);
+    return this.#serialise(() => this.#freeActive(id, undefined, true));
+  }
+
+  putSync(id: number): boolean {
+    this.#needRefcounts('put');
+    this.#assertNotInCallback('putSync');
+    if (this.#active.custom) throw new IoasidError('EOPNOTSUPP', 'putSync needs the default allocator; a custom allocator is active, use put()');
+    const n = this.#lookupForFree(id, undefined, 'put');
+    if (n === null) return false;
+    return this.#putDefault(n);
+  }
+
+  /** Current reference count (0 when unknown). */
+  refcount(id: number): number {
+    const ad = this.#active;
+    return ad.table.has(id) ? (ad.refs.get(id) ?? 1) : 0;
+  }
+
+  #needRefcounts(what: string): void {
+    if (!this.#rules.refcounts) {
+      throw new IoasidError('EOPNOTSUPP', `${what} does not exist in profile ${this.profile} (kernel ${this.#rules.kernel})`, { profile: this.profile });
+    }
+  }
+
+  /** Free every ID of a set, whatever its references (VM teardown, edge 64); returns the IDs. */
+  freeAllSync(set: IoasidSet): number[] {
+    this.#assertNotInCallback('freeAllSync');
+    if (this.#active.custom) throw new IoasidError('EOPNOTSUPP', 'freeAllSync needs the default allocator; use freeAll()');
+    const slot = this.#slot(set);
+    if (slot < 0) throw new IoasidError('EINVAL', 'freeAll needs a set');
+    const ids = this.#default.table.membersOf(slot + 2);
+    for (const id of ids) this.#releaseDefault(id);
+    return ids.sort((a, b) => a - b);
+  }
+
+  async freeAll(set: IoasidSet): Promise<number[]> {
+    this.#assertNotInCallback('freeAll');
+    if (!this.#active.custom && this.#queued === 0) return this.freeAllSync(set);
+    const slot = this.#slot(set);
+    if (slot < 0) throw new IoasidError('EINVAL', 'freeAll needs a set');
+    return this.#serialise(async () => {
+      const freed: number[] = [];
+      for (const id of this.#active.table.membersOf(slot + 2)) {
+        this.#active.refs.delete(id);
+        if (await this.#freeActive(id, set, false)) freed.push(id);
+      }
+      return freed.sort((a, b) => a - b);
+    });
+  }
+
+  /** Quarantine: let a freed ID be handed out again (its DMA has drained). */
+  release(id: number): boolean {
+    return this.#engine.release(checkId(id));
+  }
+
+  releaseAll(): number {
+    return this.#engine.releaseAll();
+  }
+
+  quarantined(): number[] {
+    return [...this.#engine.quarantinedIds()];
+  }
+
+  // ---------------------------------------------------------------- lookups and data
+
+  /**
+   * Look up an ID's private data (the kernel's `ioasid_find`). Throws ENOENT for an unknown ID and
+   * EACCES when `set` is given and does not own it; returns null when there is no data or when the
+   * getter refuses it. The getter is not called on the error paths. Never waits.
+   */
+  find(set: IoasidSet | null, id: number, getter?: (priv: unknown) => boolean): unknown {
+    const n = checkId(id);
+    const slot = this.#slot(set);
+    const ad = this.#active;
+    const tag = ad.table.tag(n);
+    if (tag === 0) throw new IoasidError('ENOENT', `IOASID ${fmtId(n)} is not allocated`, { id: n });
+    if (slot >= 0 && tag !== slot + 2) {
+      throw new IoasidError('EACCES', `IOASID ${fmtId(n)} is not owned by set ${(set as IoasidSet).name}`, { id: n, set: (set as IoasidSet).name });
+    }
+    const priv = ad.data.has(n) ? ad.data.get(n) : null;
+    if (getter !== undefined && !getter(priv)) return null;
+    return priv;
+  }
+
+  /** The owning set of a live ID (null: no set); ENOENT when unknown. */
+  ownerOf(id: number): IoasidSet | null {
+    const n = checkId(id);
+    const tag = this.#active.table.tag(n);
+    if (tag === 0) throw new IoasidError('ENOENT', `IOASID ${fmtId(n)} is not allocated`, { id: n });
+    return this.#setOfTag(tag);
+  }
+
+  has(id: number): boolean {
+    return this.#active.table.has(id);
+  }
+
+  /** Replace an ID's private data (null allowed). With `set`, the ID must belong to it. */
+  setData(id: number, data: unknown, set?: IoasidSet | null): void {
+    const n = checkId(id);
+    const slot = this.#slot(set);
+    const ad = this.#active;
+    const tag = ad.table.tag(n);
+    if (tag === 0) throw new IoasidError('ENOENT', `setData of unknown IOASID ${fmtId(n)}`, { id: n });
+    if (slot >= 0 && tag !== slot + 2) throw new IoasidError('EACCES', `IOASID ${fmtId(n)} is not owned by set ${(set as IoasidSet).name}`, { id: n });
+    if (data === null || data === undefined) ad.data.delete(n);
+    else ad.data.set(n, data);
+  }
+
+  // ---------------------------------------------------------------- custom allocators
+
+  /** Register a custom allocator (the kernel's `ioasid_register_allocator`). */
+  registerAllocator(ops: AllocatorOps): void {
+    this.#assertNotInCallback('registerAllocator');
+    const o = ops as unknown as Partial<AllocatorOps> | null;
+    if (typeof o !== 'object' || o === null || typeof o.alloc !== 'function' || typeof o.free !== 'function') {
+      throw new IoasidError('EINVAL', 'allocator ops need alloc and free functions', {});
+    }
+    if (this.#list.length === 0) {
+      if (this.#default.table.size > 0) {
+        this.#log('warn', 'Default allocator active with outstanding IOASID', { outstanding: this.#default.table.size });
+        throw new IoasidError('EAGAIN', `the default allocator holds ${this.#default.table.size} IOASIDs`, { outstanding: this.#default.table.size });
+      }
+      const ad = newAllocatorData(ops, true);
+      this.#list.push(ad);
+      this.#active = ad;
+      return;
+    }
+    for (const ad of this.#list) {
+      if (ad.ops === ops || (this.#rules.detectSecondaryDuplicate && ad.members.includes(ops))) {
+        this.#log('warn', 'IOASID allocator already registered', {});
+        throw new IoasidError('EEXIST', 'this allocator ops object is already registered', {});
+      }
+      if (sameOps(ad.ops, ops)) {
+        ad.members.push(ops);
+        return;
+      }
+    }
+    this.#list.push(newAllocatorData(ops, true));
+  }
+
+  /** Unregister a custom allocator (the kernel's `ioasid_unregister_allocator`); never fails. */
+  unregisterAllocator(ops: AllocatorOps): void {
+    if (this.#list.length === 0) {
+      this.#log('warn', 'No custom IOASID allocators active!', {});
+      return;
+    }
+    const strict = this.#rules.repointSharedPrimary;
+    const ad = this.#list.find((a) => sameOps(a.ops, ops) && (!strict || a.members.includes(ops)));
+    if (ad === undefined) return;
+    if (ad.members.length === 1) {
+      this.#list = this.#list.filter((a) => a !== ad);
+      if (ad.table.size > 0) {
+        this.#log('warn', 'unregistering an allocator with outstanding IOASIDs: they are orphaned', { outstanding: ad.table.size });
+      }
+      if (this.#list.length === 0) {
+        this.#log('info', 'No custom IOASID allocators, switch to default.', {});
+        this.#active = this.#default;
+      } else if (this.#active === ad) {
+        this.#active = this.#list[0] as AllocatorData;
+        this.#log('info', 'IOASID allocator changed', {});
+      }
+      return;
+    }
+    const i = ad.members.indexOf(ops);
+    ad.members.splice(i < 0 ? 0 : i, 1);
+    if (strict && ad.ops === ops) ad.ops = ad.members[0] as AllocatorOps;
+  }
+
+  /** The active group's primary ops, or null when the default allocator is active. */
+  activeAllocator(): AllocatorOps | null {
+    return this.#active.custom ? this.#active.ops : null;
+  }
+
+  /** How many custom allocator groups are registered. */
+  get allocatorGroups(): number {
+    return this.#list.length;
+  }
+
+  /** Resolves when every queued allocator call has finished. */
+  async drain(): Promise<void> {
+    while (this.#queued > 0) await this.#tail.catch(() => {});
+  }
+
+  // ---------------------------------------------------------------- events
+
+  /** Subscribe to alloc/free/bind/unbind; returns the unsubscribe function. */
+  subscribe(listener: IoasidListener, opts: SubscribeOptions = {}): () => void {
+    if (opts.set !== undefined) this.#slot(opts.set);
+    return this.#chain.subscribe(listener, opts);
+  }
+
+  /** Publish a bind or unbind of a live ID (the extension series' BIND/UNBIND). */
+  notify(type: Extract<IoasidEventType, 'bind' | 'unbind'>, id: number, info?: unknown): void {
+    if (type !== 'bind' && type !== 'unbind') throw new IoasidError('EINVAL', `notify takes bind or unbind, got ${fmtId(type)}`, { type });
+    const n = checkId(id);
+    const tag = this.#active.table.tag(n);
+    if (tag === 0) throw new IoasidError('ENOENT', `${type} of unknown IOASID ${fmtId(n)}`, { id: n });
+    const event: IoasidEvent = info === undefined ? { type, id: n, set: this.#setOfTag(tag) } : { type, id: n, set: this.#setOfTag(tag), info };
+    this.#chain.emit(event);
+  }
+
+  // ---------------------------------------------------------------- snapshot and restore
+
+  /** A plain, JSON-serialisable state. Private data (pointers in the kernel) is not included. */
+  snapshot(): SpaceSnapshot {
+    const slotOf = (tag: number): number => (tag >= 2 ? tag - 2 : -1);
+    const table = (ad: AllocatorData): TableSnapshot['records'] =>
+      [...ad.table.entries()].map(([id, tag]) => [id, slotOf(tag), ad.refs.get(id) ?? 1] as const);
+    const tables: TableSnapshot[] = [{ allocator: 'default', records: table(this.#default) }];
+    this.#list.forEach((ad, i) => tables.push({ allocator: i, records: table(ad) }));
+    const sets: SetSnapshot[] = [];
+    this.#sets.forEach((s, slot) => {
+      if (s !== undefined) sets.push(s.token === undefined ? { slot, name: s.name, quota: s.quota } : { slot, name: s.name, quota: s.quota, token: s.token });
+    });
+    return {
+      format: 'ioasid-space',
+      version: 1,
+      profile: this.profile,
+      bits: this.bits,
+      policy: this.#engine.policy,
+      quarantine: this.#engine.quarantine,
+      active: this.#active.custom ? this.#list.indexOf(this.#active) : 'default',
+      cursor: this.#engine.cursor,
+      sets,
+      tables,
+      quarantined: [...this.#engine.quarantinedIds()],
+    };
+  }
+
+  /**
+   * Replace this space's state with a snapshot. The input is untrusted: anything malformed or
+   * inconsistent is EINVAL naming the field, and then nothing changes. Custom allocators cannot be
+   * serialised: the space must have as many groups registered as the snapshot has tables. All
+   * previous sets are retired; the restored sets are returned in snapshot order.
+   */
+  restore(state: unknown): IoasidSet[] {
+    this.#assertNotInCallback('restore');
+    if (this.#queued > 0) throw new IoasidError('EBUSY', 'restore while allocator calls are in flight');
+    const snap = parseSnapshot(state, {
+      profile: this.profile,
+      bits: this.bits,
+      policy: this.#engine.policy,
+      quarantine: this.#engine.quarantine,
+      groups: this.#list.length,
+      min: this.#engine.min,
+      max: this.#engine.max,
+      quotas: this.#rules.quotas,
+    });
+    // Build everything new first; swap at the end so a failure changes nothing.
+    const engine = new IdEngine({ min: this.#engine.min, max: this.#engine.max, policy: this.#engine.policy, quarantine: this.#engine.quarantine });
+    const sets: (IoasidSet | undefined)[] = [];
+    const tokens = new Map<string, IoasidSet>();
+    const restored: IoasidSet[] = [];
+    for (const s of snap.sets) {
+      const set = new IoasidSet(this, s.slot, { name: s.name, quota: s.quota, token: s.token });
+      sets[s.slot] = set;
+      if (s.token !== undefined) tokens.set(s.token, set);
+      restored.push(set);
+    }
+    const build = (t: TableSnapshot, ad: AllocatorData, isDefault: boolean): void => {
+      for (const [id, slot, refs] of t.records) {
+        if (isDefault && !engine.reserve(id)) throw new IoasidBugError('validated snapshot rejected by engine', { id });
+        ad.table.insert(id, slot < 0 ? TAG_NO_SET : slot + 2);
+        if (refs > 1) ad.refs.set(id, refs);
+      }
+    };
+    const def = newAllocatorData(DEFAULT_OPS, false);
+    const customs = this.#list.map((old) => {
+      const ad = newAllocatorData(old.ops, true);
+      ad.members = [...old.members];
+      return ad;
+    });
+    for (const t of snap.tables) {
+      if (t.allocator === 'default') build(t, def, true);
+      else build(t, customs[t.allocator] as AllocatorData, false);
+    }
+    for (const id of snap.quarantined) {
+      engine.reserve(id);
+      engine.free(id);
+    }
+    if (snap.cursor !== undefined) engine.cursor = snap.cursor;
+    for (const s of this.#sets) if (s !== undefined) IoasidSet.retire(s);
+    this.#engine = engine;
+    this.#default = def;
+    this.#list = customs;
+    this.#active = snap.active === 'default' ? def : (customs[snap.active] as AllocatorData);
+    this.#sets = sets;
+    this.#tokens = tokens;
+    return restored;
+  }
+
+  // ---------------------------------------------------------------- introspection
+
+  /** Bytes of typed arrays behind the default allocator (engine index + per-ID records). */
+  memoryBytes(): { engine: number; records: number } {
+    return { engine: this.#engine.memoryBytes(), records: this.#default.table.memoryBytes() };
+  }
+
+  /** Check internal invariants; throws IoasidBugError on a broken one (tests call it). */
+  checkInvariants(): void {
+    let n = 0;
+    for (const [id] of this.#default.table.entries()) {
+      if (!this.#engine.isAllocated(id)) throw new IoasidBugError('record without engine bit', { id });
+      n++;
+    }
+    if (n !== this.#engine.size) throw new IoasidBugError('engine and table sizes differ', { table: n, engine: this.#engine.size });
+    for (const ad of [this.#default, ...this.#list]) {
+      for (const id of ad.data.keys()) if (!ad.table.has(id)) throw new IoasidBugError('data of absent ID', { id });
+      for (const id of ad.refs.keys()) if (!ad.table.has(id)) throw new IoasidBugError('refs of absent ID', { id });
+    }
+  }
+}
