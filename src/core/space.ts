@@ -147,7 +147,9 @@ export class IoasidSpace {
   destroySet(set: IoasidSet): void {
     const slot = this.#slot(set);
     if (slot < 0) throw new IoasidError('EINVAL', 'destroySet needs a set', { set: null });
-    const n = this.setCount(set);
+    // Count every table, not only the active one: a slot is reused, and must not inherit IDs.
+    let n = 0;
+    for (const ad of [this.#default, ...this.#list]) n += ad.table.countOf(slot + 2);
     if (n > 0) throw new IoasidError('EBUSY', `set ${set.name} still owns ${n} IOASIDs`, { set: set.name, count: n });
     this.#sets[slot] = undefined;
     if (set.token !== undefined) this.#tokens.delete(set.token);

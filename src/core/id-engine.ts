@@ -1,0 +1,680 @@
+/**
+ * The ID engine: the default allocator of the IOASID core (DESIGN 3.5).
+ *
+ * Rules of the engine:
+ *  1. The universe is the inclusive range [min, max], 0 <= min <= max <= 0xFFFFFFFE. 0xFFFFFFFF
+ *     (INVALID_IOASID) is never an ID. Every ID of the universe is in exactly one state: free,
+ *     allocated or quarantined.
+ *  2. `alloc(lo, hi)` looks only at [lo, hi] ∩ [min, max]. Policy 'lowest' hands out the lowest
+ *     free ID there; policy 'cyclic' hands out the first free ID after the cursor (the last ID a
+ *     cyclic alloc handed out), wrapping once to lo. Nothing free: it returns -1 and changes
+ *     nothing. It never throws (callers validate lo <= hi, both integers).
+ *  3. `reserve(id)` allocates exactly `id` when it is free, and never moves the cursor.
+ *  4. `free(id)` applies to an allocated ID only (anything else returns false and changes
+ *     nothing). Without quarantine the ID becomes free; with quarantine it becomes quarantined.
+ *  5. A quarantined ID is handed out by neither alloc nor reserve until `release(id)` or
+ *     `releaseAll()` makes it free: DMA tagged with a freed PASID may still be in flight.
+ *  6. The cursor starts at min - 1 (conceptually) and returns there on `clear()`; setting it is
+ *     validated like any other argument (EINVAL).
+ *  7. Data structure: a 32-way tree of Uint32Array words. Leaves hold one bit per ID, 1 meaning
+ *     unavailable (allocated or quarantined). Every upper bit is a "full" bit: 1 iff the child word
+ *     it stands for has no 0 bit. A second set of summary bits, "non-empty" (1 iff the child word
+ *     has a 1 bit), lets iteration skip empty regions. Searches go up from the start position and
+ *     down again, using Math.clz32 on `x & -x`: O(tree height) per call, never a scan of words.
+ *  8. The universe is cut into chunks of 2^15 IDs (1,024 leaf words plus their two summary
+ *     levels, 4,360 bytes). A chunk is created on first use; a missing chunk is all free. Above
+ *     the chunks sit small eager directory levels (chunk "full" and "non-empty" bits). A dense
+ *     2^20 universe costs about 137 KiB; a 32-bit universe costs about 33 KiB of directories plus
+ *     4.3 KiB per chunk in use. Chunks are only dropped by `clear()`.
+ *  9. Quarantine is a separate lazily-paged bitmap with its own non-empty summaries; a quarantined
+ *     ID keeps its bit set in the main tree, so allocation never needs to look at the quarantine.
+ * 10. The engine is pure: no clock, no I/O, no allocation on the alloc/free hot path except the
+ *     first use of a chunk. Iterators read live state position by position (like xa_for_each):
+ *     changes made during an iteration are safe, and seen or not depending on position.
+ */
+import { IoasidError, fmtId } from './errors.ts';
+import { IOASID_MAX, checkRange } from './ids.ts';
+
+export type AllocPolicy = 'lowest' | 'cyclic';
+export const ALLOC_POLICIES = ['lowest', 'cyclic'] as const;
+
+export interface IdEngineOptions {
+  /** Lowest ID of the universe (default 0). */
+  min?: number;
+  /** Highest ID of the universe (at most 0xFFFFFFFE). */
+  max: number;
+  /** 'lowest' (default) or 'cyclic'. */
+  policy?: AllocPolicy;
+  /** Freed IDs wait in quarantine until released (default false). */
+  quarantine?: boolean;
+}
+
+// ---- layout -------------------------------------------------------------------------------------
+const CHUNK_SHIFT = 15;
+const CHUNK_IDS = 1 << CHUNK_SHIFT; // 32,768 IDs per chunk
+const CHUNK_MASK = CHUNK_IDS - 1;
+/** Main chunk: [0,1024) leaves | [1024,1056) full-L1 | 1056 full-root | [1057,1089) ne-L1 | 1089 ne-root. */
+const FULL1 = 1024;
+const FULL_ROOT = 1056;
+const NE1 = 1057;
+const NE_ROOT = 1089;
+const CHUNK_WORDS = 1090;
+/** Quarantine page: [0,1024) bits | [1024,1056) ne-L1 | 1056 ne-root. */
+const Q_NE1 = 1024;
+const Q_NE_ROOT = 1056;
+const QPAGE_WORDS = 1057;
+/** Chunk pointers live in pages of 1,024 (a 32-bit universe has 131,072 chunks). */
+const PTR_SHIFT = 10;
+const PTR_PAGE = 1 << PTR_SHIFT;
+const PTR_MASK = PTR_PAGE - 1;
+
+type PtrDir = Array<Array<Uint32Array | undefined> | undefined>;
+
+/** Index of the lowest set bit of a non-zero word. */
+function ctz(x: number): number {
+  return 31 - Math.clz32(x & -x);
+}
+
+/** First 0 bit at local position >= q in a main chunk, or -1. */
+function chunkFindFrom(ch: Uint32Array, q: number): number {
+  let w = q >>> 5;
+  let bits = ~ch[w]! & (-1 << (q & 31));
+  if (bits !== 0) return (w << 5) | ctz(bits);
+  let w1 = w >>> 5;
+  bits = ~ch[FULL1 + w1]! & (-2 << (w & 31));
+  if (bits === 0) {
+    bits = ~ch[FULL_ROOT]! & (-2 << w1);
+    if (bits === 0) return -1;
+    w1 = ctz(bits);
+    bits = ~ch[FULL1 + w1]!;
+  }
+  w = (w1 << 5) | ctz(bits);
+  return (w << 5) | ctz(~ch[w]!);
+}
+
+/** First 0 bit of a main chunk that is not full. */
+function chunkFirstFree(ch: Uint32Array): number {
+  const w1 = ctz(~ch[FULL_ROOT]!);
+  const w = (w1 << 5) | ctz(~ch[FULL1 + w1]!);
+  return (w << 5) | ctz(~ch[w]!);
+}
+
+/** First 1 bit at local position >= q of a leaf bitmap with non-empty summaries, or -1. */
+function nextSetIn(a: Uint32Array, q: number, ne1: number, neRoot: number): number {
+  let w = q >>> 5;
+  let bits = a[w]! & (-1 << (q & 31));
+  if (bits !== 0) return (w << 5) | ctz(bits);
+  let w1 = w >>> 5;
+  bits = a[ne1 + w1]! & (-2 << (w & 31));
+  if (bits === 0) {
+    bits = a[neRoot]! & (-2 << w1);
+    if (bits === 0) return -1;
+    w1 = ctz(bits);
+    bits = a[ne1 + w1]!;
+  }
+  w = (w1 << 5) | ctz(bits);
+  return (w << 5) | ctz(a[w]!);
+}
+
+function newPtrDir(nChunks: number): PtrDir {
+  const n = ((nChunks - 1) >>> PTR_SHIFT) + 1;
+  const dir: PtrDir = [];
+  for (let i = 0; i < n; i++) dir.push(undefined);
+  return dir;
+}
+
+export class IdEngine {
+  readonly min: number;
+  readonly max: number;
+  readonly policy: AllocPolicy;
+  readonly quarantine: boolean;
+
+  /** max - min: the highest offset. */
+  private readonly last: number;
+  private readonly cyclic: boolean;
+  private readonly nChunks: number;
+  /** Directory levels over chunk bits: level 0 has one bit per chunk; the top level is one word. */
+  private readonly dirLevels: number;
+  private readonly dirOff: Int32Array;
+  private readonly dirWords: Int32Array;
+  /** Chunk "full" bits (padding bits beyond the last chunk / last word are 1). */
+  private readonly dirFull: Uint32Array;
+  /** Chunk "non-empty" bits. */
+  private readonly dirNe: Uint32Array;
+  private chunks: PtrDir;
+  private qpages: PtrDir;
+  /** Chunk indexes that have a quarantine page, in creation order. */
+  private qChunkList: number[];
+  private _size: number;
+  private qCount: number;
+  private _cursor: number;
+  private bytes: number;
+
+  constructor(opts: IdEngineOptions) {
+    if (opts === null || typeof opts !== 'object') {
+      throw new IoasidError('EINVAL', `IdEngine options must be an object, got ${fmtId(opts)}`, { opts });
+    }
+    const { min, max } = checkRange(opts.min === undefined ? 0 : opts.min, opts.max);
+    const policy: unknown = opts.policy === undefined ? 'lowest' : opts.policy;
+    if (policy !== 'lowest' && policy !== 'cyclic') {
+      throw new IoasidError('EINVAL', `unknown allocation policy ${fmtId(policy)}; expected one of ${ALLOC_POLICIES.join(', ')}`, { policy });
+    }
+    const quarantine: unknown = opts.quarantine === undefined ? false : opts.quarantine;
+    if (typeof quarantine !== 'boolean') {
+      throw new IoasidError('EINVAL', `quarantine must be a boolean, got ${fmtId(quarantine)}`, { quarantine });
+    }
+    this.min = min;
+    this.max = max;
+    this.policy = policy;
+    this.quarantine = quarantine;
+    this.cyclic = policy === 'cyclic';
+    this.last = max - min;
+    this.nChunks = (this.last >>> CHUNK_SHIFT) + 1;
+
+    // Directory geometry.
+    const words: number[] = [];
+    const offs: number[] = [];
+    let n = this.nChunks;
+    let total = 0;
+    for (;;) {
+      const w = ((n - 1) >>> 5) + 1;
+      offs.push(total);
+      words.push(w);
+      total += w;
+      if (w === 1) break;
+      n = w;
+    }
+    this.dirLevels = words.length;
+    this.dirOff = Int32Array.from(offs);
+    this.dirWords = Int32Array.from(words);
+    this.dirFull = new Uint32Array(total);
+    this.dirNe = new Uint32Array(total);
+    this.chunks = newPtrDir(this.nChunks);
+    this.qpages = newPtrDir(this.nChunks);
+    this.qChunkList = [];
+    this._size = 0;
+    this.qCount = 0;
+    this._cursor = min - 1;
+    this.bytes = 0;
+    this.resetDirs();
+  }
+
+  /** An engine over [0, min(2^bits - 1, 0xFFFFFFFE)]. */
+  static forBits(bits: number, opts?: Omit<IdEngineOptions, 'max' | 'min'>): IdEngine {
+    if (typeof bits !== 'number' || !Number.isInteger(bits) || bits < 1 || bits > 32) {
+      throw new IoasidError('EINVAL', `bits must be an integer in [1, 32], got ${fmtId(bits)}`, { bits });
+    }
+    const max = bits === 32 ? IOASID_MAX : 2 ** bits - 1;
+    return new IdEngine({ ...opts, min: 0, max });
+  }
+
+  /** Number of allocated IDs (quarantined ones not counted). */
+  get size(): number {
+    return this._size;
+  }
+
+  get quarantinedCount(): number {
+    return this.qCount;
+  }
+
+  /** Last ID handed out by a cyclic alloc; min - 1 initially. */
+  get cursor(): number {
+    return this._cursor;
+  }
+
+  set cursor(v: number) {
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < this.min - 1 || v > this.max) {
+      throw new IoasidError(
+        'EINVAL',
+        `cursor must be an integer in [min - 1, max] = [${this.min - 1}, ${fmtId(this.max)}], got ${fmtId(v)}`,
+        { cursor: v, min: this.min, max: this.max },
+      );
+    }
+    this._cursor = v;
+  }
+
+  // ---- hot path ---------------------------------------------------------------------------------
+
+  /**
+   * Lowest free ID in [lo, hi] ∩ [min, max] (policy 'lowest'), or for 'cyclic' the first free ID
+   * after the cursor within [lo, hi], wrapping to lo. Returns -1 when there is none (never throws;
+   * lo and hi are trusted integers with lo <= hi). Marks the ID allocated; cyclic moves the cursor.
+   */
+  alloc(lo?: number, hi?: number): number {
+    const min = this.min;
+    const p = lo === undefined || lo <= min ? 0 : lo - min;
+    const h = hi === undefined || hi >= this.max ? this.last : hi - min;
+    if (h < p) return -1;
+    let off: number;
+    if (this.cyclic) {
+      let s = this._cursor + 1 - min;
+      if (s < p || s > h) s = p;
+      off = this.findFree(s, h);
+      if (off < 0 && s > p) off = this.findFree(p, s - 1);
+      if (off < 0) return -1;
+      this.setBit(off);
+      this._size++;
+      this._cursor = off + min;
+      return off + min;
+    }
+    off = this.findFree(p, h);
+    if (off < 0) return -1;
+    this.setBit(off);
+    this._size++;
+    return off + min;
+  }
+
+  /** Allocate exactly `id`; false if it is outside the universe, allocated or quarantined. */
+  reserve(id: number): boolean {
+    if (id >>> 0 !== id || id < this.min || id > this.max) return false;
+    const off = id - this.min;
+    const ch = this.chunkAt(off >>> CHUNK_SHIFT);
+    if (ch !== undefined && (ch[(off & CHUNK_MASK) >>> 5]! & (1 << (off & 31))) !== 0) return false;
+    this.setBit(off);
+    this._size++;
+    return true;
+  }
+
+  /** Free an allocated ID (into quarantine when quarantine is on); false if `id` is not allocated. */
+  free(id: number): boolean {
+    if (id >>> 0 !== id || id < this.min || id > this.max) return false;
+    const off = id - this.min;
+    const c = off >>> CHUNK_SHIFT;
+    const ch = this.chunkAt(c);
+    if (ch === undefined) return false;
+    const w = (off & CHUNK_MASK) >>> 5;
+    const m = 1 << (off & 31);
+    const old = ch[w]!;
+    if ((old & m) === 0) return false;
+    if (this.qCount !== 0 && this.qBit(off)) return false;
+    this._size--;
+    if (this.quarantine) {
+      this.setQBit(off);
+      this.qCount++;
+      return true;
+    }
+    const nw = old & ~m;
+    ch[w] = nw;
+    if (old === 0xffffffff) this.unfull(ch, c, w);
+    if (nw === 0) this.unNe(ch, c, w);
+    return true;
+  }
+
+  /** Quarantined -> free; false if `id` is not quarantined. */
+  release(id: number): boolean {
+    if (id >>> 0 !== id || id < this.min || id > this.max || this.qCount === 0) return false;
+    const off = id - this.min;
+    if (!this.qBit(off)) return false;
+    this.clearQBit(off);
+    this.clearBit(off);
+    this.qCount--;
+    return true;
+  }
+
+  /** Release every quarantined ID; returns how many. */
+  releaseAll(): number {
+    const n = this.qCount;
+    if (n === 0) return 0;
+    const list = this.qChunkList;
+    for (let i = 0; i < list.length; i++) {
+      const c = list[i]!;
+      const qp = this.ptrAt(this.qpages, c);
+      if (qp === undefined) continue;
+      const base = c * CHUNK_IDS;
+      let r = nextSetIn(qp, 0, Q_NE1, Q_NE_ROOT);
+      while (r >= 0) {
+        this.clearBit(base + r);
+        if (r === CHUNK_MASK) break;
+        r = nextSetIn(qp, r + 1, Q_NE1, Q_NE_ROOT);
+      }
+      this.bytes -= qp.byteLength;
+    }
+    this.qpages = newPtrDir(this.nChunks);
+    this.qChunkList = [];
+    this.qCount = 0;
+    return n;
+  }
+
+  isAllocated(id: number): boolean {
+    if (id >>> 0 !== id || id < this.min || id > this.max) return false;
+    const off = id - this.min;
+    return this.mainBit(off) && !(this.qCount !== 0 && this.qBit(off));
+  }
+
+  isQuarantined(id: number): boolean {
+    if (id >>> 0 !== id || id < this.min || id > this.max || this.qCount === 0) return false;
+    return this.qBit(id - this.min);
+  }
+
+  /** In the universe, and neither allocated nor quarantined. */
+  isFree(id: number): boolean {
+    if (id >>> 0 !== id || id < this.min || id > this.max) return false;
+    return !this.mainBit(id - this.min);
+  }
+
+  /** Allocated IDs, ascending. Skips empty regions through the non-empty summaries. */
+  *ids(): IterableIterator<number> {
+    let p = 0;
+    const last = this.last;
+    while (p <= last) {
+      const off = this.nextUsed(p);
+      if (off < 0) return;
+      p = off + 1;
+      if (this.qCount !== 0 && this.qBit(off)) continue;
+      yield off + this.min;
+    }
+  }
+
+  /** Quarantined IDs, ascending. */
+  *quarantinedIds(): IterableIterator<number> {
+    let p = 0;
+    const last = this.last;
+    while (p <= last) {
+      const off = this.nextQuarantined(p);
+      if (off < 0) return;
+      p = off + 1;
+      yield off + this.min;
+    }
+  }
+
+  /** Everything free, cursor back to min - 1, all chunks dropped. */
+  clear(): void {
+    this.chunks = newPtrDir(this.nChunks);
+    this.qpages = newPtrDir(this.nChunks);
+    this.qChunkList = [];
+    this._size = 0;
+    this.qCount = 0;
+    this._cursor = this.min - 1;
+    this.bytes = 0;
+    this.resetDirs();
+  }
+
+  /** Bytes held in typed arrays: directories, chunks, quarantine pages. */
+  memoryBytes(): number {
+    return this.bytes;
+  }
+
+  // ---- internals --------------------------------------------------------------------------------
+
+  private resetDirs(): void {
+    const df = this.dirFull;
+    df.fill(0);
+    this.dirNe.fill(0);
+    // Bits standing for children that do not exist are "full", so searches never descend there.
+    let n = this.nChunks;
+    for (let l = 0; l < this.dirLevels; l++) {
+      const w = this.dirWords[l]!;
+      const used = n - (w - 1) * 32; // bits in use in the last word, 1..32
+      if (used < 32) df[this.dirOff[l]! + w - 1] = (-1 << used) >>> 0;
+      n = w;
+    }
+    this.bytes += df.byteLength + this.dirNe.byteLength + this.dirOff.byteLength + this.dirWords.byteLength;
+  }
+
+  private chunkAt(c: number): Uint32Array | undefined {
+    const page = this.chunks[c >>> PTR_SHIFT];
+    return page === undefined ? undefined : page[c & PTR_MASK];
+  }
+
+  private ptrAt(dir: PtrDir, c: number): Uint32Array | undefined {
+    const page = dir[c >>> PTR_SHIFT];
+    return page === undefined ? undefined : page[c & PTR_MASK];
+  }
+
+  private makePtr(dir: PtrDir, c: number, words: number): Uint32Array {
+    const pi = c >>> PTR_SHIFT;
+    let page = dir[pi];
+    if (page === undefined) {
+      page = [];
+      for (let i = 0; i < PTR_PAGE; i++) page.push(undefined);
+      dir[pi] = page;
+    }
+    const a = new Uint32Array(words);
+    page[c & PTR_MASK] = a;
+    this.bytes += a.byteLength;
+    return a;
+  }
+
+  private mainBit(off: number): boolean {
+    const ch = this.chunkAt(off >>> CHUNK_SHIFT);
+    return ch !== undefined && (ch[(off & CHUNK_MASK) >>> 5]! & (1 << (off & 31))) !== 0;
+  }
+
+  private qBit(off: number): boolean {
+    const qp = this.ptrAt(this.qpages, off >>> CHUNK_SHIFT);
+    return qp !== undefined && (qp[(off & CHUNK_MASK) >>> 5]! & (1 << (off & 31))) !== 0;
+  }
+
+  /** First free offset in [p, h] (0 <= p <= h <= last), or -1. */
+  private findFree(p: number, h: number): number {
+    let c = p >>> CHUNK_SHIFT;
+    const q = p & CHUNK_MASK;
+    if (q !== 0) {
+      const ch = this.chunkAt(c);
+      if (ch === undefined) return p;
+      const r = chunkFindFrom(ch, q);
+      if (r >= 0) {
+        const off = c * CHUNK_IDS + r;
+        return off <= h ? off : -1;
+      }
+      c++;
+    }
+    const hc = h >>> CHUNK_SHIFT;
+    if (c > hc) return -1;
+    c = this.dirNextNonFull(c);
+    if (c < 0 || c > hc) return -1;
+    const ch = this.chunkAt(c);
+    const off = ch === undefined ? c * CHUNK_IDS : c * CHUNK_IDS + chunkFirstFree(ch);
+    return off <= h ? off : -1;
+  }
+
+  /** First chunk index >= x that is not full, or -1. */
+  private dirNextNonFull(x: number): number {
+    const d = this.dirFull;
+    const offs = this.dirOff;
+    const words = this.dirWords;
+    const levels = this.dirLevels;
+    let idx = x;
+    for (let l = 0; l < levels; l++) {
+      const w = idx >>> 5;
+      if (w >= words[l]!) return -1;
+      const bits = ~d[offs[l]! + w]! & (-1 << (idx & 31));
+      if (bits !== 0) {
+        idx = (w << 5) | ctz(bits);
+        while (l > 0) {
+          l--;
+          idx = (idx << 5) | ctz(~d[offs[l]! + idx]!);
+        }
+        return idx;
+      }
+      idx = w + 1;
+    }
+    return -1;
+  }
+
+  /** First chunk index >= x that is not empty, or -1. */
+  private dirNextNe(x: number): number {
+    const d = this.dirNe;
+    const offs = this.dirOff;
+    const words = this.dirWords;
+    const levels = this.dirLevels;
+    let idx = x;
+    for (let l = 0; l < levels; l++) {
+      const w = idx >>> 5;
+      if (w >= words[l]!) return -1;
+      const bits = d[offs[l]! + w]! & (-1 << (idx & 31));
+      if (bits !== 0) {
+        idx = (w << 5) | ctz(bits);
+        while (l > 0) {
+          l--;
+          idx = (idx << 5) | ctz(d[offs[l]! + idx]!);
+        }
+        return idx;
+      }
+      idx = w + 1;
+    }
+    return -1;
+  }
+
+  /** First unavailable (allocated or quarantined) offset >= p, or -1. */
+  private nextUsed(p: number): number {
+    let c = p >>> CHUNK_SHIFT;
+    if (c >= this.nChunks) return -1;
+    const ch = this.chunkAt(c);
+    if (ch !== undefined) {
+      const r = nextSetIn(ch, p & CHUNK_MASK, NE1, NE_ROOT);
+      if (r >= 0) return c * CHUNK_IDS + r;
+    }
+    c = this.dirNextNe(c + 1);
+    if (c < 0) return -1;
+    const next = this.chunkAt(c);
+    if (next === undefined) return -1; // unreachable: a non-empty chunk exists
+    return c * CHUNK_IDS + nextSetIn(next, 0, NE1, NE_ROOT);
+  }
+
+  /** First quarantined offset >= p, or -1. Quarantined IDs are set in the main tree. */
+  private nextQuarantined(p: number): number {
+    let c = p >>> CHUNK_SHIFT;
+    let q = p & CHUNK_MASK;
+    while (c < this.nChunks) {
+      const qp = this.ptrAt(this.qpages, c);
+      if (qp !== undefined) {
+        const r = nextSetIn(qp, q, Q_NE1, Q_NE_ROOT);
+        if (r >= 0) return c * CHUNK_IDS + r;
+      }
+      c = this.dirNextNe(c + 1);
+      if (c < 0) return -1;
+      q = 0;
+    }
+    return -1;
+  }
+
+  /** Mark an offset unavailable (it must be free). */
+  private setBit(off: number): void {
+    const c = off >>> CHUNK_SHIFT;
+    let ch = this.chunkAt(c);
+    if (ch === undefined) ch = this.makePtr(this.chunks, c, CHUNK_WORDS);
+    const w = (off & CHUNK_MASK) >>> 5;
+    const old = ch[w]!;
+    const nw = old | (1 << (off & 31));
+    ch[w] = nw;
+    if (old === 0) {
+      const w1 = w >>> 5;
+      const o1 = ch[NE1 + w1]!;
+      ch[NE1 + w1] = o1 | (1 << (w & 31));
+      if (o1 === 0) {
+        const r = ch[NE_ROOT]!;
+        ch[NE_ROOT] = r | (1 << w1);
+        if (r === 0) this.dirSet(this.dirNe, c, false);
+      }
+    }
+    if (nw === -1) {
+      const w1 = w >>> 5;
+      const f1 = ch[FULL1 + w1]! | (1 << (w & 31));
+      ch[FULL1 + w1] = f1;
+      if (f1 === -1) {
+        const r = ch[FULL_ROOT]! | (1 << w1);
+        ch[FULL_ROOT] = r;
+        if (r === -1) this.dirSet(this.dirFull, c, true);
+      }
+    }
+  }
+
+  /** Mark an offset free (it must be unavailable). */
+  private clearBit(off: number): void {
+    const c = off >>> CHUNK_SHIFT;
+    const ch = this.chunkAt(c);
+    if (ch === undefined) return;
+    const w = (off & CHUNK_MASK) >>> 5;
+    const old = ch[w]!;
+    const nw = old & ~(1 << (off & 31));
+    ch[w] = nw;
+    if (old === 0xffffffff) this.unfull(ch, c, w);
+    if (nw === 0) this.unNe(ch, c, w);
+  }
+
+  /** Leaf word w of chunk c was full and is no longer. */
+  private unfull(ch: Uint32Array, c: number, w: number): void {
+    const w1 = w >>> 5;
+    const o1 = ch[FULL1 + w1]!;
+    ch[FULL1 + w1] = o1 & ~(1 << (w & 31));
+    if (o1 === 0xffffffff) {
+      const r = ch[FULL_ROOT]!;
+      ch[FULL_ROOT] = r & ~(1 << w1);
+      if (r === 0xffffffff) this.dirClear(this.dirFull, c, true);
+    }
+  }
+
+  /** Leaf word w of chunk c became empty. */
+  private unNe(ch: Uint32Array, c: number, w: number): void {
+    const w1 = w >>> 5;
+    const o1 = ch[NE1 + w1]! & ~(1 << (w & 31));
+    ch[NE1 + w1] = o1;
+    if (o1 === 0) {
+      const r = ch[NE_ROOT]! & ~(1 << w1);
+      ch[NE_ROOT] = r;
+      if (r === 0) this.dirClear(this.dirNe, c, false);
+    }
+  }
+
+  /**
+   * Set chunk c's bit in a directory and propagate: for "full" directories a parent bit is set
+   * when the word becomes all ones; for "non-empty" ones when the word stops being zero.
+   */
+  private dirSet(d: Uint32Array, c: number, full: boolean): void {
+    let idx = c;
+    for (let l = 0; l < this.dirLevels; l++) {
+      const i = this.dirOff[l]! + (idx >>> 5);
+      const old = d[i]!;
+      const nw = old | (1 << (idx & 31));
+      d[i] = nw;
+      if (full ? nw !== -1 : old !== 0) return;
+      idx >>>= 5;
+    }
+  }
+
+  /** Clear chunk c's bit in a directory and propagate (the mirror of dirSet). */
+  private dirClear(d: Uint32Array, c: number, full: boolean): void {
+    let idx = c;
+    for (let l = 0; l < this.dirLevels; l++) {
+      const i = this.dirOff[l]! + (idx >>> 5);
+      const old = d[i]!;
+      const nw = old & ~(1 << (idx & 31));
+      d[i] = nw;
+      if (full ? old !== 0xffffffff : nw !== 0) return;
+      idx >>>= 5;
+    }
+  }
+
+  private setQBit(off: number): void {
+    const c = off >>> CHUNK_SHIFT;
+    let qp = this.ptrAt(this.qpages, c);
+    if (qp === undefined) {
+      qp = this.makePtr(this.qpages, c, QPAGE_WORDS);
+      this.qChunkList.push(c);
+    }
+    const w = (off & CHUNK_MASK) >>> 5;
+    const old = qp[w]!;
+    qp[w] = old | (1 << (off & 31));
+    if (old === 0) {
+      const w1 = w >>> 5;
+      const o1 = qp[Q_NE1 + w1]!;
+      qp[Q_NE1 + w1] = o1 | (1 << (w & 31));
+      if (o1 === 0) qp[Q_NE_ROOT] = qp[Q_NE_ROOT]! | (1 << w1);
+    }
+  }
+
+  private clearQBit(off: number): void {
+    const qp = this.ptrAt(this.qpages, off >>> CHUNK_SHIFT);
+    if (qp === undefined) return;
+    const w = (off & CHUNK_MASK) >>> 5;
+    const nw = qp[w]! & ~(1 << (off & 31));
+    qp[w] = nw;
+    if (nw === 0) {
+      const w1 = w >>> 5;
+      const o1 = qp[Q_NE1 + w1]! & ~(1 << (w & 31));
+      qp[Q_NE1 + w1] = o1;
+      if (o1 === 0) qp[Q_NE_ROOT] = qp[Q_NE_ROOT]! & ~(1 << w1);
+    }
+  }
+}

@@ -1,0 +1,487 @@
+/**
+ * The VCMD device: the host side of one vIOMMU's virtual command interface, as a small register
+ * file (DESIGN 4.2; spec 3.3 and 4.1; edge cases 55-65). Laid out in the spec's order:
+ *
+ * 1. Registers: CAP_REG and ECAP_REG (read-only, the advertised capabilities), VCCAP_REG
+ *    (read-only), VCMD_REG and VCMD_EO_REG (read-write), VCRSP_REG (read-only). Other offsets read
+ *    as 0 and ignore writes. Misaligned accesses, sizes other than 4 and 8, and non-bigint values
+ *    are ignored (reads return 0n): a guest can never make the device throw. With ECAP.VCS clear the
+ *    VCMD registers are RsvdZ: they read 0 and ignore writes.
+ * 2. A write that sets the command field clears VCRSP and sets VCRSP.IP; while IP is set, writes to
+ *    VCMD_REG and VCMD_EO_REG are dropped (spec Rev 5.10 11.4.16.1).
+ * 3. 32-bit accesses (edge 63): a pair of 32-bit writes to the low and the high dword of VCMD_REG,
+ *    in either order, forms one command; it fires on the write that completes the pair. A 64-bit
+ *    write fires at once (and discards a half-written pair). So a 32-bit guest may write the
+ *    operand's high dword (layout B PASID bits 35:32) before or after the low dword: the command
+ *    never runs on half an operand. VCMD_EO_REG halves are stored and never fire anything.
+ * 4. Commands: Null (0) completes with SC 0 and a zero result when NS is advertised; Allocate (1)
+ *    asks the backend for a PASID; Free (2) asks the backend to free OA's PASID; 3-255, and any
+ *    command VCCAP does not advertise, complete with SC 1 "undefined command". RSLT is zero
+ *    whenever SC != 0. Allocate failures give "no PASID available", Free failures "invalid
+ *    PASID" (2 in layout A, 16 in layout B); PASID 0 is never freed (edge 60, 65).
+ * 5. The backend may answer later (a Promise): IP stays set until it does. The guest-visible
+ *    status is written first; an internal error (anything but an IoasidError, or a backend answer
+ *    that is not a valid PASID) is then reported through `onInternalError`, never thrown into the
+ *    guest's write.
+ * 6. Range extension (ours, DESIGN 4.4, layout B): with VCCAP.RX, Allocate carries min in OA
+ *    bits 35:16 and max in VCMD_EO bits 19:0; min = max = 0 means "any PASID"; min 0 reads as 1.
+ *
+ * State is a serialisable snapshot (`snapshot()` / `VcmdDevice.restore()`), refused with EBUSY
+ * while a backend call is outstanding.
+ */
+import { IoasidError, isIoasidError } from '../core/errors.ts';
+import { PASID_MAX, PASID_MIN } from '../core/ids.ts';
+import type { AccessSize, MmioAccessor } from './mmio.ts';
+import {
+  VCMD_CMD,
+  commandName,
+  encodeRegister,
+  encodeVccap,
+  getField,
+  registerMap,
+  registerSpec,
+  statusName,
+  type FieldSpec,
+  type RegisterMap,
+} from './registers.ts';
+import type { VcmdBackend } from './vcmd-backend.ts';
+import { normalizeDeviceConfig, type VcmdDeviceConfig, type VcmdDeviceConfigInput } from './vcmd-device-config.ts';
+import { parseDeviceSnapshot, type VcmdDeviceSnapshot, type VcmdLogEntry, type VcmdStats } from './vcmd-device-snapshot.ts';
+
+export type { VcmdLogEntry, VcmdStats, VcmdDeviceSnapshot } from './vcmd-device-snapshot.ts';
+
+/** How the device reports an internal error (after the guest-visible status is written). */
+export type InternalErrorHandler = (error: unknown, entry: VcmdLogEntry) => void;
+
+export interface VcmdDeviceHooks {
+  /** Clock for log timestamps (ms or any unit). Default: a counter of commands. */
+  readonly now?: () => number;
+  readonly onInternalError?: InternalErrorHandler;
+}
+
+export type VcmdDeviceOptions = VcmdDeviceConfigInput & VcmdDeviceHooks & { readonly backend: VcmdBackend };
+
+const MASK32 = 0xffffffffn;
+const HIGH32 = MASK32 << 32n;
+const IP = 1n;
+
+interface MutableEntry {
+  seq: number;
+  cmd: number;
+  command: string;
+  operand: number | null;
+  range: { min: number; max: number } | null;
+  status: number | null;
+  statusName: string | null;
+  result: number | null;
+  issuedAt: number;
+  completedAt: number | null;
+  error: string | null;
+}
+
+function isThenable(x: unknown): x is PromiseLike<unknown> {
+  return (typeof x === 'object' || typeof x === 'function') && x !== null && typeof (x as { then?: unknown }).then === 'function';
+}
+
+function errorText(e: unknown): string {
+  if (e instanceof Error) return isIoasidError(e) ? `${e.code}: ${e.message}` : `${e.name}: ${e.message}`;
+  return String(e);
+}
+
+function freezeEntry(e: MutableEntry): VcmdLogEntry {
+  return Object.freeze({ ...e, range: e.range === null ? null : Object.freeze({ ...e.range }) });
+}
+
+export class VcmdDevice implements MmioAccessor {
+  readonly config: VcmdDeviceConfig;
+  readonly map: RegisterMap;
+  /** CAP_REG, ECAP_REG and VCCAP_REG as advertised (VCCAP reads as 0 when ECAP.VCS is clear). */
+  readonly cap: bigint;
+  readonly ecap: bigint;
+  readonly vccap: bigint;
+
+  #backend: VcmdBackend;
+  #now: () => number;
+  #onInternalError: InternalErrorHandler | undefined;
+
+  // Offsets and field constants, taken from the register tables once.
+  #offCap: number;
+  #offEcap: number;
+  #offVccap: number;
+  #offVcmd: number;
+  #offVcmdEo: number;
+  #offVcrsp: number;
+  #vcmdWritable: bigint;
+  #cmdField: FieldSpec;
+  #operandPasid: FieldSpec;
+  #rangeMax: FieldSpec | null;
+  #resultShift: bigint;
+  #scShift: bigint;
+  #advertised: readonly boolean[];
+
+  // Register state.
+  #vcmd = 0n;
+  #vcmdEo = 0n;
+  #vcrsp = 0n;
+  #halfLow = false;
+  #halfHigh = false;
+
+  #seq = 0;
+  #log: MutableEntry[] = [];
+  #stats: { commands: number; droppedWrites: number; undefinedCommands: number; internalErrors: number };
+  #pending: Promise<void> | null = null;
+
+  constructor(options: VcmdDeviceOptions) {
+    if (typeof options !== 'object' || options === null) throw new IoasidError('EINVAL', 'VcmdDevice needs an options object', {});
+    const { backend, now, onInternalError, ...rest } = options;
+    this.config = normalizeDeviceConfig(rest);
+    this.#backend = checkBackend(backend);
+    this.#now = now ?? (() => this.#seq);
+    this.#onInternalError = onInternalError;
+    this.#stats = { commands: 0, droppedWrites: 0, undefinedCommands: 0, internalErrors: 0 };
+
+    const cfg = this.config;
+    const map = registerMap(cfg.layout, cfg.pasBit);
+    this.map = map;
+    this.cap = encodeRegister(map, 'CAP_REG', { CM: cfg.cachingMode ? 1n : 0n });
+    this.ecap = encodeRegister(map, 'ECAP_REG', {
+      PSS: BigInt(cfg.pss),
+      PASID: cfg.pasidSupport ? 1n : 0n,
+      SMTS: cfg.scalableMode ? 1n : 0n,
+      VCS: cfg.virtualCommands ? 1n : 0n,
+    });
+    // Spec Rev 5.10: PAS/FPS read clear when ECAP.PASID is clear; everything is RsvdZ without VCS.
+    const pas = cfg.pasidAllocation && cfg.pasidSupport;
+    const caps = {
+      allocate: pas,
+      free: cfg.pasBit === 1 ? cfg.freeCommand && cfg.pasidSupport : pas,
+      nullCommand: cfg.nullCommand,
+      rangeExtension: cfg.rangeExtension && pas,
+    };
+    this.vccap = cfg.virtualCommands ? encodeVccap(map, caps) : 0n;
+    const adv: boolean[] = [];
+    adv[VCMD_CMD.NULL] = cfg.virtualCommands && caps.nullCommand;
+    adv[VCMD_CMD.ALLOCATE] = cfg.virtualCommands && caps.allocate;
+    adv[VCMD_CMD.FREE] = cfg.virtualCommands && caps.free;
+    this.#advertised = adv;
+
+    this.#offCap = registerSpec(map, 'CAP_REG').offset;
+    this.#offEcap = registerSpec(map, 'ECAP_REG').offset;
+    this.#offVccap = registerSpec(map, 'VCCAP_REG').offset;
+    const vcmdSpec = registerSpec(map, 'VCMD_REG');
+    this.#offVcmd = vcmdSpec.offset;
+    this.#vcmdWritable = vcmdSpec.writableMask;
+    this.#cmdField = vcmdSpec.fields.find((f) => f.name === 'CMD') as FieldSpec;
+    this.#offVcmdEo = cfg.layout === 'B' ? registerSpec(map, 'VCMD_EO_REG').offset : -1;
+    const vcrspSpec = registerSpec(map, 'VCRSP_REG');
+    this.#offVcrsp = vcrspSpec.offset;
+    this.#scShift = BigInt((vcrspSpec.fields.find((f) => f.name === 'SC') as FieldSpec).lo);
+    this.#operandPasid = map.operandPasid;
+    this.#resultShift = BigInt(map.resultPasid.lo);
+    this.#rangeMax = map.rangeMax;
+  }
+
+  /** Restore a device from `snapshot()` output (untrusted input: EINVAL on anything malformed). */
+  static restore(snapshot: unknown, backend: VcmdBackend, hooks: VcmdDeviceHooks = {}): VcmdDevice {
+    const s = parseDeviceSnapshot(snapshot);
+    const dev = new VcmdDevice({ ...s.config, backend, ...hooks });
+    dev.#vcmd = BigInt(s.registers.VCMD_REG) & dev.#vcmdWritable;
+    dev.#vcmdEo = dev.#offVcmdEo < 0 ? 0n : BigInt(s.registers.VCMD_EO_REG);
+    const vcrsp = BigInt(s.registers.VCRSP_REG);
+    if ((vcrsp & IP) !== 0n) {
+      throw new IoasidError('EINVAL', 'snapshot VCRSP_REG has IP set: a command cannot be in progress in a snapshot', { VCRSP_REG: s.registers.VCRSP_REG });
+    }
+    if ((vcrsp & ~registerSpec(dev.map, 'VCRSP_REG').definedMask) !== 0n) {
+      throw new IoasidError('EINVAL', 'snapshot VCRSP_REG has reserved bits set', { VCRSP_REG: s.registers.VCRSP_REG });
+    }
+    if ((BigInt(s.registers.VCMD_REG) & ~dev.#vcmdWritable) !== 0n) {
+      throw new IoasidError('EINVAL', 'snapshot VCMD_REG has reserved bits set', { VCMD_REG: s.registers.VCMD_REG });
+    }
+    if (dev.#offVcmdEo < 0 && s.registers.VCMD_EO_REG !== '0x0') {
+      throw new IoasidError('EINVAL', 'layout A has no VCMD_EO_REG, but the snapshot gives it a value', { VCMD_EO_REG: s.registers.VCMD_EO_REG });
+    }
+    dev.#vcrsp = vcrsp;
+    dev.#halfLow = s.pendingHalves.low;
+    dev.#halfHigh = s.pendingHalves.high;
+    dev.#seq = s.nextSeq;
+    dev.#log = s.log.slice(-dev.config.logSize).map((e) => ({ ...e, range: e.range === null ? null : { ...e.range } }));
+    dev.#stats = { ...s.stats };
+    return dev;
+  }
+
+  /** True while a command is in progress (VCRSP.IP set). */
+  get busy(): boolean {
+    return (this.#vcrsp & IP) !== 0n;
+  }
+
+  /** Resolves when no backend call is outstanding. */
+  async settled(): Promise<void> {
+    while (this.#pending !== null) await this.#pending;
+  }
+
+  /** Counters since creation (carried through snapshots). */
+  get stats(): VcmdStats {
+    return { ...this.#stats };
+  }
+
+  /** The recent-commands log, oldest first (bounded by `logSize`). */
+  recentCommands(): readonly VcmdLogEntry[] {
+    return this.#log.map(freezeEntry);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // MMIO
+
+  read(offset: number, size: AccessSize): bigint {
+    const base = alignedBase(offset, size);
+    if (base < 0) return 0n;
+    const v = this.#reg64(base);
+    if (size === 8) return v;
+    return (offset & 4) !== 0 ? v >> 32n : v & MASK32;
+  }
+
+  write(offset: number, value: bigint, size: AccessSize): void {
+    if (typeof value !== 'bigint') return;
+    const base = alignedBase(offset, size);
+    if (base < 0 || !this.config.virtualCommands) return;
+    const isVcmd = base === this.#offVcmd;
+    if (!isVcmd && base !== this.#offVcmdEo) return; // read-only or unknown: ignored
+    if ((this.#vcrsp & IP) !== 0n) {
+      this.#stats.droppedWrites++;
+      return;
+    }
+    if (!isVcmd) {
+      if (size === 8) this.#vcmdEo = BigInt.asUintN(64, value);
+      else if ((offset & 4) === 0) this.#vcmdEo = (this.#vcmdEo & HIGH32) | BigInt.asUintN(32, value);
+      else this.#vcmdEo = (this.#vcmdEo & MASK32) | (BigInt.asUintN(32, value) << 32n);
+      return;
+    }
+    if (size === 8) {
+      this.#vcmd = value & this.#vcmdWritable;
+      this.#halfLow = false;
+      this.#halfHigh = false;
+      this.#fire();
+      return;
+    }
+    const v32 = BigInt.asUintN(32, value);
+    if ((offset & 4) === 0) {
+      this.#vcmd = ((this.#vcmd & HIGH32) | v32) & this.#vcmdWritable;
+      this.#halfLow = true;
+    } else {
+      this.#vcmd = ((this.#vcmd & MASK32) | (v32 << 32n)) & this.#vcmdWritable;
+      this.#halfHigh = true;
+    }
+    if (this.#halfLow && this.#halfHigh) {
+      this.#halfLow = false;
+      this.#halfHigh = false;
+      this.#fire();
+    }
+  }
+
+  #reg64(base: number): bigint {
+    if (base === this.#offCap) return this.cap;
+    if (base === this.#offEcap) return this.ecap;
+    if (!this.config.virtualCommands) return 0n;
+    if (base === this.#offVcrsp) return this.#vcrsp;
+    if (base === this.#offVcmd) return this.#vcmd;
+    if (base === this.#offVccap) return this.vccap;
+    if (base === this.#offVcmdEo) return this.#vcmdEo;
+    return 0n;
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Commands
+
+  #fire(): void {
+    this.#vcrsp = IP; // clears VCRSP and sets IP (edge 56)
+    this.#stats.commands++;
+    const cmd = Number(getField(this.#cmdField, this.#vcmd));
+    const entry: MutableEntry = {
+      seq: this.#seq++,
+      cmd,
+      command: commandName(cmd),
+      operand: null,
+      range: null,
+      status: null,
+      statusName: null,
+      result: null,
+      issuedAt: this.#now(),
+      completedAt: null,
+      error: null,
+    };
+    this.#record(entry);
+    if (this.#advertised[cmd] !== true) {
+      this.#stats.undefinedCommands++;
+      this.#complete(entry, this.map.status.UNDEFINED_COMMAND, 0);
+      return;
+    }
+    if (cmd === VCMD_CMD.NULL) {
+      this.#complete(entry, this.map.status.SUCCESS, 0);
+    } else if (cmd === VCMD_CMD.ALLOCATE) {
+      this.#allocate(entry);
+    } else {
+      this.#free(entry);
+    }
+  }
+
+  #record(entry: MutableEntry): void {
+    const size = this.config.logSize;
+    if (size === 0) return;
+    if (this.#log.length >= size) this.#log.shift();
+    this.#log.push(entry);
+  }
+
+  #allocate(entry: MutableEntry): void {
+    let range: { min: number; max: number } | undefined;
+    if (this.#rangeMax !== null && this.#advertisesRange()) {
+      const min = Number(getField(this.#operandPasid, this.#vcmd));
+      const max = Number(getField(this.#rangeMax, this.#vcmdEo));
+      if (min !== 0 || max !== 0) {
+        range = { min: Math.max(min, PASID_MIN), max };
+        entry.range = { ...range };
+        if (range.min > range.max) {
+          this.#complete(entry, this.map.status.NO_PASID, 0);
+          return;
+        }
+      }
+    }
+    let r: number | Promise<number>;
+    try {
+      r = range === undefined ? this.#backend.allocate() : this.#backend.allocate(range);
+    } catch (e) {
+      this.#allocateFailed(entry, e);
+      return;
+    }
+    if (isThenable(r)) {
+      this.#wait(Promise.resolve(r).then((v) => this.#allocated(entry, v, range), (e: unknown) => this.#allocateFailed(entry, e)));
+    } else {
+      this.#allocated(entry, r, range);
+    }
+  }
+
+  #advertisesRange(): boolean {
+    return (this.vccap >> 63n) === 1n;
+  }
+
+  #allocated(entry: MutableEntry, v: unknown, range: { min: number; max: number } | undefined): void {
+    const lo = range?.min ?? PASID_MIN;
+    const hi = range?.max ?? PASID_MAX;
+    if (typeof v === 'number' && Number.isInteger(v) && v >= lo && v <= hi && v <= PASID_MAX) {
+      this.#complete(entry, this.map.status.SUCCESS, v);
+      return;
+    }
+    // A backend bug: the guest sees "no PASID available"; a real PASID is handed back.
+    this.#complete(entry, this.map.status.NO_PASID, 0);
+    const err = new IoasidError('ERANGE', `VCMD backend returned ${String(v)} for Allocate, outside [${lo}, ${hi}]`, { result: typeof v === 'number' ? v : String(v), min: lo, max: hi });
+    this.#internalError(entry, err);
+    if (typeof v === 'number' && Number.isInteger(v) && v >= PASID_MIN && v <= PASID_MAX) {
+      try {
+        const f = this.#backend.free(v);
+        if (isThenable(f)) Promise.resolve(f).catch((e: unknown) => this.#internalError(entry, e));
+      } catch (e) {
+        this.#internalError(entry, e);
+      }
+    }
+  }
+
+  #allocateFailed(entry: MutableEntry, e: unknown): void {
+    this.#complete(entry, this.map.status.NO_PASID, 0);
+    if (!isIoasidError(e)) this.#internalError(entry, e);
+    else entry.error = errorText(e);
+  }
+
+  #free(entry: MutableEntry): void {
+    const pasid = Number(getField(this.#operandPasid, this.#vcmd));
+    entry.operand = pasid;
+    if (pasid < PASID_MIN) {
+      entry.error = 'EINVAL: PASID 0 is reserved for requests without PASID';
+      this.#complete(entry, this.map.status.INVALID_PASID, 0);
+      return;
+    }
+    let r: void | Promise<void>;
+    try {
+      r = this.#backend.free(pasid);
+    } catch (e) {
+      this.#freeFailed(entry, e);
+      return;
+    }
+    if (isThenable(r)) {
+      this.#wait(Promise.resolve(r).then(() => this.#complete(entry, this.map.status.SUCCESS, 0), (e: unknown) => this.#freeFailed(entry, e)));
+    } else {
+      this.#complete(entry, this.map.status.SUCCESS, 0);
+    }
+  }
+
+  #freeFailed(entry: MutableEntry, e: unknown): void {
+    this.#complete(entry, this.map.status.INVALID_PASID, 0);
+    if (!isIoasidError(e)) this.#internalError(entry, e);
+    else entry.error = errorText(e);
+  }
+
+  #wait(p: Promise<void>): void {
+    const tracked: Promise<void> = p.finally(() => {
+      if (this.#pending === tracked) this.#pending = null;
+    });
+    this.#pending = tracked;
+  }
+
+  /** Write the guest-visible status: RSLT only on success, IP cleared. */
+  #complete(entry: MutableEntry, sc: number, pasid: number): void {
+    this.#vcrsp = (sc === 0 ? BigInt(pasid) << this.#resultShift : 0n) | (BigInt(sc) << this.#scShift);
+    entry.status = sc;
+    entry.statusName = statusName(this.map, entry.cmd, sc);
+    entry.result = sc === 0 && entry.cmd === VCMD_CMD.ALLOCATE ? pasid : null;
+    entry.completedAt = this.#now();
+  }
+
+  #internalError(entry: MutableEntry, e: unknown): void {
+    this.#stats.internalErrors++;
+    entry.error = errorText(e);
+    const h = this.#onInternalError;
+    if (h === undefined) return;
+    try {
+      h(e, freezeEntry(entry));
+    } catch {
+      // The reporter must not break the guest's access.
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Snapshot
+
+  /** Plain JSON-safe state (bigints as hex strings). EBUSY while a backend call is outstanding. */
+  snapshot(): VcmdDeviceSnapshot {
+    if (this.busy || this.#pending !== null) {
+      throw new IoasidError('EBUSY', 'cannot snapshot a VCMD device while a command is in progress (VCRSP.IP = 1)', { VCRSP_REG: hex(this.#vcrsp) });
+    }
+    return {
+      kind: 'ioasid/vcmd-device',
+      version: 1,
+      config: { ...this.config },
+      registers: { VCMD_REG: hex(this.#vcmd), VCMD_EO_REG: hex(this.#vcmdEo), VCRSP_REG: hex(this.#vcrsp) },
+      pendingHalves: { low: this.#halfLow, high: this.#halfHigh },
+      nextSeq: this.#seq,
+      log: this.#log.map((e) => ({ ...e, range: e.range === null ? null : { ...e.range } })),
+      stats: { ...this.#stats },
+    };
+  }
+}
+
+function hex(v: bigint): string {
+  return `0x${v.toString(16)}`;
+}
+
+/** The 8-byte-aligned base of a valid access, or -1 for one the device ignores. */
+function alignedBase(offset: number, size: number): number {
+  if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0) return -1;
+  if (size === 8) return offset % 8 === 0 ? offset : -1;
+  if (size === 4) return offset % 4 === 0 ? offset - (offset % 8) : -1;
+  return -1;
+}
+
+function checkBackend(b: unknown): VcmdBackend {
+  if (typeof b !== 'object' || b === null || typeof (b as VcmdBackend).allocate !== 'function' || typeof (b as VcmdBackend).free !== 'function') {
+    throw new IoasidError('EINVAL', 'VcmdDevice needs a backend with allocate() and free()', {});
+  }
+  return b as VcmdBackend;
+}
