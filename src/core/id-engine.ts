@@ -7,30 +7,32 @@
  *     allocated or quarantined.
  *  2. `alloc(lo, hi)` looks only at [lo, hi] ∩ [min, max]. Policy 'lowest' hands out the lowest
  *     free ID there; policy 'cyclic' hands out the first free ID after the cursor (the last ID a
- *     cyclic alloc handed out), wrapping once to lo. Nothing free: it returns -1 and changes
- *     nothing. It never throws (callers validate lo <= hi, both integers).
+ *     cyclic alloc handed out) within [lo, hi], wrapping once to lo. When nothing is free it
+ *     returns -1 and changes nothing. It never throws: callers pass integers with lo <= hi.
  *  3. `reserve(id)` allocates exactly `id` when it is free, and never moves the cursor.
- *  4. `free(id)` applies to an allocated ID only (anything else returns false and changes
- *     nothing). Without quarantine the ID becomes free; with quarantine it becomes quarantined.
+ *  4. `free(id)` applies to an allocated ID only; anything else returns false and changes nothing.
+ *     Without quarantine the ID becomes free; with quarantine it becomes quarantined.
  *  5. A quarantined ID is handed out by neither alloc nor reserve until `release(id)` or
- *     `releaseAll()` makes it free: DMA tagged with a freed PASID may still be in flight.
- *  6. The cursor starts at min - 1 (conceptually) and returns there on `clear()`; setting it is
- *     validated like any other argument (EINVAL).
- *  7. Data structure: a 32-way tree of Uint32Array words. Leaves hold one bit per ID, 1 meaning
- *     unavailable (allocated or quarantined). Every upper bit is a "full" bit: 1 iff the child word
- *     it stands for has no 0 bit. A second set of summary bits, "non-empty" (1 iff the child word
- *     has a 1 bit), lets iteration skip empty regions. Searches go up from the start position and
- *     down again, using Math.clz32 on `x & -x`: O(tree height) per call, never a scan of words.
- *  8. The universe is cut into chunks of 2^15 IDs (1,024 leaf words plus their two summary
- *     levels, 4,360 bytes). A chunk is created on first use; a missing chunk is all free. Above
- *     the chunks sit small eager directory levels (chunk "full" and "non-empty" bits). A dense
- *     2^20 universe costs about 137 KiB; a 32-bit universe costs about 33 KiB of directories plus
- *     4.3 KiB per chunk in use. Chunks are only dropped by `clear()`.
- *  9. Quarantine is a separate lazily-paged bitmap with its own non-empty summaries; a quarantined
- *     ID keeps its bit set in the main tree, so allocation never needs to look at the quarantine.
- * 10. The engine is pure: no clock, no I/O, no allocation on the alloc/free hot path except the
- *     first use of a chunk. Iterators read live state position by position (like xa_for_each):
- *     changes made during an iteration are safe, and seen or not depending on position.
+ *     `releaseAll()` frees it: DMA tagged with a freed PASID may still be in flight.
+ *  6. The cursor is min - 1 at creation and after `clear()`; setting it is validated (EINVAL).
+ *  7. Structure: a 32-way tree of Uint32Array words. Leaves hold one bit per ID, 1 meaning
+ *     unavailable (allocated or quarantined). Upper bits are "full" bits: 1 iff the child word they
+ *     stand for has no 0 bit. A second set of upper bits, "non-empty" (1 iff the child word has a
+ *     1 bit), lets iteration skip empty regions. A search goes up from its start position and down
+ *     again, finding bits with Math.clz32(x & -x): O(tree height), never a scan of words.
+ *  8. The universe is cut into chunks of 2^15 IDs: 1,024 leaf words plus their two summary
+ *     levels of each kind (1,090 words, 4,360 bytes). A chunk is created on first use and lives
+ *     in one growable word arena (no per-chunk objects on the hot path); a chunk not yet created
+ *     is all free. A lazily paged slot table maps chunk numbers to arena offsets. Above the chunks
+ *     sit small eager directory levels of chunk "full" and "non-empty" bits; directory bits that
+ *     stand for nothing are "full", so searches never descend into them. A dense 2^20 universe
+ *     costs about 137 KiB; a 32-bit universe about 33 KiB of directories plus 4.3 KiB per chunk
+ *     in use. Chunks are only dropped by `clear()`.
+ *  9. Quarantine is a separate lazily paged bitmap with its own non-empty summaries. A quarantined
+ *     ID keeps its bit set in the main tree, so allocation never looks at the quarantine.
+ * 10. The engine is pure: no clock, no I/O, and no allocation on the alloc/free hot path except
+ *     when a chunk is first used. Iterators read live state position by position (like
+ *     xa_for_each): changes made during an iteration are safe.
  */
 import { IoasidError, fmtId } from './errors.ts';
 import { IOASID_MAX, checkRange } from './ids.ts';
@@ -53,72 +55,75 @@ export interface IdEngineOptions {
 const CHUNK_SHIFT = 15;
 const CHUNK_IDS = 1 << CHUNK_SHIFT; // 32,768 IDs per chunk
 const CHUNK_MASK = CHUNK_IDS - 1;
-/** Main chunk: [0,1024) leaves | [1024,1056) full-L1 | 1056 full-root | [1057,1089) ne-L1 | 1089 ne-root. */
+/** A chunk in the arena: [0,1024) leaves | [1024,1056) full-L1 | 1056 full-root | [1057,1089) ne-L1 | 1089 ne-root. */
 const FULL1 = 1024;
 const FULL_ROOT = 1056;
 const NE1 = 1057;
 const NE_ROOT = 1089;
 const CHUNK_WORDS = 1090;
-/** Quarantine page: [0,1024) bits | [1024,1056) ne-L1 | 1056 ne-root. */
+/** A quarantine page: [0,1024) bits | [1024,1056) ne-L1 | 1056 ne-root. */
 const Q_NE1 = 1024;
 const Q_NE_ROOT = 1056;
 const QPAGE_WORDS = 1057;
-/** Chunk pointers live in pages of 1,024 (a 32-bit universe has 131,072 chunks). */
-const PTR_SHIFT = 10;
-const PTR_PAGE = 1 << PTR_SHIFT;
-const PTR_MASK = PTR_PAGE - 1;
+/** Slot table pages: 1,024 chunk numbers each (a 32-bit universe has 131,072 chunks). */
+const SLOT_SHIFT = 10;
+const SLOT_PAGE = 1 << SLOT_SHIFT;
+const SLOT_MASK = SLOT_PAGE - 1;
 
-type PtrDir = Array<Array<Uint32Array | undefined> | undefined>;
+type PageDir = Array<Array<Uint32Array | undefined> | undefined>;
 
 /** Index of the lowest set bit of a non-zero word. */
 function ctz(x: number): number {
   return 31 - Math.clz32(x & -x);
 }
 
-/** First 0 bit at local position >= q in a main chunk, or -1. */
-function chunkFindFrom(ch: Uint32Array, q: number): number {
+/** Local position of the first 0 leaf bit at local position >= q in the chunk at base b, or -1. */
+function chunkFindFrom(a: Uint32Array, b: number, q: number): number {
   let w = q >>> 5;
-  let bits = ~ch[w]! & (-1 << (q & 31));
+  let bits = ~a[b + w]! & (-1 << (q & 31));
   if (bits !== 0) return (w << 5) | ctz(bits);
   let w1 = w >>> 5;
-  bits = ~ch[FULL1 + w1]! & (-2 << (w & 31));
+  bits = ~a[b + FULL1 + w1]! & (-2 << (w & 31));
   if (bits === 0) {
-    bits = ~ch[FULL_ROOT]! & (-2 << w1);
+    bits = ~a[b + FULL_ROOT]! & (-2 << w1);
     if (bits === 0) return -1;
     w1 = ctz(bits);
-    bits = ~ch[FULL1 + w1]!;
+    bits = ~a[b + FULL1 + w1]!;
   }
   w = (w1 << 5) | ctz(bits);
-  return (w << 5) | ctz(~ch[w]!);
+  return (w << 5) | ctz(~a[b + w]!);
 }
 
-/** First 0 bit of a main chunk that is not full. */
-function chunkFirstFree(ch: Uint32Array): number {
-  const w1 = ctz(~ch[FULL_ROOT]!);
-  const w = (w1 << 5) | ctz(~ch[FULL1 + w1]!);
-  return (w << 5) | ctz(~ch[w]!);
+/** Local position of the first 0 leaf bit of a chunk that is not full. */
+function chunkFirstFree(a: Uint32Array, b: number): number {
+  const w1 = ctz(~a[b + FULL_ROOT]!);
+  const w = (w1 << 5) | ctz(~a[b + FULL1 + w1]!);
+  return (w << 5) | ctz(~a[b + w]!);
 }
 
-/** First 1 bit at local position >= q of a leaf bitmap with non-empty summaries, or -1. */
-function nextSetIn(a: Uint32Array, q: number, ne1: number, neRoot: number): number {
+/**
+ * Local position of the first 1 leaf bit at local position >= q of a bitmap at base b of `a`
+ * whose non-empty summaries sit at b + ne1 (32 words) and b + neRoot, or -1.
+ */
+function nextSetIn(a: Uint32Array, b: number, q: number, ne1: number, neRoot: number): number {
   let w = q >>> 5;
-  let bits = a[w]! & (-1 << (q & 31));
+  let bits = a[b + w]! & (-1 << (q & 31));
   if (bits !== 0) return (w << 5) | ctz(bits);
   let w1 = w >>> 5;
-  bits = a[ne1 + w1]! & (-2 << (w & 31));
+  bits = a[b + ne1 + w1]! & (-2 << (w & 31));
   if (bits === 0) {
-    bits = a[neRoot]! & (-2 << w1);
+    bits = a[b + neRoot]! & (-2 << w1);
     if (bits === 0) return -1;
     w1 = ctz(bits);
-    bits = a[ne1 + w1]!;
+    bits = a[b + ne1 + w1]!;
   }
   w = (w1 << 5) | ctz(bits);
-  return (w << 5) | ctz(a[w]!);
+  return (w << 5) | ctz(a[b + w]!);
 }
 
-function newPtrDir(nChunks: number): PtrDir {
-  const n = ((nChunks - 1) >>> PTR_SHIFT) + 1;
-  const dir: PtrDir = [];
+function newPageDir(nChunks: number): PageDir {
+  const n = ((nChunks - 1) >>> SLOT_SHIFT) + 1;
+  const dir: PageDir = [];
   for (let i = 0; i < n; i++) dir.push(undefined);
   return dir;
 }
@@ -129,7 +134,7 @@ export class IdEngine {
   readonly policy: AllocPolicy;
   readonly quarantine: boolean;
 
-  /** max - min: the highest offset. */
+  /** max - min: the highest offset. IDs are handled as offsets from min inside. */
   private readonly last: number;
   private readonly cyclic: boolean;
   private readonly nChunks: number;
@@ -137,18 +142,28 @@ export class IdEngine {
   private readonly dirLevels: number;
   private readonly dirOff: Int32Array;
   private readonly dirWords: Int32Array;
-  /** Chunk "full" bits (padding bits beyond the last chunk / last word are 1). */
+  /** Chunk "full" bits; bits standing for no chunk (or no word) are 1. */
   private readonly dirFull: Uint32Array;
   /** Chunk "non-empty" bits. */
   private readonly dirNe: Uint32Array;
-  private chunks: PtrDir;
-  private qpages: PtrDir;
-  /** Chunk indexes that have a quarantine page, in creation order. */
+  /** All chunks, CHUNK_WORDS each, in creation order. */
+  private arena: Uint32Array;
+  private arenaChunks: number;
+  private usedChunks: number;
+  /** slotTop[c >>> 10] is the start of chunk c's slot page in `slots`, or -1. */
+  private readonly slotTop: Int32Array;
+  /** slots[page + (c & 1023)] is chunk c's base in `arena`, or -1. */
+  private slots: Int32Array;
+  private slotsUsed: number;
+  /** Base in `arena` of the chunk holding the offset findFree last returned (-1: not created). */
+  private foundBase: number;
+  private qpages: PageDir;
+  /** Chunk numbers that have a quarantine page, in creation order. */
   private qChunkList: number[];
+  private qBytes: number;
   private _size: number;
   private qCount: number;
   private _cursor: number;
-  private bytes: number;
 
   constructor(opts: IdEngineOptions) {
     if (opts === null || typeof opts !== 'object') {
@@ -157,7 +172,11 @@ export class IdEngine {
     const { min, max } = checkRange(opts.min === undefined ? 0 : opts.min, opts.max);
     const policy: unknown = opts.policy === undefined ? 'lowest' : opts.policy;
     if (policy !== 'lowest' && policy !== 'cyclic') {
-      throw new IoasidError('EINVAL', `unknown allocation policy ${fmtId(policy)}; expected one of ${ALLOC_POLICIES.join(', ')}`, { policy });
+      throw new IoasidError(
+        'EINVAL',
+        `unknown allocation policy ${fmtId(policy)}; expected one of ${ALLOC_POLICIES.join(', ')}`,
+        { policy },
+      );
     }
     const quarantine: unknown = opts.quarantine === undefined ? false : opts.quarantine;
     if (typeof quarantine !== 'boolean') {
@@ -171,7 +190,6 @@ export class IdEngine {
     this.last = max - min;
     this.nChunks = (this.last >>> CHUNK_SHIFT) + 1;
 
-    // Directory geometry.
     const words: number[] = [];
     const offs: number[] = [];
     let n = this.nChunks;
@@ -189,17 +207,23 @@ export class IdEngine {
     this.dirWords = Int32Array.from(words);
     this.dirFull = new Uint32Array(total);
     this.dirNe = new Uint32Array(total);
-    this.chunks = newPtrDir(this.nChunks);
-    this.qpages = newPtrDir(this.nChunks);
+    this.slotTop = new Int32Array(((this.nChunks - 1) >>> SLOT_SHIFT) + 1);
+    this.arena = new Uint32Array(0);
+    this.arenaChunks = 0;
+    this.usedChunks = 0;
+    this.slots = new Int32Array(0);
+    this.slotsUsed = 0;
+    this.foundBase = -1;
+    this.qpages = newPageDir(this.nChunks);
     this.qChunkList = [];
+    this.qBytes = 0;
     this._size = 0;
     this.qCount = 0;
     this._cursor = min - 1;
-    this.bytes = 0;
-    this.resetDirs();
+    this.resetTree();
   }
 
-  /** An engine over [0, min(2^bits - 1, 0xFFFFFFFE)]. */
+  /** An engine over [0, min(2^bits - 1, 0xFFFFFFFE)]; bits is an integer in [1, 32]. */
   static forBits(bits: number, opts?: Omit<IdEngineOptions, 'max' | 'min'>): IdEngine {
     if (typeof bits !== 'number' || !Number.isInteger(bits) || bits < 1 || bits > 32) {
       throw new IoasidError('EINVAL', `bits must be an integer in [1, 32], got ${fmtId(bits)}`, { bits });
@@ -252,14 +276,13 @@ export class IdEngine {
       off = this.findFree(s, h);
       if (off < 0 && s > p) off = this.findFree(p, s - 1);
       if (off < 0) return -1;
-      this.setBit(off);
-      this._size++;
       this._cursor = off + min;
-      return off + min;
+    } else {
+      off = this.findFree(p, h);
+      if (off < 0) return -1;
     }
-    off = this.findFree(p, h);
-    if (off < 0) return -1;
-    this.setBit(off);
+    const b = this.foundBase;
+    this.setBit(b < 0 ? this.makeChunk(off >>> CHUNK_SHIFT) : b, off);
     this._size++;
     return off + min;
   }
@@ -268,9 +291,11 @@ export class IdEngine {
   reserve(id: number): boolean {
     if (id >>> 0 !== id || id < this.min || id > this.max) return false;
     const off = id - this.min;
-    const ch = this.chunkAt(off >>> CHUNK_SHIFT);
-    if (ch !== undefined && (ch[(off & CHUNK_MASK) >>> 5]! & (1 << (off & 31))) !== 0) return false;
-    this.setBit(off);
+    const c = off >>> CHUNK_SHIFT;
+    let b = this.chunkBase(c);
+    if (b < 0) b = this.makeChunk(c);
+    else if ((this.arena[b + ((off & CHUNK_MASK) >>> 5)]! & (1 << (off & 31))) !== 0) return false;
+    this.setBit(b, off);
     this._size++;
     return true;
   }
@@ -280,11 +305,12 @@ export class IdEngine {
     if (id >>> 0 !== id || id < this.min || id > this.max) return false;
     const off = id - this.min;
     const c = off >>> CHUNK_SHIFT;
-    const ch = this.chunkAt(c);
-    if (ch === undefined) return false;
+    const b = this.chunkBase(c);
+    if (b < 0) return false;
+    const a = this.arena;
     const w = (off & CHUNK_MASK) >>> 5;
     const m = 1 << (off & 31);
-    const old = ch[w]!;
+    const old = a[b + w]!;
     if ((old & m) === 0) return false;
     if (this.qCount !== 0 && this.qBit(off)) return false;
     this._size--;
@@ -294,9 +320,9 @@ export class IdEngine {
       return true;
     }
     const nw = old & ~m;
-    ch[w] = nw;
-    if (old === 0xffffffff) this.unfull(ch, c, w);
-    if (nw === 0) this.unNe(ch, c, w);
+    a[b + w] = nw;
+    if (old === 0xffffffff) this.unfull(a, b, c, w);
+    if (nw === 0) this.unNe(a, b, c, w);
     return true;
   }
 
@@ -318,19 +344,19 @@ export class IdEngine {
     const list = this.qChunkList;
     for (let i = 0; i < list.length; i++) {
       const c = list[i]!;
-      const qp = this.ptrAt(this.qpages, c);
+      const qp = this.qPage(c);
       if (qp === undefined) continue;
       const base = c * CHUNK_IDS;
-      let r = nextSetIn(qp, 0, Q_NE1, Q_NE_ROOT);
+      let r = nextSetIn(qp, 0, 0, Q_NE1, Q_NE_ROOT);
       while (r >= 0) {
         this.clearBit(base + r);
         if (r === CHUNK_MASK) break;
-        r = nextSetIn(qp, r + 1, Q_NE1, Q_NE_ROOT);
+        r = nextSetIn(qp, 0, r + 1, Q_NE1, Q_NE_ROOT);
       }
-      this.bytes -= qp.byteLength;
     }
-    this.qpages = newPtrDir(this.nChunks);
+    this.qpages = newPageDir(this.nChunks);
     this.qChunkList = [];
+    this.qBytes = 0;
     this.qCount = 0;
     return n;
   }
@@ -377,26 +403,41 @@ export class IdEngine {
     }
   }
 
-  /** Everything free, cursor back to min - 1, all chunks dropped. */
+  /** Everything free, cursor back to min - 1, all chunks and quarantine pages dropped. */
   clear(): void {
-    this.chunks = newPtrDir(this.nChunks);
-    this.qpages = newPtrDir(this.nChunks);
+    this.qpages = newPageDir(this.nChunks);
     this.qChunkList = [];
+    this.qBytes = 0;
     this._size = 0;
     this.qCount = 0;
     this._cursor = this.min - 1;
-    this.bytes = 0;
-    this.resetDirs();
+    this.resetTree();
   }
 
-  /** Bytes held in typed arrays: directories, chunks, quarantine pages. */
+  /** Bytes held in typed arrays: directories, slot table, chunk arena, quarantine pages. */
   memoryBytes(): number {
-    return this.bytes;
+    return (
+      this.dirFull.byteLength +
+      this.dirNe.byteLength +
+      this.dirOff.byteLength +
+      this.dirWords.byteLength +
+      this.slotTop.byteLength +
+      this.slots.byteLength +
+      this.arena.byteLength +
+      this.qBytes
+    );
   }
 
   // ---- internals --------------------------------------------------------------------------------
 
-  private resetDirs(): void {
+  private resetTree(): void {
+    this.arena = new Uint32Array(0);
+    this.arenaChunks = 0;
+    this.usedChunks = 0;
+    this.slots = new Int32Array(0);
+    this.slotsUsed = 0;
+    this.slotTop.fill(-1);
+    this.foundBase = -1;
     const df = this.dirFull;
     df.fill(0);
     this.dirNe.fill(0);
@@ -408,51 +449,71 @@ export class IdEngine {
       if (used < 32) df[this.dirOff[l]! + w - 1] = (-1 << used) >>> 0;
       n = w;
     }
-    this.bytes += df.byteLength + this.dirNe.byteLength + this.dirOff.byteLength + this.dirWords.byteLength;
   }
 
-  private chunkAt(c: number): Uint32Array | undefined {
-    const page = this.chunks[c >>> PTR_SHIFT];
-    return page === undefined ? undefined : page[c & PTR_MASK];
+  /** Arena base of chunk c, or -1 when it has not been created. */
+  private chunkBase(c: number): number {
+    const t = this.slotTop[c >>> SLOT_SHIFT]!;
+    return t < 0 ? -1 : this.slots[t + (c & SLOT_MASK)]!;
   }
 
-  private ptrAt(dir: PtrDir, c: number): Uint32Array | undefined {
-    const page = dir[c >>> PTR_SHIFT];
-    return page === undefined ? undefined : page[c & PTR_MASK];
-  }
-
-  private makePtr(dir: PtrDir, c: number, words: number): Uint32Array {
-    const pi = c >>> PTR_SHIFT;
-    let page = dir[pi];
-    if (page === undefined) {
-      page = [];
-      for (let i = 0; i < PTR_PAGE; i++) page.push(undefined);
-      dir[pi] = page;
+  /** Create chunk c (all free) and return its arena base. */
+  private makeChunk(c: number): number {
+    if (this.usedChunks === this.arenaChunks) {
+      // Grow by an eighth (at least one chunk), never past the universe: a dense universe holds
+      // exactly its chunks, and copies stay amortised O(1) per chunk.
+      const cap = Math.min(this.nChunks, this.arenaChunks + Math.max(1, this.arenaChunks >>> 3));
+      const next = new Uint32Array(cap * CHUNK_WORDS);
+      next.set(this.arena);
+      this.arena = next;
+      this.arenaChunks = cap;
     }
-    const a = new Uint32Array(words);
-    page[c & PTR_MASK] = a;
-    this.bytes += a.byteLength;
-    return a;
+    const base = this.usedChunks * CHUNK_WORDS;
+    this.usedChunks++;
+    const pi = c >>> SLOT_SHIFT;
+    let t = this.slotTop[pi]!;
+    if (t < 0) {
+      const len = Math.min(SLOT_PAGE, this.nChunks);
+      const next = new Int32Array(this.slotsUsed + len);
+      next.set(this.slots);
+      next.fill(-1, this.slotsUsed);
+      t = this.slotsUsed;
+      this.slots = next;
+      this.slotsUsed += len;
+      this.slotTop[pi] = t;
+    }
+    this.slots[t + (c & SLOT_MASK)] = base;
+    return base;
+  }
+
+  private qPage(c: number): Uint32Array | undefined {
+    const page = this.qpages[c >>> SLOT_SHIFT];
+    return page === undefined ? undefined : page[c & SLOT_MASK];
   }
 
   private mainBit(off: number): boolean {
-    const ch = this.chunkAt(off >>> CHUNK_SHIFT);
-    return ch !== undefined && (ch[(off & CHUNK_MASK) >>> 5]! & (1 << (off & 31))) !== 0;
+    const b = this.chunkBase(off >>> CHUNK_SHIFT);
+    return b >= 0 && (this.arena[b + ((off & CHUNK_MASK) >>> 5)]! & (1 << (off & 31))) !== 0;
   }
 
   private qBit(off: number): boolean {
-    const qp = this.ptrAt(this.qpages, off >>> CHUNK_SHIFT);
+    const qp = this.qPage(off >>> CHUNK_SHIFT);
     return qp !== undefined && (qp[(off & CHUNK_MASK) >>> 5]! & (1 << (off & 31))) !== 0;
   }
 
-  /** First free offset in [p, h] (0 <= p <= h <= last), or -1. */
+  /**
+   * First free offset in [p, h] (0 <= p <= h <= last), or -1. Leaves the base of its chunk in
+   * `foundBase` (-1 when that chunk has not been created yet).
+   */
   private findFree(p: number, h: number): number {
+    const a = this.arena;
     let c = p >>> CHUNK_SHIFT;
     const q = p & CHUNK_MASK;
     if (q !== 0) {
-      const ch = this.chunkAt(c);
-      if (ch === undefined) return p;
-      const r = chunkFindFrom(ch, q);
+      const b = this.chunkBase(c);
+      this.foundBase = b;
+      if (b < 0) return p;
+      const r = chunkFindFrom(a, b, q);
       if (r >= 0) {
         const off = c * CHUNK_IDS + r;
         return off <= h ? off : -1;
@@ -463,12 +524,13 @@ export class IdEngine {
     if (c > hc) return -1;
     c = this.dirNextNonFull(c);
     if (c < 0 || c > hc) return -1;
-    const ch = this.chunkAt(c);
-    const off = ch === undefined ? c * CHUNK_IDS : c * CHUNK_IDS + chunkFirstFree(ch);
+    const b = this.chunkBase(c);
+    this.foundBase = b;
+    const off = b < 0 ? c * CHUNK_IDS : c * CHUNK_IDS + chunkFirstFree(a, b);
     return off <= h ? off : -1;
   }
 
-  /** First chunk index >= x that is not full, or -1. */
+  /** First chunk number >= x that is not full, or -1. */
   private dirNextNonFull(x: number): number {
     const d = this.dirFull;
     const offs = this.dirOff;
@@ -492,7 +554,7 @@ export class IdEngine {
     return -1;
   }
 
-  /** First chunk index >= x that is not empty, or -1. */
+  /** First chunk number >= x that is not empty, or -1. */
   private dirNextNe(x: number): number {
     const d = this.dirNe;
     const offs = this.dirOff;
@@ -520,26 +582,26 @@ export class IdEngine {
   private nextUsed(p: number): number {
     let c = p >>> CHUNK_SHIFT;
     if (c >= this.nChunks) return -1;
-    const ch = this.chunkAt(c);
-    if (ch !== undefined) {
-      const r = nextSetIn(ch, p & CHUNK_MASK, NE1, NE_ROOT);
+    let b = this.chunkBase(c);
+    if (b >= 0) {
+      const r = nextSetIn(this.arena, b, p & CHUNK_MASK, NE1, NE_ROOT);
       if (r >= 0) return c * CHUNK_IDS + r;
     }
     c = this.dirNextNe(c + 1);
     if (c < 0) return -1;
-    const next = this.chunkAt(c);
-    if (next === undefined) return -1; // unreachable: a non-empty chunk exists
-    return c * CHUNK_IDS + nextSetIn(next, 0, NE1, NE_ROOT);
+    b = this.chunkBase(c);
+    if (b < 0) return -1; // unreachable: a non-empty chunk exists
+    return c * CHUNK_IDS + nextSetIn(this.arena, b, 0, NE1, NE_ROOT);
   }
 
-  /** First quarantined offset >= p, or -1. Quarantined IDs are set in the main tree. */
+  /** First quarantined offset >= p, or -1. Quarantined IDs are set in the main tree too. */
   private nextQuarantined(p: number): number {
     let c = p >>> CHUNK_SHIFT;
     let q = p & CHUNK_MASK;
     while (c < this.nChunks) {
-      const qp = this.ptrAt(this.qpages, c);
+      const qp = this.qPage(c);
       if (qp !== undefined) {
-        const r = nextSetIn(qp, q, Q_NE1, Q_NE_ROOT);
+        const r = nextSetIn(qp, 0, q, Q_NE1, Q_NE_ROOT);
         if (r >= 0) return c * CHUNK_IDS + r;
       }
       c = this.dirNextNe(c + 1);
@@ -549,108 +611,139 @@ export class IdEngine {
     return -1;
   }
 
-  /** Mark an offset unavailable (it must be free). */
-  private setBit(off: number): void {
-    const c = off >>> CHUNK_SHIFT;
-    let ch = this.chunkAt(c);
-    if (ch === undefined) ch = this.makePtr(this.chunks, c, CHUNK_WORDS);
+  /** Mark offset `off` unavailable in the chunk at base b (the bit must be 0). */
+  private setBit(b: number, off: number): void {
+    const a = this.arena;
     const w = (off & CHUNK_MASK) >>> 5;
-    const old = ch[w]!;
+    const old = a[b + w]!;
     const nw = old | (1 << (off & 31));
-    ch[w] = nw;
+    a[b + w] = nw;
     if (old === 0) {
       const w1 = w >>> 5;
-      const o1 = ch[NE1 + w1]!;
-      ch[NE1 + w1] = o1 | (1 << (w & 31));
+      const o1 = a[b + NE1 + w1]!;
+      a[b + NE1 + w1] = o1 | (1 << (w & 31));
       if (o1 === 0) {
-        const r = ch[NE_ROOT]!;
-        ch[NE_ROOT] = r | (1 << w1);
-        if (r === 0) this.dirSet(this.dirNe, c, false);
+        const r = a[b + NE_ROOT]!;
+        a[b + NE_ROOT] = r | (1 << w1);
+        if (r === 0) this.dirSetNe(off >>> CHUNK_SHIFT);
       }
     }
     if (nw === -1) {
       const w1 = w >>> 5;
-      const f1 = ch[FULL1 + w1]! | (1 << (w & 31));
-      ch[FULL1 + w1] = f1;
+      const f1 = a[b + FULL1 + w1]! | (1 << (w & 31));
+      a[b + FULL1 + w1] = f1;
       if (f1 === -1) {
-        const r = ch[FULL_ROOT]! | (1 << w1);
-        ch[FULL_ROOT] = r;
-        if (r === -1) this.dirSet(this.dirFull, c, true);
+        const r = a[b + FULL_ROOT]! | (1 << w1);
+        a[b + FULL_ROOT] = r;
+        if (r === -1) this.dirSetFull(off >>> CHUNK_SHIFT);
       }
     }
   }
 
-  /** Mark an offset free (it must be unavailable). */
+  /** Mark offset `off` free (used by release; the bit must be 1). */
   private clearBit(off: number): void {
     const c = off >>> CHUNK_SHIFT;
-    const ch = this.chunkAt(c);
-    if (ch === undefined) return;
+    const b = this.chunkBase(c);
+    if (b < 0) return;
+    const a = this.arena;
     const w = (off & CHUNK_MASK) >>> 5;
-    const old = ch[w]!;
+    const old = a[b + w]!;
     const nw = old & ~(1 << (off & 31));
-    ch[w] = nw;
-    if (old === 0xffffffff) this.unfull(ch, c, w);
-    if (nw === 0) this.unNe(ch, c, w);
+    a[b + w] = nw;
+    if (old === 0xffffffff) this.unfull(a, b, c, w);
+    if (nw === 0) this.unNe(a, b, c, w);
   }
 
-  /** Leaf word w of chunk c was full and is no longer. */
-  private unfull(ch: Uint32Array, c: number, w: number): void {
+  /** Leaf word w of chunk c (base b) was full and is no longer. */
+  private unfull(a: Uint32Array, b: number, c: number, w: number): void {
     const w1 = w >>> 5;
-    const o1 = ch[FULL1 + w1]!;
-    ch[FULL1 + w1] = o1 & ~(1 << (w & 31));
+    const o1 = a[b + FULL1 + w1]!;
+    a[b + FULL1 + w1] = o1 & ~(1 << (w & 31));
     if (o1 === 0xffffffff) {
-      const r = ch[FULL_ROOT]!;
-      ch[FULL_ROOT] = r & ~(1 << w1);
-      if (r === 0xffffffff) this.dirClear(this.dirFull, c, true);
+      const r = a[b + FULL_ROOT]!;
+      a[b + FULL_ROOT] = r & ~(1 << w1);
+      if (r === 0xffffffff) this.dirClearFull(c);
     }
   }
 
-  /** Leaf word w of chunk c became empty. */
-  private unNe(ch: Uint32Array, c: number, w: number): void {
+  /** Leaf word w of chunk c (base b) became empty. */
+  private unNe(a: Uint32Array, b: number, c: number, w: number): void {
     const w1 = w >>> 5;
-    const o1 = ch[NE1 + w1]! & ~(1 << (w & 31));
-    ch[NE1 + w1] = o1;
+    const o1 = a[b + NE1 + w1]! & ~(1 << (w & 31));
+    a[b + NE1 + w1] = o1;
     if (o1 === 0) {
-      const r = ch[NE_ROOT]! & ~(1 << w1);
-      ch[NE_ROOT] = r;
-      if (r === 0) this.dirClear(this.dirNe, c, false);
+      const r = a[b + NE_ROOT]! & ~(1 << w1);
+      a[b + NE_ROOT] = r;
+      if (r === 0) this.dirClearNe(c);
     }
   }
 
-  /**
-   * Set chunk c's bit in a directory and propagate: for "full" directories a parent bit is set
-   * when the word becomes all ones; for "non-empty" ones when the word stops being zero.
-   */
-  private dirSet(d: Uint32Array, c: number, full: boolean): void {
+  /** Chunk c became full: set its bit, and a parent's bit whenever a word becomes all ones. */
+  private dirSetFull(c: number): void {
+    const d = this.dirFull;
     let idx = c;
     for (let l = 0; l < this.dirLevels; l++) {
       const i = this.dirOff[l]! + (idx >>> 5);
-      const old = d[i]!;
-      const nw = old | (1 << (idx & 31));
+      const nw = d[i]! | (1 << (idx & 31));
       d[i] = nw;
-      if (full ? nw !== -1 : old !== 0) return;
+      if (nw !== -1) return;
       idx >>>= 5;
     }
   }
 
-  /** Clear chunk c's bit in a directory and propagate (the mirror of dirSet). */
-  private dirClear(d: Uint32Array, c: number, full: boolean): void {
+  /** Chunk c is no longer full: clear its bit, and a parent's bit whenever a word was all ones. */
+  private dirClearFull(c: number): void {
+    const d = this.dirFull;
     let idx = c;
     for (let l = 0; l < this.dirLevels; l++) {
       const i = this.dirOff[l]! + (idx >>> 5);
       const old = d[i]!;
-      const nw = old & ~(1 << (idx & 31));
+      d[i] = old & ~(1 << (idx & 31));
+      if (old !== 0xffffffff) return;
+      idx >>>= 5;
+    }
+  }
+
+  /** Chunk c became non-empty: set its bit, and a parent's bit whenever a word was zero. */
+  private dirSetNe(c: number): void {
+    const d = this.dirNe;
+    let idx = c;
+    for (let l = 0; l < this.dirLevels; l++) {
+      const i = this.dirOff[l]! + (idx >>> 5);
+      const old = d[i]!;
+      d[i] = old | (1 << (idx & 31));
+      if (old !== 0) return;
+      idx >>>= 5;
+    }
+  }
+
+  /** Chunk c became empty: clear its bit, and a parent's bit whenever a word becomes zero. */
+  private dirClearNe(c: number): void {
+    const d = this.dirNe;
+    let idx = c;
+    for (let l = 0; l < this.dirLevels; l++) {
+      const i = this.dirOff[l]! + (idx >>> 5);
+      const nw = d[i]! & ~(1 << (idx & 31));
       d[i] = nw;
-      if (full ? old !== 0xffffffff : nw !== 0) return;
+      if (nw !== 0) return;
       idx >>>= 5;
     }
   }
 
   private setQBit(off: number): void {
     const c = off >>> CHUNK_SHIFT;
-    let qp = this.ptrAt(this.qpages, c);
+    let qp = this.qPage(c);
     if (qp === undefined) {
-      qp = this.makePtr(this.qpages, c, QPAGE_WORDS);
+      const pi = c >>> SLOT_SHIFT;
+      let page = this.qpages[pi];
+      if (page === undefined) {
+        page = [];
+        for (let i = 0; i < SLOT_PAGE; i++) page.push(undefined);
+        this.qpages[pi] = page;
+      }
+      qp = new Uint32Array(QPAGE_WORDS);
+      page[c & SLOT_MASK] = qp;
+      this.qBytes += qp.byteLength;
       this.qChunkList.push(c);
     }
     const w = (off & CHUNK_MASK) >>> 5;
@@ -665,7 +758,7 @@ export class IdEngine {
   }
 
   private clearQBit(off: number): void {
-    const qp = this.ptrAt(this.qpages, off >>> CHUNK_SHIFT);
+    const qp = this.qPage(off >>> CHUNK_SHIFT);
     if (qp === undefined) return;
     const w = (off & CHUNK_MASK) >>> 5;
     const nw = qp[w]! & ~(1 << (off & 31));

@@ -4,28 +4,37 @@
  * k + 2 = set slot k) and the links of an intrusive doubly-linked list per set, so that a set's
  * members are enumerated in time proportional to their number (spec edge 69), never by scanning.
  * Pages of 1,024 IDs are allocated on first use, so a 32-bit space costs memory only where used.
- * 12 bytes per ID in a used page.
+ * 12 bytes per ID in a used page, the three words of a record side by side.
  */
 import { IoasidBugError } from './errors.ts';
 
 const PAGE_SHIFT = 10;
 const PAGE_SIZE = 1 << PAGE_SHIFT;
 const PAGE_MASK = PAGE_SIZE - 1;
-/** Offsets of the three arrays inside one page's Uint32Array. */
-const NEXT = PAGE_SIZE;
-const PREV = 2 * PAGE_SIZE;
+/** A record is three words side by side (tag, next, prev), so one ID's record shares a cache line. */
+const STRIDE = 3;
+const NEXT = 1;
+const PREV = 2;
 /** Null link. 0xFFFFFFFF is INVALID_IOASID, never a member. */
 export const NIL = 0xffffffff;
 export const TAG_ABSENT = 0;
 export const TAG_NO_SET = 1;
 
 export class RecordTable {
+  /** Page directory: a dense array for universes up to 2^26 IDs, else a Map (32-bit spaces). */
+  #dense: (Uint32Array | undefined)[] | null;
   #pages = new Map<number, Uint32Array>();
   #lastKey = -1;
   #lastPage: Uint32Array | undefined;
+
+  /** `maxId`: the largest ID this table may hold (sizes the page directory). */
+  constructor(maxId = 0xfffffffe) {
+    const pages = Math.floor(maxId / PAGE_SIZE) + 1;
+    this.#dense = pages <= 1 << 16 ? new Array<Uint32Array | undefined>(pages).fill(undefined) : null;
+  }
   /** Per tag (1 = no set, k + 2 = set slot k): list head and member count. */
-  #heads: number[] = [];
-  #counts: number[] = [];
+  #heads = new Uint32Array(16).fill(NIL);
+  #counts = new Uint32Array(16);
   #size = 0;
 
   get size(): number {
@@ -34,6 +43,7 @@ export class RecordTable {
 
   #page(id: number): Uint32Array | undefined {
     const key = id >>> PAGE_SHIFT;
+    if (this.#dense !== null) return this.#dense[key];
     if (key === this.#lastKey) return this.#lastPage;
     const p = this.#pages.get(key);
     if (p !== undefined) {
@@ -46,8 +56,12 @@ export class RecordTable {
   #pageOrCreate(id: number): Uint32Array {
     let p = this.#page(id);
     if (p === undefined) {
-      p = new Uint32Array(3 * PAGE_SIZE);
+      p = new Uint32Array(STRIDE * PAGE_SIZE);
       const key = id >>> PAGE_SHIFT;
+      if (this.#dense !== null) {
+        if (key >= this.#dense.length) throw new IoasidBugError('record beyond the table', { id });
+        this.#dense[key] = p;
+      }
       this.#pages.set(key, p);
       this.#lastKey = key;
       this.#lastPage = p;
@@ -58,7 +72,7 @@ export class RecordTable {
   /** 0 when absent, else the tag. */
   tag(id: number): number {
     const p = this.#page(id);
-    return p === undefined ? TAG_ABSENT : (p[id & PAGE_MASK] as number);
+    return p === undefined ? TAG_ABSENT : (p[(id & PAGE_MASK) * STRIDE] as number);
   }
 
   has(id: number): boolean {
@@ -66,36 +80,48 @@ export class RecordTable {
   }
 
   countOf(tag: number): number {
-    return this.#counts[tag] ?? 0;
+    return tag < this.#counts.length ? (this.#counts[tag] as number) : 0;
+  }
+
+  #grow(tag: number): void {
+    let n = this.#heads.length;
+    while (n <= tag) n *= 2;
+    const heads = new Uint32Array(n).fill(NIL);
+    heads.set(this.#heads);
+    const counts = new Uint32Array(n);
+    counts.set(this.#counts);
+    this.#heads = heads;
+    this.#counts = counts;
   }
 
   #setNext(id: number, v: number): void {
-    (this.#page(id) as Uint32Array)[NEXT + (id & PAGE_MASK)] = v;
+    (this.#page(id) as Uint32Array)[(id & PAGE_MASK) * STRIDE + NEXT] = v;
   }
 
   #setPrev(id: number, v: number): void {
-    (this.#page(id) as Uint32Array)[PREV + (id & PAGE_MASK)] = v;
+    (this.#page(id) as Uint32Array)[(id & PAGE_MASK) * STRIDE + PREV] = v;
   }
 
   insert(id: number, tag: number): void {
     const p = this.#pageOrCreate(id);
-    const o = id & PAGE_MASK;
+    const o = (id & PAGE_MASK) * STRIDE;
     if (p[o] !== TAG_ABSENT) throw new IoasidBugError('record inserted twice', { id });
-    const head = this.#heads[tag] ?? NIL;
+    if (tag >= this.#heads.length) this.#grow(tag);
+    const head = this.#heads[tag] as number;
     p[o] = tag;
     p[NEXT + o] = head;
     p[PREV + o] = NIL;
     if (head !== NIL) this.#setPrev(head, id);
     // #setPrev may have switched the page cache; `p` stays valid (it is the array itself).
     this.#heads[tag] = id;
-    this.#counts[tag] = (this.#counts[tag] ?? 0) + 1;
+    this.#counts[tag] = (this.#counts[tag] as number) + 1;
     this.#size++;
   }
 
   /** Remove a record; returns its tag. */
   remove(id: number): number {
     const p = this.#page(id);
-    const o = id & PAGE_MASK;
+    const o = (id & PAGE_MASK) * STRIDE;
     const tag = p === undefined ? TAG_ABSENT : (p[o] as number);
     if (p === undefined || tag === TAG_ABSENT) throw new IoasidBugError('removing an absent record', { id });
     const next = p[NEXT + o] as number;
@@ -112,11 +138,11 @@ export class RecordTable {
   /** Members with this tag, most recently inserted first. */
   membersOf(tag: number): number[] {
     const out: number[] = [];
-    let id = this.#heads[tag] ?? NIL;
+    let id = tag < this.#heads.length ? (this.#heads[tag] as number) : NIL;
     while (id !== NIL) {
       out.push(id);
       const p = this.#page(id) as Uint32Array;
-      id = p[NEXT + (id & PAGE_MASK)] as number;
+      id = p[(id & PAGE_MASK) * STRIDE + NEXT] as number;
     }
     return out;
   }
@@ -127,7 +153,7 @@ export class RecordTable {
     for (const key of keys) {
       const p = this.#pages.get(key) as Uint32Array;
       for (let o = 0; o < PAGE_SIZE; o++) {
-        const t = p[o] as number;
+        const t = p[o * STRIDE] as number;
         if (t !== TAG_ABSENT) yield [key * PAGE_SIZE + o, t];
       }
     }
@@ -135,6 +161,6 @@ export class RecordTable {
 
   /** Bytes held in typed arrays (for the memory figure). */
   memoryBytes(): number {
-    return this.#pages.size * 3 * PAGE_SIZE * 4;
+    return this.#pages.size * STRIDE * PAGE_SIZE * 4;
   }
 }

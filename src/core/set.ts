@@ -31,8 +31,10 @@ export class IoasidSet {
   }
 
   /** @internal */
-  static slotOf(set: IoasidSet, owner: object): number {
-    return set.#owner === owner ? set.#slot : -2;
+  /** The set's slot in `owner`; -2 when it belongs to another space, -3 when it is no set. */
+  static slotOf(set: unknown, owner: object): number {
+    if (typeof set !== 'object' || set === null || !(#owner in set)) return -3;
+    return (set as IoasidSet).#owner === owner ? (set as IoasidSet).#slot : -2;
   }
 
   /** @internal */

@@ -69,14 +69,16 @@ function sameOps(a: AllocatorOps, b: AllocatorOps): boolean {
   return a.alloc === b.alloc && a.free === b.free;
 }
 
-function newAllocatorData(ops: AllocatorOps, custom: boolean): AllocatorData {
-  return { ops, members: custom ? [ops] : [], custom, table: new RecordTable(), data: new Map(), refs: new Map() };
+function newAllocatorData(ops: AllocatorOps, custom: boolean, maxId = IOASID_MAX): AllocatorData {
+  return { ops, members: custom ? [ops] : [], custom, table: new RecordTable(maxId), data: new Map(), refs: new Map() };
 }
 
 export class IoasidSpace {
   readonly profile: Profile;
   readonly bits: number;
   readonly #rules: ProfileRules;
+  /** linux-5.11: `free` is `put` (the kernel renamed it). */
+  readonly #freeIsPut: boolean;
   readonly #log: LogFn;
   #engine: IdEngine;
   #default: AllocatorData;
@@ -100,13 +102,14 @@ export class IoasidSpace {
     this.profile = profile;
     this.bits = bits;
     this.#rules = PROFILE_RULES[profile];
+    this.#freeIsPut = profile === 'linux-5.11';
     this.#log = opts.log ?? noop;
     // IdEngine.forBits validates bits and policy.
     this.#engine = IdEngine.forBits(bits, {
       ...(opts.policy !== undefined ? { policy: opts.policy } : {}),
       quarantine: opts.quarantine ?? false,
     });
-    this.#default = newAllocatorData(DEFAULT_OPS, false);
+    this.#default = newAllocatorData(DEFAULT_OPS, false, this.#engine.max);
     this.#active = this.#default;
     this.#chain = new NotifierChain((err, event) =>
       this.#log('error', `notifier failed on ${event.type} of IOASID ${event.id}`, { error: String(err) }),
@@ -180,11 +183,11 @@ export class IoasidSpace {
   /** -1 for null; throws EINVAL for a set of another space or a destroyed set. */
   #slot(set: IoasidSet | null | undefined): number {
     if (set === null || set === undefined) return -1;
-    if (!(set instanceof IoasidSet)) throw new IoasidError('EINVAL', `not an IoasidSet: ${fmtId(set)}`, { set: String(set) });
     const slot = IoasidSet.slotOf(set, this);
+    if (slot >= 0 && this.#sets[slot] === set) return slot;
+    if (slot === -3) throw new IoasidError('EINVAL', `not an IoasidSet: ${fmtId(set)}`, { set: String(set) });
     if (slot === -2) throw new IoasidError('EINVAL', `set ${set.name} belongs to another space`, { set: set.name });
-    if (slot === -1 || this.#sets[slot] !== set) throw new IoasidError('EINVAL', `set ${set.name} was destroyed`, { set: set.name });
-    return slot;
+    throw new IoasidError('EINVAL', `set ${set.name} was destroyed`, { set: set.name });
   }
 
   #setOfTag(tag: number): IoasidSet | null {
@@ -356,7 +359,7 @@ export class IoasidSpace {
     if (this.#active.custom) throw new IoasidError('EOPNOTSUPP', 'freeSync needs the default allocator; a custom allocator is active, use free()');
     const n = this.#lookupForFree(id, set, 'free');
     if (n === null) return;
-    if (this.profile === 'linux-5.11') {
+    if (this.#freeIsPut) {
       this.#putDefault(n);
       return;
     }
@@ -365,6 +368,7 @@ export class IoasidSpace {
   }
 
   #checkNoExtraRefs(ad: AllocatorData, id: number): void {
+    if (ad.refs.size === 0) return;
     const refs = ad.refs.get(id);
     if (refs !== undefined) {
       throw new IoasidError('EBUSY', `IOASID ${fmtId(id)} still has ${refs} references; use put()`, { id, refs });
@@ -379,6 +383,7 @@ export class IoasidSpace {
 
   /** Drop one reference; true when references remain. */
   #dropRef(ad: AllocatorData, id: number): boolean {
+    if (ad.refs.size === 0) return false;
     const refs = ad.refs.get(id);
     if (refs === undefined) return false;
     if (refs <= 2) ad.refs.delete(id);
@@ -394,8 +399,8 @@ export class IoasidSpace {
 
   #forget(ad: AllocatorData, id: number): void {
     const tag = ad.table.remove(id);
-    ad.data.delete(id);
-    ad.refs.delete(id);
+    if (ad.data.size > 0) ad.data.delete(id);
+    if (ad.refs.size > 0) ad.refs.delete(id);
     if (!this.#chain.empty) this.#chain.emit({ type: 'free', id, set: this.#setOfTag(tag) });
   }
 
@@ -409,7 +414,7 @@ export class IoasidSpace {
     }
     const n = this.#lookupForFree(id, set, isPut ? 'put' : 'free');
     if (n === null) return false;
-    if (isPut || this.profile === 'linux-5.11') {
+    if (isPut || this.#freeIsPut) {
       if (this.#dropRef(ad, n)) return false;
     } else {
       this.#checkNoExtraRefs(ad, n);
@@ -713,7 +718,7 @@ export class IoasidSpace {
         if (refs > 1) ad.refs.set(id, refs);
       }
     };
-    const def = newAllocatorData(DEFAULT_OPS, false);
+    const def = newAllocatorData(DEFAULT_OPS, false, engine.max);
     const customs = this.#list.map((old) => {
       const ad = newAllocatorData(old.ops, true);
       ad.members = [...old.members];
