@@ -14,7 +14,7 @@
  */
 import { IoasidError, fmtId, isIoasidError, type IoasidSpace, type LogFn, type Profile } from '../core/index.ts';
 import { IoasidSpace as Space } from '../core/index.ts';
-import { VtdGuestDriver, type GuestViommu, type Layout, type PasBit, type UnplugReport } from '../vtd/index.ts';
+import { VtdGuestDriver, type GuestViommu, type Layout, type MmioAccessor, type PasBit, type UnplugReport } from '../vtd/index.ts';
 import type { Vm, Viommu } from './vm.ts';
 import type { PciDevice } from './device.ts';
 import { Host, type HostOptions } from './host.ts';
@@ -30,6 +30,8 @@ export interface GuestOptions {
   /** VCMD poll deadline (default 10 s of virtual time). */
   readonly timeoutMs?: number;
   readonly log?: LogFn;
+  /** Observe or alter the guest's register accesses (the demo traces them; tests inject faults). */
+  readonly wrapMmio?: (viommu: Viommu, mmio: MmioAccessor) => MmioAccessor;
 }
 
 /** The SVA state of one address space (the kernel's `struct intel_svm` per mm). */
@@ -48,11 +50,14 @@ export class Guest {
   #host: Host | null = null;
   #dead = false;
   readonly #hostOptions: Pick<HostOptions, 'now' | 'log'>;
+  readonly #mmioOf: (v: Viommu) => MmioAccessor;
 
   /** @internal booted by Host.boot */
   constructor(vm: Vm, opts: GuestOptions, hostOptions: Pick<HostOptions, 'now' | 'log'>) {
     this.vm = vm;
     this.#hostOptions = hostOptions;
+    const wrap = opts.wrapMmio;
+    this.#mmioOf = wrap === undefined ? (v) => v.device : (v) => wrap(v, v.device);
     const log = opts.log;
     this.space = new Space({ profile: opts.profile ?? 'strict', ...(log ? { log } : {}) });
     const layout = opts.layout ?? vm.viommus()[0]?.device.config.layout ?? 'B';
@@ -64,7 +69,7 @@ export class Guest {
       ...(log ? { log } : {}),
     });
     const viommus = vm.viommus();
-    const units = this.driver.init(viommus.map((v) => ({ mmio: v.device, name: v.name })));
+    const units = this.driver.init(viommus.map((v) => ({ mmio: this.#mmioOf(v), name: v.name })));
     viommus.forEach((v, i) => this.#units.set(v.segment, units[i] as GuestViommu));
   }
 
@@ -166,7 +171,7 @@ export class Guest {
   /** @internal the host plugged a vIOMMU */
   viommuAdded(v: Viommu): void {
     if (this.#dead) return;
-    this.#units.set(v.segment, this.driver.hotplug(v.device, v.name));
+    this.#units.set(v.segment, this.driver.hotplug(this.#mmioOf(v), v.name));
   }
 
   /** @internal the host is about to remove a vIOMMU */

@@ -1,0 +1,15 @@
+/**
+ * The `ioasid` command. Thin: it parses arguments and calls the layers; no domain logic here.
+ */
+import { Command } from 'commander';
+import { demoCommand } from './demo.ts';
+import { simulateCommand } from './simulate.ts';
+
+const program = new Command('ioasid')
+  .description('System-wide PASID allocation for virtualised IOMMUs: the Linux IOASID framework, the VT-d virtual command interface, and a PASID authority service')
+  .version('0.1.0');
+
+program.addCommand(demoCommand());
+program.addCommand(simulateCommand());
+
+await program.parseAsync(process.argv);
