@@ -17,6 +17,7 @@ export const ERRNO = {
   ENODEV: 19,
   EINVAL: 22,
   ENOTTY: 25,
+  EFBIG: 27,
   ENOSPC: 28,
   ERANGE: 34,
   EDEADLK: 35,

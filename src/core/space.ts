@@ -211,6 +211,11 @@ export class IoasidSpace {
     return [...this.#active.table.entries()].map(([id]) => id);
   }
 
+  /** Every ID of the active table with its owning set (null: none), ascending. */
+  *entries(): IterableIterator<[number, IoasidSet | null]> {
+    for (const [id, tag] of this.#active.table.entries()) yield [id, this.#setOfTag(tag)];
+  }
+
   #checkAllocArgs(set: IoasidSet | null, min: unknown, max: unknown): { slot: number; lo: number; hi: number } {
     const slot = this.#slot(set);
     if (this.#rules.acceptInvalidAsMax && max === INVALID_IOASID) max = IOASID_MAX;

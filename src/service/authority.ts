@@ -1,0 +1,491 @@
+/**
+ * The PASID authority: the host of DESIGN 5 made durable (DESIGN 6-7). It owns a level-0 `Host`
+ * and a `Store`, and applies every change to both so that an acknowledged change is committed:
+ *  1. An allocation is made in memory first (so no one else can take the PASID), then persisted;
+ *     if the commit fails it is undone in memory and the caller gets the error.
+ *  2. A free is validated in memory, persisted, and only then released in memory: a PASID whose
+ *     delete is not yet durable can never be handed to another VM.
+ *  3. Every other change (VMs, vIOMMUs, devices, bindings) is validated against the host model,
+ *     persisted, then applied; a refused request changes nothing.
+ *  4. VCMD commands arriving through trapped MMIO go through the same rules: the device's IP bit
+ *     stays set until the allocation or free is committed, so the guest never sees a PASID that
+ *     a crash could take back.
+ * At start, the stored rows are replayed into the host model, which re-checks them (ownership,
+ * quotas, bindings): a state that does not replay cleanly is refused.
+ */
+import {
+  IoasidError, PASID_MAX, PASID_MIN, fmtId, isIoasidError, type IoasidErrorCode,
+} from '../core/index.ts';
+import { decodeRegister, registerOffset, type VcmdBackend, type VcmdLogEntry } from '../vtd/index.ts';
+import { Host, parseDevice, type HostEvent, type Vm, type ViommuSpec } from '../host/index.ts';
+import type { Mutation, Store, StoredState, VmRow } from '../store/index.ts';
+import { hashToken, newToken, tokenMatches } from './tokens.ts';
+
+export interface VmInfo {
+  readonly id: string;
+  readonly quota: number;
+  readonly used: number;
+  readonly createdAt: number;
+  readonly viommus: readonly { segment: number; layout: 'A' | 'B'; rangeExtension: boolean }[];
+  readonly devices: readonly { bdf: string; segment: number; pasidBits: number }[];
+  readonly bindings: readonly { bdf: string; pasid: number }[];
+}
+
+export interface PasidInfo {
+  readonly pasid: number;
+  readonly owner: string | null;
+  readonly bindings: readonly string[];
+  readonly history: readonly AuthorityEvent[];
+}
+
+/** What the service streams and records (host events plus a timestamp and sequence number). */
+export type AuthorityEvent = HostEvent & { readonly seq: number; readonly at: number };
+
+export interface AuthorityOptions {
+  readonly store: Store;
+  /** Clock (ms since the epoch); injected for tests. */
+  readonly now?: () => number;
+  /** Events kept for PASID histories (a ring). */
+  readonly historySize?: number;
+}
+
+export interface CreateVmRequest {
+  readonly id: string;
+  readonly quota?: number;
+  readonly viommus?: readonly ViommuSpec[];
+  readonly devices?: readonly { bdf: string; pasidBits?: number }[];
+}
+
+const ADMIN_HASH_KEY = 'admin.tokenHash';
+
+export class PasidAuthority {
+  readonly host: Host;
+  readonly store: Store;
+  readonly #now: () => number;
+  readonly #tokens = new Map<string, string>();
+  /** token hash -> VM, to tell "another VM's token" (403) from "no valid token" (401). */
+  readonly #byHash = new Map<string, string>();
+  readonly #created = new Map<string, number>();
+  readonly #listeners = new Set<(e: AuthorityEvent) => void>();
+  readonly #ring: (AuthorityEvent | undefined)[];
+  #ringPos = 0;
+  #seq = 0;
+  #adminHash: string | null = null;
+  /** Per-VM serialisation of structural changes (create/destroy/plug). */
+  #structural: Promise<unknown> = Promise.resolve();
+
+  private constructor(opts: AuthorityOptions) {
+    this.store = opts.store;
+    this.#now = opts.now ?? Date.now;
+    this.#ring = new Array<AuthorityEvent | undefined>(opts.historySize ?? 65536).fill(undefined);
+    this.host = new Host({
+      name: 'authority',
+      now: this.#now,
+      wrapBackend: (vm, inner) => this.#durableBackend(vm, inner),
+    });
+    this.host.on((e) => this.#publish(e));
+  }
+
+  /** Open the store, validate it and replay it into a fresh host. */
+  static async open(opts: AuthorityOptions): Promise<PasidAuthority> {
+    const a = new PasidAuthority(opts);
+    const state = await opts.store.open();
+    try {
+      a.#replay(state);
+    } catch (e) {
+      await opts.store.close().catch(() => {});
+      if (isIoasidError(e)) throw new IoasidError('EINVAL', `stored state does not replay: ${e.message}`, { ...e.details, cause: e.code });
+      throw e;
+    }
+    return a;
+  }
+
+  #replay(state: StoredState): void {
+    for (const m of state.meta) if (m.key === ADMIN_HASH_KEY) this.#adminHash = m.value;
+    for (const row of state.vms) {
+      this.host.createVm({
+        id: row.id,
+        quota: row.quota,
+        viommus: state.viommus.filter((v) => v.vm === row.id).map((v) => ({ segment: v.segment, layout: v.layout, rangeExtension: v.rangeExtension })),
+        devices: state.devices.filter((d) => d.vm === row.id).map((d) => ({ bdf: d.bdf, pasidBits: d.pasidBits })),
+      });
+      this.#tokens.set(row.id, row.tokenHash);
+      this.#byHash.set(row.tokenHash, row.id);
+      this.#created.set(row.id, row.createdAt);
+    }
+    for (const p of state.pasids) {
+      const set = p.vm === null ? null : this.host.vm(p.vm).set;
+      this.host.space.allocSync(set, p.pasid, p.pasid);
+    }
+    for (const b of state.bindings) this.host.vm(b.vm).bind(b.bdf, b.pasid);
+    this.#ring.fill(undefined);
+    this.#seq = 0;
+  }
+
+  async close(): Promise<void> {
+    await this.#structural.catch(() => {});
+    for (const vm of this.host.vms()) for (const v of vm.viommus()) await v.device.settled();
+    await this.store.close();
+  }
+
+  // ------------------------------------------------------------------ events
+
+  on(listener: (e: AuthorityEvent) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #publish(e: HostEvent): void {
+    const ev: AuthorityEvent = { ...e, seq: ++this.#seq, at: this.#now() };
+    this.#ring[this.#ringPos] = ev;
+    this.#ringPos = (this.#ringPos + 1) % this.#ring.length;
+    for (const l of this.#listeners) {
+      try {
+        l(ev);
+      } catch {
+        // a slow or broken subscriber must not break the authority
+      }
+    }
+  }
+
+  /** Recent events, oldest first, optionally only those of one PASID or VM. */
+  recentEvents(filter: { pasid?: number; vm?: string; limit?: number } = {}): AuthorityEvent[] {
+    const out: AuthorityEvent[] = [];
+    const n = this.#ring.length;
+    for (let i = 0; i < n; i++) {
+      const e = this.#ring[(this.#ringPos + i) % n];
+      if (e === undefined) continue;
+      if (filter.pasid !== undefined && !('pasid' in e && e.pasid === filter.pasid)) continue;
+      if (filter.vm !== undefined && e.vm !== filter.vm) continue;
+      out.push(e);
+    }
+    return filter.limit !== undefined ? out.slice(-filter.limit) : out;
+  }
+
+  // ------------------------------------------------------------------ tokens
+
+  /** The admin token: set its hash once (first start) or check one. */
+  get hasAdmin(): boolean {
+    return this.#adminHash !== null;
+  }
+
+  async setAdminTokenHash(hash: string): Promise<void> {
+    await this.store.apply([{ op: 'putMeta', row: { key: ADMIN_HASH_KEY, value: hash } }]);
+    this.#adminHash = hash;
+  }
+
+  isAdmin(token: string): boolean {
+    return this.#adminHash !== null && tokenMatches(token, this.#adminHash);
+  }
+
+  /** The VM the token belongs to, if it is that VM's token. */
+  isVmToken(vm: string, token: string): boolean {
+    const h = this.#tokens.get(vm);
+    return h !== undefined && tokenMatches(token, h);
+  }
+
+  /** The VM whose token this is, or null. */
+  tokenOwner(token: string): string | null {
+    return this.#byHash.get(hashToken(token)) ?? null;
+  }
+
+  // ------------------------------------------------------------------ serialisation
+
+  /** Structural changes run one at a time (they await the store and guest callbacks). */
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#structural.then(fn, fn);
+    this.#structural = run.catch(() => {});
+    return run;
+  }
+
+  // ------------------------------------------------------------------ VMs
+
+  vm(id: string): Vm {
+    return this.host.vm(id);
+  }
+
+  vmInfo(id: string): VmInfo {
+    const vm = this.host.vm(id);
+    return {
+      id: vm.id,
+      quota: vm.quota,
+      used: this.host.space.setCount(vm.set),
+      createdAt: this.#created.get(vm.id) ?? 0,
+      viommus: vm.viommus().map((v) => ({ segment: v.segment, layout: v.device.config.layout, rangeExtension: v.device.config.rangeExtension })),
+      devices: vm.devices().map((d) => ({ bdf: d.bdf, segment: d.segment, pasidBits: d.pasidBits })),
+      bindings: vm.bindings().map(([bdf, pasid]) => ({ bdf, pasid })),
+    };
+  }
+
+  listVms(): VmInfo[] {
+    return this.host.vms().map((vm) => this.vmInfo(vm.id)).sort((a, b) => (a.id < b.id ? -1 : 1));
+  }
+
+  /** Create a VM; returns its info and its bearer token (shown once, stored hashed). */
+  createVm(req: CreateVmRequest): Promise<{ vm: VmInfo; token: string }> {
+    return this.#serial(async () => {
+      // Validate by building it in the model first; undo if the commit fails.
+      const vm = this.host.createVm({
+        id: req.id,
+        ...(req.quota !== undefined ? { quota: req.quota } : {}),
+        viommus: req.viommus ?? [],
+        devices: req.devices ?? [],
+      });
+      const token = newToken();
+      const at = this.#now();
+      const row: VmRow = { id: vm.id, name: vm.id, quota: vm.quota, tokenHash: hashToken(token), createdAt: at };
+      const batch: Mutation[] = [
+        { op: 'putVm', row },
+        ...vm.viommus().map((v): Mutation => ({ op: 'putViommu', row: { vm: vm.id, segment: v.segment, layout: v.device.config.layout, rangeExtension: v.device.config.rangeExtension } })),
+        ...vm.devices().map((d): Mutation => ({ op: 'putDevice', row: { vm: vm.id, bdf: d.bdf, segment: d.segment, pasidBits: d.pasidBits } })),
+      ];
+      try {
+        await this.store.apply(batch);
+      } catch (e) {
+        await this.host.destroyVm(vm.id);
+        throw e;
+      }
+      this.#tokens.set(vm.id, row.tokenHash);
+      this.#byHash.set(row.tokenHash, vm.id);
+      this.#created.set(vm.id, at);
+      return { vm: this.vmInfo(vm.id), token };
+    });
+  }
+
+  /** Destroy a VM: unbind everything, free every PASID, forget it (one commit). */
+  destroyVm(id: string): Promise<{ freed: number[]; bindings: number }> {
+    return this.#serial(async () => {
+      const vm = this.host.vm(id);
+      for (const v of vm.viommus()) await v.device.settled();
+      const batch: Mutation[] = [
+        ...vm.bindings().map(([bdf, pasid]): Mutation => ({ op: 'deleteBinding', pasid, bdf })),
+        ...vm.pasids().map((pasid): Mutation => ({ op: 'deletePasid', pasid, vm: id })),
+        ...vm.devices().map((d): Mutation => ({ op: 'deleteDevice', vm: id, bdf: d.bdf })),
+        ...vm.viommus().map((v): Mutation => ({ op: 'deleteViommu', vm: id, segment: v.segment })),
+        { op: 'deleteVm', id },
+      ];
+      await this.store.apply(batch);
+      const r = await this.host.destroyVm(id);
+      const h = this.#tokens.get(id);
+      if (h !== undefined) this.#byHash.delete(h);
+      this.#tokens.delete(id);
+      this.#created.delete(id);
+      return { freed: r.pasids, bindings: r.bindings.length };
+    });
+  }
+
+  addViommu(vmId: string, spec: ViommuSpec): Promise<VmInfo> {
+    return this.#serial(async () => {
+      const vm = this.host.vm(vmId);
+      const v = vm.addViommu(spec);
+      try {
+        await this.store.apply([{ op: 'putViommu', row: { vm: vmId, segment: v.segment, layout: v.device.config.layout, rangeExtension: v.device.config.rangeExtension } }]);
+      } catch (e) {
+        await vm.removeViommu(v.segment);
+        throw e;
+      }
+      return this.vmInfo(vmId);
+    });
+  }
+
+  removeViommu(vmId: string, segment: number): Promise<VmInfo> {
+    return this.#serial(async () => {
+      const vm = this.host.vm(vmId);
+      vm.viommu(segment);
+      const behind = vm.devices().filter((d) => d.segment === segment);
+      if (behind.length > 0) {
+        throw new IoasidError('EBUSY', `vIOMMU on segment ${segment} still translates for ${behind.map((d) => d.bdf).join(', ')}`, { vm: vmId, segment });
+      }
+      await this.store.apply([{ op: 'deleteViommu', vm: vmId, segment }]);
+      await vm.removeViommu(segment);
+      return this.vmInfo(vmId);
+    });
+  }
+
+  addDevice(vmId: string, spec: { bdf: string; pasidBits?: number }): Promise<VmInfo> {
+    return this.#serial(async () => {
+      const vm = this.host.vm(vmId);
+      const d = vm.assignDevice(spec);
+      try {
+        await this.store.apply([{ op: 'putDevice', row: { vm: vmId, bdf: d.bdf, segment: d.segment, pasidBits: d.pasidBits } }]);
+      } catch (e) {
+        await vm.removeDevice(d.bdf);
+        throw e;
+      }
+      return this.vmInfo(vmId);
+    });
+  }
+
+  removeDevice(vmId: string, bdf: string): Promise<VmInfo> {
+    return this.#serial(async () => {
+      const vm = this.host.vm(vmId);
+      const d = vm.device(bdf);
+      const bound = vm.bindings().filter(([b]) => b === d.bdf);
+      await this.store.apply([
+        ...bound.map(([b, pasid]): Mutation => ({ op: 'deleteBinding', pasid, bdf: b })),
+        { op: 'deleteDevice', vm: vmId, bdf: d.bdf },
+      ]);
+      await vm.removeDevice(d.bdf);
+      return this.vmInfo(vmId);
+    });
+  }
+
+  // ------------------------------------------------------------------ PASIDs
+
+  /** Allocate `count` PASIDs for a VM in [min, max]; all or nothing, one commit. */
+  async allocPasids(vmId: string, opts: { min?: number; max?: number; count?: number } = {}): Promise<number[]> {
+    const vm = this.host.vm(vmId);
+    const min = opts.min ?? PASID_MIN;
+    const max = opts.max ?? PASID_MAX;
+    const count = opts.count ?? 1;
+    if (min < PASID_MIN || max > PASID_MAX || min > max) {
+      throw new IoasidError('EINVAL', `PASID range [${fmtId(min)}, ${fmtId(max)}] must lie within [1, 0xfffff] with min <= max`, { min, max });
+    }
+    const got: number[] = [];
+    try {
+      for (let i = 0; i < count; i++) got.push(this.host.space.allocSync(vm.set, min, max));
+    } catch (e) {
+      for (const p of got) this.host.space.freeSync(p, vm.set);
+      throw e;
+    }
+    const at = this.#now();
+    try {
+      await this.store.apply(got.map((pasid): Mutation => ({ op: 'insertPasid', row: { pasid, vm: vmId, allocatedAt: at } })));
+    } catch (e) {
+      for (const p of got) if (!vm.destroyed) this.host.space.freeSync(p, vm.set);
+      throw e;
+    }
+    return got;
+  }
+
+  /** Free a VM's PASID: EACCES if another VM's, ENOENT if unknown, EBUSY if bound. */
+  async freePasid(vmId: string, pasid: number): Promise<void> {
+    const vm = this.host.vm(vmId);
+    this.#checkFree(vm, pasid);
+    await this.store.apply([{ op: 'deletePasid', pasid, vm: vmId }]);
+    this.host.space.freeSync(pasid, vm.set);
+  }
+
+  #checkFree(vm: Vm, pasid: number): void {
+    this.host.space.find(vm.set, pasid); // ENOENT / EACCES
+    const bound = vm.bindings().filter(([, p]) => p === pasid).map(([b]) => b);
+    if (bound.length > 0) throw new IoasidError('EBUSY', `PASID ${pasid} is still bound to ${bound.join(', ')}`, { pasid, devices: bound });
+  }
+
+  async bind(vmId: string, pasid: number, bdf: string): Promise<void> {
+    const vm = this.host.vm(vmId);
+    const d = parseDevice({ bdf });
+    vm.bind(d.bdf, pasid);
+    try {
+      await this.store.apply([{ op: 'putBinding', row: { pasid, vm: vmId, bdf: d.bdf, boundAt: this.#now() } }]);
+    } catch (e) {
+      if (!vm.destroyed) vm.unbind(d.bdf, pasid);
+      throw e;
+    }
+  }
+
+  async unbind(vmId: string, pasid: number, bdf: string): Promise<void> {
+    const vm = this.host.vm(vmId);
+    const d = parseDevice({ bdf });
+    if (!vm.bindings().some(([b, p]) => b === d.bdf && p === pasid)) {
+      this.host.space.find(vm.set, pasid);
+      throw new IoasidError('ENOENT', `device ${d.bdf} is not bound to PASID ${pasid}`, { bdf: d.bdf, pasid });
+    }
+    await this.store.apply([{ op: 'deleteBinding', pasid, bdf: d.bdf }]);
+    vm.unbind(d.bdf, pasid);
+  }
+
+  pasidInfo(pasid: number): PasidInfo {
+    let owner: string | null = null;
+    let known = true;
+    try {
+      owner = this.host.space.ownerOf(pasid)?.name ?? null;
+    } catch (e) {
+      if (!isIoasidError(e, 'ENOENT')) throw e;
+      known = false;
+    }
+    const history = this.recentEvents({ pasid, limit: 32 });
+    if (!known && history.length === 0) throw new IoasidError('ENOENT', `PASID ${fmtId(pasid)} is not allocated and has no history`, { pasid });
+    const bindings = owner === null || !known ? [] : this.host.vm(owner).bindings().filter(([, p]) => p === pasid).map(([b]) => b);
+    return { pasid, owner: known ? owner : null, bindings, history };
+  }
+
+  /** The namespace compactly: per owner, sorted runs [start, length] (DESIGN 7, dashboard). */
+  namespace(): { capacity: number; owners: { owner: string | null; count: number; runs: number[] }[] } {
+    const byOwner = new Map<string | null, number[]>();
+    let prevOwner: string | null | undefined;
+    let runStart = -1;
+    let runLen = 0;
+    const flush = () => {
+      if (runLen === 0 || prevOwner === undefined) return;
+      let r = byOwner.get(prevOwner);
+      if (r === undefined) byOwner.set(prevOwner, (r = []));
+      r.push(runStart, runLen);
+    };
+    for (const [id, set] of this.host.space.entries()) {
+      const owner = set === null ? null : set.name;
+      if (owner === prevOwner && id === runStart + runLen) {
+        runLen++;
+        continue;
+      }
+      flush();
+      prevOwner = owner;
+      runStart = id;
+      runLen = 1;
+    }
+    flush();
+    return {
+      capacity: PASID_MAX,
+      owners: [...byOwner].map(([owner, runs]) => ({ owner, count: runs.reduce((n, v, i) => (i % 2 ? n + v : n), 0), runs })),
+    };
+  }
+
+  // ------------------------------------------------------------------ trapped MMIO
+
+  /** A VMM forwards a trapped register read or write of one vIOMMU. */
+  mmio(vmId: string, segment: number, access: { op: 'read' | 'write'; offset: number; size: 4 | 8; value?: bigint }): bigint | null {
+    const v = this.host.vm(vmId).viommu(segment);
+    if (access.op === 'read') return v.device.read(access.offset, access.size);
+    v.device.write(access.offset, access.value ?? 0n, access.size);
+    return null;
+  }
+
+  /** Registers of one vIOMMU decoded, and its recent commands (the dashboard's inspector). */
+  registers(vmId: string, segment: number): { layout: 'A' | 'B'; values: Record<string, string>; decoded: Record<string, Record<string, string>>; recent: readonly VcmdLogEntry[] } {
+    const v = this.host.vm(vmId).viommu(segment);
+    const map = v.device.map;
+    const names = ['CAP_REG', 'ECAP_REG', 'VCCAP_REG', 'VCMD_REG', ...(map.layout === 'B' ? (['VCMD_EO_REG'] as const) : []), 'VCRSP_REG'] as const;
+    const values: Record<string, string> = {};
+    const decoded: Record<string, Record<string, string>> = {};
+    for (const name of names) {
+      const offset = registerOffset(map, name);
+      const value = v.device.read(offset, 8);
+      values[name] = `0x${value.toString(16)}`;
+      decoded[name] = Object.fromEntries(Object.entries(decodeRegister(map, name, value)).map(([k, x]) => [k, `0x${(x as bigint).toString(16)}`]));
+    }
+    return { layout: map.layout, values, decoded, recent: v.device.recentCommands() };
+  }
+
+  /** The VCMD backend of a VM's vIOMMUs, made durable (rule 4). */
+  #durableBackend(vm: Vm, inner: VcmdBackend): VcmdBackend {
+    return {
+      allocate: async (range) => {
+        const p = await inner.allocate(range);
+        try {
+          await this.store.apply([{ op: 'insertPasid', row: { pasid: p, vm: vm.id, allocatedAt: this.#now() } }]);
+        } catch (e) {
+          if (!vm.destroyed) this.host.space.freeSync(p, vm.set);
+          throw e;
+        }
+        return p;
+      },
+      free: async (pasid) => {
+        this.#checkFree(vm, pasid);
+        await this.store.apply([{ op: 'deletePasid', pasid, vm: vm.id }]);
+        await inner.free(pasid);
+      },
+    };
+  }
+}
+
+export type { IoasidErrorCode };

@@ -1,0 +1,113 @@
+/**
+ * `ioasid serve`: open the store, replay it, settle the admin token, listen; on SIGTERM or SIGINT
+ * stop accepting, finish what is in flight, close the store and exit 0.
+ */
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { IoasidError } from '../core/index.ts';
+import { openStore } from '../store/index.ts';
+import { PasidAuthority } from './authority.ts';
+import { buildApp } from './app.ts';
+import { hashToken, newToken } from './tokens.ts';
+
+export interface ServeOptions {
+  /** `memory` or `sqlite:PATH` (default `sqlite:./var/ioasid.db`). */
+  readonly store?: string;
+  readonly host?: string;
+  readonly port?: number;
+  /** Listen on a Unix socket instead of TCP. */
+  readonly socket?: string;
+  /** Read the admin token from this file (else one is made at first start). */
+  readonly adminTokenFile?: string;
+  /** Where a generated admin token is written (default: beside the database, or ./var). */
+  readonly stateDir?: string;
+  readonly logLevel?: string;
+  /** Extra routes (the dashboard). */
+  readonly extend?: (app: FastifyInstance) => void | Promise<void>;
+  /** Where to say what happens (default stderr). */
+  readonly say?: (line: string) => void;
+}
+
+export interface RunningServer {
+  readonly app: FastifyInstance;
+  readonly authority: PasidAuthority;
+  /** `http://127.0.0.1:7070` or `unix:/path`. */
+  readonly url: string;
+  readonly adminTokenPath: string | null;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_STORE = 'sqlite:./var/ioasid.db';
+export const DEFAULT_PORT = 7070;
+
+export async function startServer(opts: ServeOptions = {}): Promise<RunningServer> {
+  const say = opts.say ?? ((l: string) => process.stderr.write(`${l}\n`));
+  const spec = opts.store ?? DEFAULT_STORE;
+  const store = openStore(spec);
+  const authority = await PasidAuthority.open({ store });
+  const stateDir = resolve(opts.stateDir ?? (spec.startsWith('sqlite:') ? dirname(spec.slice('sqlite:'.length)) : './var'));
+
+  let adminTokenPath: string | null = null;
+  if (opts.adminTokenFile !== undefined) {
+    const token = readFileSync(opts.adminTokenFile, 'utf8').trim();
+    if (token.length < 16) throw new IoasidError('EINVAL', `admin token in ${opts.adminTokenFile} is shorter than 16 characters`, { file: opts.adminTokenFile });
+    if (!authority.isAdmin(token)) await authority.setAdminTokenHash(hashToken(token));
+    adminTokenPath = resolve(opts.adminTokenFile);
+  } else {
+    adminTokenPath = join(stateDir, 'admin.token');
+    if (!authority.hasAdmin) {
+      const token = newToken();
+      mkdirSync(stateDir, { recursive: true });
+      writeFileSync(adminTokenPath, `${token}\n`, { mode: 0o600 });
+      chmodSync(adminTokenPath, 0o600);
+      await authority.setAdminTokenHash(hashToken(token));
+      say(`admin token created: ${adminTokenPath} (stored hashed; keep the file private)`);
+    } else if (!existsSync(adminTokenPath)) {
+      adminTokenPath = null;
+      say('admin token: set at first start (its file is not in the state folder; pass --admin-token-file to replace it)');
+    }
+  }
+
+  const app = await buildApp({
+    authority,
+    logger: { level: opts.logLevel ?? 'info' },
+    ...(opts.extend ? { extend: opts.extend } : {}),
+  });
+  let url: string;
+  if (opts.socket !== undefined) {
+    await app.listen({ path: opts.socket });
+    url = `unix:${resolve(opts.socket)}`;
+  } else {
+    const address = await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? DEFAULT_PORT });
+    url = address;
+  }
+  say(`ioasid serve: listening on ${url} (store ${store.spec}${adminTokenPath ? `, admin token in ${adminTokenPath}` : ''})`);
+
+  let closed: Promise<void> | null = null;
+  const close = (): Promise<void> => {
+    closed ??= (async () => {
+      await app.close(); // stops accepting, waits for requests in flight
+      await authority.close(); // waits for VCMD commands in flight, closes the store
+    })();
+    return closed;
+  };
+  return { app, authority, url, adminTokenPath, close };
+}
+
+/** Run until SIGTERM/SIGINT, then shut down cleanly and exit 0. */
+export async function serveUntilSignalled(opts: ServeOptions = {}): Promise<void> {
+  const server = await startServer(opts);
+  const stop = (signal: string) => {
+    (opts.say ?? ((l: string) => process.stderr.write(`${l}\n`)))(`${signal}: finishing requests in flight and closing the store`);
+    server.close().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        process.stderr.write(`shutdown failed: ${String(e)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
+}
