@@ -4,6 +4,7 @@
 import { Command } from 'commander';
 import { demoCommand } from './demo.ts';
 import { simulateCommand } from './simulate.ts';
+import { serveCommand } from './serve.ts';
 
 const program = new Command('ioasid')
   .description('System-wide PASID allocation for virtualised IOMMUs: the Linux IOASID framework, the VT-d virtual command interface, and a PASID authority service')
@@ -11,5 +12,6 @@ const program = new Command('ioasid')
 
 program.addCommand(demoCommand());
 program.addCommand(simulateCommand());
+program.addCommand(serveCommand());
 
 await program.parseAsync(process.argv);

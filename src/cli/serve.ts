@@ -1,0 +1,30 @@
+/** `ioasid serve`: the PASID authority service. */
+import { Command, InvalidArgumentError } from 'commander';
+import { DEFAULT_PORT, DEFAULT_STORE, serveUntilSignalled } from '../service/index.ts';
+
+function port(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError(`port must be an integer in [0, 65535], got ${v}`);
+  return n;
+}
+
+export function serveCommand(): Command {
+  return new Command('serve')
+    .description('run the PASID authority service (HTTP API, events, metrics, dashboard)')
+    .option('--store <spec>', 'memory, or sqlite:PATH', DEFAULT_STORE)
+    .option('--host <address>', 'address to listen on', '127.0.0.1')
+    .option('--port <port>', 'TCP port', port, DEFAULT_PORT)
+    .option('--socket <path>', 'listen on a Unix socket instead of TCP')
+    .option('--admin-token-file <path>', 'read the admin token from this file (else one is created at first start)')
+    .option('--log-level <level>', 'pino log level', 'info')
+    .action(async (o: { store: string; host: string; port: number; socket?: string; adminTokenFile?: string; logLevel: string }) => {
+      await serveUntilSignalled({
+        store: o.store,
+        host: o.host,
+        port: o.port,
+        logLevel: o.logLevel,
+        ...(o.socket !== undefined ? { socket: o.socket } : {}),
+        ...(o.adminTokenFile !== undefined ? { adminTokenFile: o.adminTokenFile } : {}),
+      });
+    });
+}
