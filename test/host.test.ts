@@ -252,3 +252,18 @@ describe('invariant checker catches faults injected on purpose', () => {
     assert.match(found[0]?.message ?? '', /1 bindings/);
   });
 });
+
+describe('host: SVA concurrency', () => {
+  it('two concurrent first binds of one address space get one PASID', async () => {
+    const host = new Host();
+    const vm = host.createVm({ id: 'vm', viommus: [{ segment: 0 }], devices: [{ bdf: '0000:00:02.0' }, { bdf: '0000:00:03.0' }] });
+    const g = host.boot('vm');
+    const [a, b] = await Promise.all([g.svaBind('0000:00:02.0', 'mm'), g.svaBind('0000:00:03.0', 'mm')]);
+    assert.equal(a, b);
+    assert.deepEqual(vm.pasids(), [a]);
+    assert.deepEqual(g.bindings(), [{ mm: 'mm', pasid: a, devices: ['0000:00:02.0', '0000:00:03.0'] }]);
+    await g.svaUnbind('0000:00:02.0', 'mm');
+    await g.svaUnbind('0000:00:03.0', 'mm');
+    assert.deepEqual(vm.pasids(), []);
+  });
+});

@@ -13,3 +13,7 @@ export type { ClientOptions, DeviceSpecBody, NamespaceView, RegistersView, Viomm
 export { HTTP_STATUS, httpStatusOf } from './http-errors.ts';
 export { ROUTES } from './routes.ts';
 export { hashToken, newToken, tokenMatches } from './tokens.ts';
+export { RemoteMmio, SyncServiceChannel, errorFromAnswer, DEFAULT_CHANNEL_TIMEOUT_MS } from './remote-mmio.ts';
+export type { ChannelStats, SyncChannelOptions } from './remote-mmio.ts';
+export { RemoteGuest } from './remote-guest.ts';
+export type { RemoteGuestOptions } from './remote-guest.ts';

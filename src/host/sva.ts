@@ -1,0 +1,152 @@
+/**
+ * The guest kernel's SVA code (intel-svm / iommu-sva of v5.8-v5.17), shared by the in-process
+ * `Guest` and the service's `RemoteGuest`; only the way the host programs a device's PASID entry
+ * differs (a port):
+ *  - `svaBind(device, mm)` allocates a PASID in the range the device supports
+ *    (`ioasid_alloc(NULL, PASID_MIN, pasid_max - 1, svm)` with `pasid_max = min(device,
+ *    intel_pasid_max_id)`), sets the private data, programs the device's PASID entry, raises a bind
+ *    event. The same address space bound to a second device reuses its PASID; a device whose
+ *    PASID width cannot hold that PASID is ERANGE (the 6.x check, edge 78).
+ *  - `svaUnbind(device, mm)` unbinds; on the last device it clears the private data, then frees
+ *    ("Clear private data so that free pass check", spec 2.4).
+ *  - Operations on one address space run one at a time: two concurrent first binds of one mm get
+ *    one PASID (the kernel held `pasid_mutex`).
+ */
+import { IoasidError, fmtId, type IoasidSpace } from '../core/index.ts';
+import type { PciDevice } from './device.ts';
+
+/** How the host programs (or tears down) a device's PASID entry for this guest. */
+export interface SvaPort {
+  device(bdf: string): PciDevice;
+  bind(bdf: string, pasid: number): void | Promise<void>;
+  unbind(bdf: string, pasid: number): void | Promise<void>;
+}
+
+/** The SVA state of one address space (the kernel's `struct intel_svm` per mm). */
+interface MmBinding {
+  readonly mm: string;
+  readonly pasid: number;
+  readonly devices: Set<string>;
+}
+
+export class GuestSva {
+  readonly #space: IoasidSpace;
+  readonly #pasidLimit: () => number;
+  readonly #port: SvaPort;
+  readonly #mms = new Map<string, MmBinding>();
+  readonly #queues = new Map<string, Promise<unknown>>();
+
+  /** `pasidLimit`: the driver's `intel_pasid_max_id` (exclusive). */
+  constructor(space: IoasidSpace, pasidLimit: () => number, port: SvaPort) {
+    this.#space = space;
+    this.#pasidLimit = pasidLimit;
+    this.#port = port;
+  }
+
+  /** Run `fn` after every earlier operation on address space `mm`. */
+  #onMm<T>(mm: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.#queues.get(mm) ?? Promise.resolve();
+    const run = prev.then(fn, fn);
+    const tail: Promise<unknown> = run.then(
+      () => this.#dequeue(mm, tail),
+      () => this.#dequeue(mm, tail),
+    );
+    this.#queues.set(mm, tail);
+    return run;
+  }
+
+  #dequeue(mm: string, tail: Promise<unknown>): void {
+    if (this.#queues.get(mm) === tail) this.#queues.delete(mm);
+  }
+
+  /** Bind a device to an address space; returns the PASID. */
+  async bind(bdf: string, mm: string): Promise<number> {
+    if (typeof mm !== 'string' || mm.length === 0) throw new IoasidError('EINVAL', `address space must be a non-empty string, got ${fmtId(mm)}`, { mm });
+    const device = this.#port.device(bdf);
+    return this.#onMm(mm, () => this.#bind(device, mm));
+  }
+
+  async #bind(device: PciDevice, mm: string): Promise<number> {
+    const existing = this.#mms.get(mm);
+    if (existing !== undefined) {
+      if (existing.devices.has(device.bdf)) throw new IoasidError('EEXIST', `device ${device.bdf} is already bound to ${mm}`, { bdf: device.bdf, mm });
+      if (existing.pasid > device.maxPasid) {
+        throw new IoasidError('ERANGE', `${mm} has PASID ${existing.pasid}, beyond device ${device.bdf}'s ${device.pasidBits}-bit width`, { mm, pasid: existing.pasid, bdf: device.bdf });
+      }
+      await this.#port.bind(device.bdf, existing.pasid);
+      existing.devices.add(device.bdf);
+      this.#space.notify('bind', existing.pasid, { bdf: device.bdf, mm });
+      return existing.pasid;
+    }
+    const max = Math.min(device.maxPasid, this.#pasidLimit() - 1);
+    // Private data is set from the start: a free racing this bind is refused (EBUSY).
+    const pending: MmBinding = { mm, pasid: -1, devices: new Set() };
+    const pasid = await this.#space.alloc(null, 1, max, pending);
+    try {
+      await this.#port.bind(device.bdf, pasid);
+    } catch (e) {
+      // The host refused the PASID entry (e.g. beyond the device's width in a Linux profile, which
+      // ignored min/max): undo in the kernel's order.
+      this.#space.setData(pasid, null);
+      await this.#space.free(pasid).catch(() => {});
+      throw e;
+    }
+    const done: MmBinding = { mm, pasid, devices: new Set([device.bdf]) };
+    this.#space.setData(pasid, done);
+    this.#mms.set(mm, done);
+    this.#space.notify('bind', pasid, { bdf: device.bdf, mm });
+    return pasid;
+  }
+
+  /** Unbind; the last device's unbind clears the data, then frees the PASID. */
+  async unbind(bdf: string, mm: string): Promise<void> {
+    const device = this.#port.device(bdf);
+    return this.#onMm(mm, () => this.#unbind(device, mm));
+  }
+
+  async #unbind(device: PciDevice, mm: string): Promise<void> {
+    const b = this.#mms.get(mm);
+    if (b === undefined || !b.devices.has(device.bdf)) throw new IoasidError('ENOENT', `device ${device.bdf} is not bound to ${fmtId(mm)}`, { bdf: device.bdf, mm });
+    await this.#port.unbind(device.bdf, b.pasid);
+    b.devices.delete(device.bdf);
+    this.#space.notify('unbind', b.pasid, { bdf: device.bdf, mm });
+    if (b.devices.size > 0) return;
+    this.#mms.delete(mm);
+    this.#space.setData(b.pasid, null);
+    await this.#space.free(b.pasid);
+  }
+
+  /** Unbind every address space from one device (before the device goes away). */
+  async releaseDevice(bdf: string): Promise<number> {
+    let n = 0;
+    for (const b of [...this.#mms.values()]) {
+      if (b.devices.has(bdf)) {
+        await this.unbind(bdf, b.mm);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** Unbind everything (a clean guest shutdown); returns how many bindings were undone. */
+  async releaseAll(): Promise<number> {
+    let n = 0;
+    for (const b of [...this.#mms.values()]) {
+      for (const bdf of [...b.devices].sort()) {
+        await this.unbind(bdf, b.mm);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** Address spaces bound, as { mm, pasid, devices }. */
+  list(): { mm: string; pasid: number; devices: string[] }[] {
+    return [...this.#mms.values()].map((b) => ({ mm: b.mm, pasid: b.pasid, devices: [...b.devices].sort() }));
+  }
+
+  /** Forget everything (the guest died; the host tears the entries down itself). */
+  forget(): void {
+    this.#mms.clear();
+  }
+}

@@ -1,0 +1,269 @@
+/**
+ * A remote guest: the guest kernel of a VM hosted by a PASID authority service in another process
+ * (DESIGN 5 `Guest`, across a network). Its own strict `IoasidSpace`, the VT-d guest driver over one
+ * synchronous remote MMIO accessor per vIOMMU (segments and layouts from `GET /v1/vms/:vm`), and the
+ * SVA code of `src/host/guest.ts`, with the host's PASID-entry programming done over HTTP:
+ *
+ *  - `svaBind(bdf, mm)`: a new address space allocates a PASID through VCMD in
+ *    `[1, min(device max, intel_pasid_max_id - 1)]` (the driver: trapped VCMD write, VCRSP polled
+ *    while IP is set, i.e. until the service has committed the allocation), sets the private data,
+ *    then programs the device's PASID entry with `POST /v1/vms/:vm/pasids/:pasid/bindings`. An
+ *    address space already bound reuses its PASID on another device (ERANGE when the device's PASID
+ *    width cannot hold it; EEXIST when that device is already bound to it). If the service refuses
+ *    the binding, the data is cleared and the PASID freed back through VCMD: nothing leaks.
+ *  - `svaUnbind(bdf, mm)`: unbinds on the service; on the last device clears the private data and
+ *    frees the PASID through VCMD ("Clear private data so that free pass check").
+ *  - Operations on one address space run one at a time (two concurrent first binds of one mm get
+ *    one PASID, not two).
+ *
+ * The guest thread blocks on each register access (see remote-mmio.ts): never run a RemoteGuest in
+ * the thread that runs the service it talks to.
+ */
+import { IoasidError, IoasidSpace, fmtId, type LogFn, type Profile } from '../core/index.ts';
+import { VtdGuestDriver, type GuestViommu, type Layout, type MmioAccessor, type PasBit, type UnplugReport } from '../vtd/index.ts';
+import { GuestSva, parseDevice, type PciDevice } from '../host/index.ts';
+import type { VmInfo } from './authority.ts';
+import { IoasidClient } from './client.ts';
+import { RemoteMmio, SyncServiceChannel, type ChannelStats } from './remote-mmio.ts';
+
+export interface RemoteGuestOptions {
+  /** Base URL of the service, e.g. `http://127.0.0.1:7070`. */
+  readonly url: string;
+  /** The VM this guest runs in. */
+  readonly vm: string;
+  /** The VM's bearer token (it can touch only this VM). */
+  readonly token: string;
+  /** The guest kernel's profile (default strict). */
+  readonly profile?: Profile;
+  /** The guest driver's register layout (default: the layout of the VM's first vIOMMU, else B). */
+  readonly layout?: Layout;
+  readonly pasBit?: PasBit;
+  /** Use the range extension where advertised (strict only; default true). */
+  readonly rangeExtension?: boolean;
+  /** VCMD poll deadline, wall-clock ms (default 10 000, DMAR_OPERATION_TIMEOUT). */
+  readonly timeoutMs?: number;
+  /** Pause between two VCRSP reads while IP is set, ms (default 1). */
+  readonly pollIntervalMs?: number;
+  /** Longest wait for one trapped access, ms (default 30 000). */
+  readonly mmioTimeoutMs?: number;
+  readonly log?: LogFn;
+  /** Observe or alter the register accesses (tracing, fault injection). */
+  readonly wrapMmio?: (segment: number, mmio: MmioAccessor) => MmioAccessor;
+  /** fetch for the asynchronous calls (bindings, VM info); default the global one. */
+  readonly fetch?: typeof fetch;
+}
+
+export class RemoteGuest {
+  readonly vm: string;
+  /** The guest driver's register layout. */
+  readonly layout: Layout;
+  readonly space: IoasidSpace;
+  readonly driver: VtdGuestDriver;
+  /** The typed client, with the VM's token (bindings, VM info). */
+  readonly client: IoasidClient;
+  /** The synchronous channel every vIOMMU's register accesses go through. */
+  readonly channel: SyncServiceChannel;
+  readonly #units = new Map<number, GuestViommu>();
+  readonly #mmios = new Map<number, RemoteMmio>();
+  readonly #devices = new Map<string, PciDevice>();
+  readonly #sva: GuestSva;
+  readonly #wrap: RemoteGuestOptions['wrapMmio'];
+  #closed = false;
+
+  private constructor(opts: RemoteGuestOptions, info: VmInfo, client: IoasidClient, channel: SyncServiceChannel) {
+    this.vm = opts.vm;
+    this.client = client;
+    this.channel = channel;
+    this.#wrap = opts.wrapMmio;
+    const log = opts.log;
+    this.space = new IoasidSpace({ profile: opts.profile ?? 'strict', ...(log ? { log } : {}) });
+    const layout = opts.layout ?? info.viommus[0]?.layout ?? 'B';
+    this.layout = layout;
+    this.driver = new VtdGuestDriver(this.space, {
+      layout,
+      ...(opts.pasBit !== undefined ? { pasBit: opts.pasBit } : {}),
+      ...(opts.rangeExtension !== undefined ? { rangeExtension: opts.rangeExtension } : {}),
+      ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+      ...(opts.pollIntervalMs !== undefined ? { pollIntervalMs: opts.pollIntervalMs } : {}),
+      // The deadline is wall-clock time: each poll costs a round trip, not only the pause.
+      now: () => performance.now(),
+      ...(log ? { log } : {}),
+    });
+    this.#learnDevices(info);
+    const segments = [...info.viommus].map((v) => v.segment).sort((a, b) => a - b);
+    const units = this.driver.init(segments.map((s) => ({ mmio: this.#mmioFor(s), name: `${this.vm}/dmar${s}` })));
+    segments.forEach((s, i) => this.#units.set(s, units[i] as GuestViommu));
+    this.#sva = new GuestSva(this.space, () => this.driver.pasidMaxId, {
+      device: (bdf) => this.device(bdf),
+      bind: async (bdf, pasid) => {
+        await this.client.bind(this.vm, pasid, bdf);
+      },
+      unbind: (bdf, pasid) => this.client.unbind(this.vm, pasid, bdf),
+    });
+  }
+
+  /**
+   * Boot the guest kernel of VM `opts.vm`: read the VM's vIOMMUs and devices with its token, start
+   * the MMIO channel, probe every vIOMMU (trapped reads of CAP/ECAP/VCCAP) and register the VCMD
+   * allocator.
+   */
+  static async boot(opts: RemoteGuestOptions): Promise<RemoteGuest> {
+    if (typeof opts !== 'object' || opts === null) throw new IoasidError('EINVAL', 'RemoteGuest.boot needs options', {});
+    if (typeof opts.vm !== 'string' || opts.vm.length === 0) throw new IoasidError('EINVAL', `VM id must be a non-empty string, got ${fmtId(opts.vm)}`, { vm: opts.vm });
+    const client = new IoasidClient({ url: opts.url, token: opts.token, ...(opts.fetch ? { fetch: opts.fetch } : {}) });
+    const info = await client.getVm(opts.vm);
+    const channel = new SyncServiceChannel({ url: opts.url, token: opts.token, ...(opts.mmioTimeoutMs !== undefined ? { timeoutMs: opts.mmioTimeoutMs } : {}) });
+    try {
+      return new RemoteGuest(opts, info, client, channel);
+    } catch (e) {
+      await channel.close();
+      throw e;
+    }
+  }
+
+  #mmioFor(segment: number): MmioAccessor {
+    const m = new RemoteMmio(this.channel, this.vm, segment);
+    this.#mmios.set(segment, m);
+    return this.#wrap === undefined ? m : this.#wrap(segment, m);
+  }
+
+  #learnDevices(info: VmInfo): void {
+    this.#devices.clear();
+    for (const d of info.devices) {
+      const dev = parseDevice({ bdf: d.bdf, pasidBits: d.pasidBits });
+      this.#devices.set(dev.bdf, dev);
+    }
+  }
+
+  #alive(): void {
+    if (this.#closed) throw new IoasidError('ENODEV', `the remote guest of VM ${this.vm} is closed`, { vm: this.vm });
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  // ------------------------------------------------------------------ what the guest sees
+
+  /** The guest's view of a vIOMMU. */
+  unit(segment: number): GuestViommu {
+    const u = this.#units.get(segment);
+    if (u === undefined) throw new IoasidError('ENOENT', `guest of VM ${this.vm} has no vIOMMU on segment ${fmtId(segment)}`, { segment });
+    return u;
+  }
+
+  /** The raw register page of a vIOMMU (unwrapped): for tracing and register-level tests. */
+  mmio(segment: number): RemoteMmio {
+    const m = this.#mmios.get(segment);
+    if (m === undefined) throw new IoasidError('ENOENT', `guest of VM ${this.vm} has no vIOMMU on segment ${fmtId(segment)}`, { segment });
+    return m;
+  }
+
+  /** Segments with a vIOMMU, ascending. */
+  segments(): number[] {
+    return [...this.#units.keys()].sort((a, b) => a - b);
+  }
+
+  devices(): PciDevice[] {
+    return [...this.#devices.values()].sort((a, b) => (a.bdf < b.bdf ? -1 : 1));
+  }
+
+  device(bdf: string): PciDevice {
+    const d = this.#devices.get(typeof bdf === 'string' ? bdf.toLowerCase() : bdf);
+    if (d === undefined) throw new IoasidError('ENOENT', `VM ${this.vm} has no device ${fmtId(bdf)}`, { vm: this.vm, bdf });
+    return d;
+  }
+
+  /** PASIDs this guest kernel holds (its space's active table). */
+  pasids(): number[] {
+    return this.#closed ? [] : this.space.ids();
+  }
+
+  /** Address spaces bound, as { mm, pasid, devices }. */
+  bindings(): { mm: string; pasid: number; devices: string[] }[] {
+    return this.#sva.list();
+  }
+
+  /** Round-trip figures of the trapped register accesses. */
+  mmioStats(): ChannelStats {
+    return this.channel.stats();
+  }
+
+  /**
+   * Re-read the VM from the service: devices assigned or removed since boot, and vIOMMUs plugged
+   * since boot (hot-added to the driver). A vIOMMU the service no longer has is unplugged from the
+   * driver (in strict, the last one first frees the guest's PASIDs, which fails if the service
+   * already removed it: see the report).
+   */
+  async refresh(): Promise<{ added: number[]; removed: UnplugReport[] }> {
+    this.#alive();
+    const info = await this.client.getVm(this.vm);
+    this.#learnDevices(info);
+    const now = new Set(info.viommus.map((v) => v.segment));
+    const added: number[] = [];
+    const removed: UnplugReport[] = [];
+    for (const s of [...now].sort((a, b) => a - b)) {
+      if (this.#units.has(s)) continue;
+      this.#units.set(s, this.driver.hotplug(this.#mmioFor(s), `${this.vm}/dmar${s}`));
+      added.push(s);
+    }
+    for (const [s, u] of [...this.#units]) {
+      if (now.has(s)) continue;
+      removed.push(await this.driver.unplug(u));
+      this.#units.delete(s);
+      this.#mmios.delete(s);
+    }
+    return { added, removed };
+  }
+
+  // ------------------------------------------------------------------ raw allocation
+
+  /** Allocate a PASID with no device (through VCMD). */
+  async alloc(min = 1, max = this.driver.pasidMaxId - 1, data: unknown = null): Promise<number> {
+    this.#alive();
+    return this.space.alloc(null, min, max, data);
+  }
+
+  /** Free a PASID allocated with `alloc` (through VCMD). */
+  async free(pasid: number): Promise<void> {
+    this.#alive();
+    await this.space.free(pasid);
+  }
+
+  // ------------------------------------------------------------------ SVA
+
+  /** Bind a device to an address space; returns the PASID (see src/host/sva.ts). */
+  async svaBind(bdf: string, mm: string): Promise<number> {
+    this.#alive();
+    return this.#sva.bind(bdf, mm);
+  }
+
+  /** Unbind; the last device's unbind clears the data, then frees the PASID through VCMD. */
+  async svaUnbind(bdf: string, mm: string): Promise<void> {
+    this.#alive();
+    return this.#sva.unbind(bdf, mm);
+  }
+
+  /** Unbind every address space from every device and free every PASID (a clean guest shutdown). */
+  async releaseAll(): Promise<{ unbound: number; freed: number[] }> {
+    this.#alive();
+    const unbound = await this.#sva.releaseAll();
+    const freed: number[] = [];
+    for (const id of this.space.ids()) {
+      await this.space.free(id);
+      freed.push(id);
+    }
+    return { unbound, freed };
+  }
+
+  /**
+   * Stop: wait for the vIOMMUs' command queues, then end the MMIO channel. The VM's PASIDs stay
+   * the VM's on the service (as when a guest kernel stops); `releaseAll()` first gives them back.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const u of this.#units.values()) await u.idle().catch(() => {});
+    await this.channel.close();
+  }
+}
