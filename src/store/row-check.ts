@@ -1,0 +1,224 @@
+/**
+ * Shape and range checks for rows and mutations: every value the store accepts or loads passes
+ * through here, and comes out as a fresh frozen copy with exactly the known fields. A bad value
+ * is an `EINVAL` whose details name where it was (`where`), the field and the value.
+ */
+import { IoasidError, fmtId } from '../core/index.ts';
+import type { ErrorDetails } from '../core/index.ts';
+import {
+  MUTATION_OPS, RESERVED_META_PREFIX, STORE_LIMITS, VIOMMU_LAYOUTS,
+  type BindingRow, type DeviceRow, type MetaRow, type Mutation, type MutationOp, type PasidRow,
+  type ViommuLayout, type ViommuRow, type VmRow,
+} from './rows.ts';
+
+/** Where a value came from: a prefix for messages and the details every error carries. */
+export interface Where {
+  readonly label: string;
+  readonly details: ErrorDetails;
+}
+
+/** Canonical BDF: segment (domain) : bus : device (0-0x1f) . function (0-7), lowercase hex. */
+const BDF_RE = /^[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]$/;
+/** VM ids: printable ASCII without spaces, so they are safe as keys in every backend. */
+const VM_ID_RE = /^[\x21-\x7e]+$/;
+
+function bad(where: Where, field: string, value: unknown, expected: string): never {
+  throw new IoasidError('EINVAL', `${where.label}: ${field} must be ${expected}, got ${fmtId(value)}`, {
+    ...where.details, field, value: jsonSafe(value),
+  });
+}
+
+/** Details must stay JSON-safe: bigints (from a tampered database) become strings. */
+function jsonSafe(value: unknown): unknown {
+  if (typeof value === 'bigint') return `${value}n`;
+  if (value === undefined) return null;
+  return value;
+}
+
+function record(x: unknown, where: Where, field: string, keys: readonly string[]): Record<string, unknown> {
+  if (typeof x !== 'object' || x === null || Array.isArray(x)) bad(where, field, x, 'an object');
+  const rec = x as Record<string, unknown>;
+  for (const k of Object.keys(rec)) {
+    if (!keys.includes(k)) {
+      throw new IoasidError('EINVAL', `${where.label}: unknown field ${JSON.stringify(k)} in ${field}`, {
+        ...where.details, field: `${field}.${k}`,
+      });
+    }
+  }
+  return rec;
+}
+
+function int(x: unknown, lo: number, hi: number, where: Where, field: string): number {
+  if (typeof x !== 'number' || !Number.isInteger(x) || x < lo || x > hi) {
+    bad(where, field, x, `an integer in [${fmtId(lo)}, ${fmtId(hi)}]`);
+  }
+  return x;
+}
+
+function time(x: unknown, where: Where, field: string): number {
+  return int(x, 0, Number.MAX_SAFE_INTEGER, where, field);
+}
+
+function str(x: unknown, where: Where, field: string): string {
+  if (typeof x !== 'string') bad(where, field, x, 'a string');
+  return x;
+}
+
+export function checkVmId(x: unknown, where: Where, field: string): string {
+  if (typeof x !== 'string' || x.length > STORE_LIMITS.vmIdMaxLength || !VM_ID_RE.test(x)) {
+    bad(where, field, x, `a VM id (1-${STORE_LIMITS.vmIdMaxLength} printable ASCII characters, no spaces)`);
+  }
+  return x;
+}
+
+export function checkPasid(x: unknown, where: Where, field: string): number {
+  return int(x, STORE_LIMITS.pasidMin, STORE_LIMITS.pasidMax, where, field);
+}
+
+function segment(x: unknown, where: Where, field: string): number {
+  return int(x, 0, STORE_LIMITS.segmentMax, where, field);
+}
+
+function bdf(x: unknown, where: Where, field: string): string {
+  if (typeof x !== 'string' || !BDF_RE.test(x)) bad(where, field, x, 'a canonical BDF like "0000:00:02.0"');
+  return x;
+}
+
+function owner(x: unknown, where: Where, field: string): string | null {
+  return x === null ? null : checkVmId(x, where, field);
+}
+
+function metaKey(x: unknown, where: Where, field: string, allowReserved: boolean): string {
+  if (typeof x !== 'string' || x.length < 1 || x.length > STORE_LIMITS.metaKeyMaxLength) {
+    bad(where, field, x, `a string of 1-${STORE_LIMITS.metaKeyMaxLength} characters`);
+  }
+  if (!allowReserved && x.startsWith(RESERVED_META_PREFIX)) {
+    throw new IoasidError('EPERM', `${where.label}: meta key ${JSON.stringify(x)} is reserved for the store`, {
+      ...where.details, field, value: x,
+    });
+  }
+  return x;
+}
+
+function layout(x: unknown, where: Where, field: string): ViommuLayout {
+  if (!(VIOMMU_LAYOUTS as readonly unknown[]).includes(x)) bad(where, field, x, `one of ${VIOMMU_LAYOUTS.join(', ')}`);
+  return x as ViommuLayout;
+}
+
+function bool(x: unknown, where: Where, field: string): boolean {
+  if (typeof x !== 'boolean') bad(where, field, x, 'a boolean');
+  return x;
+}
+
+export function checkVmRow(x: unknown, where: Where, field = 'row'): VmRow {
+  const r = record(x, where, field, ['id', 'name', 'quota', 'tokenHash', 'createdAt']);
+  return Object.freeze({
+    id: checkVmId(r['id'], where, `${field}.id`),
+    name: str(r['name'], where, `${field}.name`),
+    quota: int(r['quota'], 0, Number.MAX_SAFE_INTEGER, where, `${field}.quota`),
+    tokenHash: str(r['tokenHash'], where, `${field}.tokenHash`),
+    createdAt: time(r['createdAt'], where, `${field}.createdAt`),
+  });
+}
+
+export function checkViommuRow(x: unknown, where: Where, field = 'row'): ViommuRow {
+  const r = record(x, where, field, ['vm', 'segment', 'layout', 'rangeExtension']);
+  return Object.freeze({
+    vm: checkVmId(r['vm'], where, `${field}.vm`),
+    segment: segment(r['segment'], where, `${field}.segment`),
+    layout: layout(r['layout'], where, `${field}.layout`),
+    rangeExtension: bool(r['rangeExtension'], where, `${field}.rangeExtension`),
+  });
+}
+
+export function checkDeviceRow(x: unknown, where: Where, field = 'row'): DeviceRow {
+  const r = record(x, where, field, ['vm', 'bdf', 'segment', 'pasidBits']);
+  return Object.freeze({
+    vm: checkVmId(r['vm'], where, `${field}.vm`),
+    bdf: bdf(r['bdf'], where, `${field}.bdf`),
+    segment: segment(r['segment'], where, `${field}.segment`),
+    pasidBits: int(r['pasidBits'], 1, STORE_LIMITS.pasidBitsMax, where, `${field}.pasidBits`),
+  });
+}
+
+export function checkPasidRow(x: unknown, where: Where, field = 'row'): PasidRow {
+  const r = record(x, where, field, ['pasid', 'vm', 'allocatedAt']);
+  if (!('vm' in r)) bad(where, `${field}.vm`, undefined, 'a VM id or null (host-owned)');
+  return Object.freeze({
+    pasid: checkPasid(r['pasid'], where, `${field}.pasid`),
+    vm: owner(r['vm'], where, `${field}.vm`),
+    allocatedAt: time(r['allocatedAt'], where, `${field}.allocatedAt`),
+  });
+}
+
+export function checkBindingRow(x: unknown, where: Where, field = 'row'): BindingRow {
+  const r = record(x, where, field, ['pasid', 'vm', 'bdf', 'boundAt']);
+  return Object.freeze({
+    pasid: checkPasid(r['pasid'], where, `${field}.pasid`),
+    vm: checkVmId(r['vm'], where, `${field}.vm`),
+    bdf: bdf(r['bdf'], where, `${field}.bdf`),
+    boundAt: time(r['boundAt'], where, `${field}.boundAt`),
+  });
+}
+
+export function checkMetaRow(x: unknown, where: Where, field = 'row', allowReserved = false): MetaRow {
+  const r = record(x, where, field, ['key', 'value']);
+  return Object.freeze({
+    key: metaKey(r['key'], where, `${field}.key`, allowReserved),
+    value: str(r['value'], where, `${field}.value`),
+  });
+}
+
+/** Validate one mutation and return a frozen copy. */
+export function checkMutation(x: unknown, index: number): Mutation {
+  const pre: Where = { label: `batch[${index}]`, details: { index } };
+  if (typeof x !== 'object' || x === null || Array.isArray(x)) bad(pre, 'mutation', x, 'an object');
+  const op = (x as { op?: unknown }).op;
+  if (typeof op !== 'string' || !(MUTATION_OPS as readonly string[]).includes(op)) {
+    bad(pre, 'op', op, `one of ${MUTATION_OPS.join(', ')}`);
+  }
+  const o = op as MutationOp;
+  const where: Where = { label: `batch[${index}] ${o}`, details: { index, op: o } };
+  const only = (keys: readonly string[]) => record(x, where, 'mutation', ['op', ...keys]);
+  switch (o) {
+    case 'putVm': return Object.freeze({ op: o, row: checkVmRow(only(['row'])['row'], where) });
+    case 'putViommu': return Object.freeze({ op: o, row: checkViommuRow(only(['row'])['row'], where) });
+    case 'putDevice': return Object.freeze({ op: o, row: checkDeviceRow(only(['row'])['row'], where) });
+    case 'insertPasid': return Object.freeze({ op: o, row: checkPasidRow(only(['row'])['row'], where) });
+    case 'putBinding': return Object.freeze({ op: o, row: checkBindingRow(only(['row'])['row'], where) });
+    case 'putMeta': return Object.freeze({ op: o, row: checkMetaRow(only(['row'])['row'], where) });
+    case 'deleteVm': {
+      const r = only(['id']);
+      return Object.freeze({ op: o, id: checkVmId(r['id'], where, 'id') });
+    }
+    case 'deleteViommu': {
+      const r = only(['vm', 'segment']);
+      return Object.freeze({ op: o, vm: checkVmId(r['vm'], where, 'vm'), segment: segment(r['segment'], where, 'segment') });
+    }
+    case 'deleteDevice': {
+      const r = only(['vm', 'bdf']);
+      return Object.freeze({ op: o, vm: checkVmId(r['vm'], where, 'vm'), bdf: bdf(r['bdf'], where, 'bdf') });
+    }
+    case 'deletePasid': {
+      const r = only(['pasid', 'vm']);
+      if (!('vm' in r)) bad(where, 'vm', undefined, 'a VM id or null (host-owned)');
+      return Object.freeze({ op: o, pasid: checkPasid(r['pasid'], where, 'pasid'), vm: owner(r['vm'], where, 'vm') });
+    }
+    case 'deleteBinding': {
+      const r = only(['pasid', 'bdf']);
+      return Object.freeze({ op: o, pasid: checkPasid(r['pasid'], where, 'pasid'), bdf: bdf(r['bdf'], where, 'bdf') });
+    }
+    case 'deleteMeta': {
+      const r = only(['key']);
+      return Object.freeze({ op: o, key: metaKey(r['key'], where, 'key', false) });
+    }
+  }
+}
+
+/** Validate a whole batch up front (before it joins a commit) and return frozen copies. */
+export function checkBatch(batch: unknown): readonly Mutation[] {
+  if (!Array.isArray(batch)) {
+    throw new IoasidError('EINVAL', `batch must be an array of mutations, got ${fmtId(batch)}`, { field: 'batch' });
+  }
+  return Object.freeze(Array.from(batch as unknown[], (m, i) => checkMutation(m, i)));
+}
