@@ -181,7 +181,7 @@ export class Vm {
     const d = parseDevice(spec);
     if (this.#devices.has(d.bdf)) throw new IoasidError('EEXIST', `device ${d.bdf} is already assigned to VM ${this.id}`, { vm: this.id, bdf: d.bdf });
     if (!this.#viommus.has(d.segment)) {
-      throw new IoasidError('ENODEV', `VM ${this.id} has no vIOMMU for segment ${d.segment} (device ${d.bdf})`, { vm: this.id, bdf: d.bdf, segment: d.segment });
+      throw new IoasidError('EINVAL', `VM ${this.id} has no vIOMMU for segment ${d.segment} (device ${d.bdf}): add the vIOMMU first`, { vm: this.id, bdf: d.bdf, segment: d.segment });
     }
     this.#devices.set(d.bdf, d);
     return d;
