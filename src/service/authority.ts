@@ -16,7 +16,7 @@
 import {
   IoasidError, PASID_MAX, PASID_MIN, fmtId, isIoasidError, type IoasidErrorCode,
 } from '../core/index.ts';
-import { decodeRegister, registerOffset, type VcmdBackend, type VcmdLogEntry } from '../vtd/index.ts';
+import { decodeRegister, registerOffset, type VcmdBackend, type VcmdDeviceConfig, type VcmdLogEntry } from '../vtd/index.ts';
 import { Host, parseDevice, type HostEvent, type Vm, type ViommuSpec } from '../host/index.ts';
 import type { Mutation, Store, StoredState, VmRow } from '../store/index.ts';
 import { hashToken, newToken, tokenMatches } from './tokens.ts';
@@ -135,7 +135,50 @@ export class PasidAuthority {
     return () => this.#listeners.delete(listener);
   }
 
+  /** While set, host events are held back (a change not yet committed must not be announced). */
+  #held: HostEvent[] | null = null;
+
+  /**
+   * Run a synchronous model step with its events held back; they are published by `release`
+   * once the change is committed, or dropped when it is not (a refused request announces nothing).
+   */
+  #hold<T>(fn: () => T): { result: T; events: HostEvent[] } {
+    const outer = this.#held;
+    const events: HostEvent[] = [];
+    this.#held = events;
+    try {
+      return { result: fn(), events };
+    } finally {
+      this.#held = outer;
+    }
+  }
+
+  /** Events of undone, never-announced changes, dropped while their undo runs. */
+  #mutes: ((e: HostEvent) => boolean)[] = [];
+
+  /**
+   * Undo an uncommitted change without announcing it. The undo may await, so instead of holding
+   * every event, only the ones `mute` recognises as this undo's are dropped.
+   */
+  async #quietly(mute: (e: HostEvent) => boolean, fn: () => Promise<unknown>): Promise<void> {
+    this.#mutes.push(mute);
+    try {
+      await fn();
+    } finally {
+      this.#mutes = this.#mutes.filter((m) => m !== mute);
+    }
+  }
+
+  #release(events: readonly HostEvent[]): void {
+    for (const e of events) this.#publish(e);
+  }
+
   #publish(e: HostEvent): void {
+    if (this.#held !== null) {
+      this.#held.push(e);
+      return;
+    }
+    if (this.#mutes.length > 0 && this.#mutes.some((m) => m(e))) return;
     const ev: AuthorityEvent = { ...e, seq: ++this.#seq, at: this.#now() };
     this.#ring[this.#ringPos] = ev;
     this.#ringPos = (this.#ringPos + 1) % this.#ring.length;
@@ -225,12 +268,12 @@ export class PasidAuthority {
   createVm(req: CreateVmRequest): Promise<{ vm: VmInfo; token: string }> {
     return this.#serial(async () => {
       // Validate by building it in the model first; undo if the commit fails.
-      const vm = this.host.createVm({
+      const { result: vm, events } = this.#hold(() => this.host.createVm({
         id: req.id,
         ...(req.quota !== undefined ? { quota: req.quota } : {}),
         viommus: req.viommus ?? [],
         devices: req.devices ?? [],
-      });
+      }));
       const token = newToken();
       const at = this.#now();
       const row: VmRow = { id: vm.id, name: vm.id, quota: vm.quota, tokenHash: hashToken(token), createdAt: at };
@@ -242,9 +285,11 @@ export class PasidAuthority {
       try {
         await this.store.apply(batch);
       } catch (e) {
-        await this.host.destroyVm(vm.id);
+        // The VM was never announced: none of its events are.
+        await this.#quietly((ev) => ev.vm === vm.id, () => this.host.destroyVm(vm.id));
         throw e;
       }
+      this.#release(events);
       this.#tokens.set(vm.id, row.tokenHash);
       this.#byHash.set(row.tokenHash, vm.id);
       this.#created.set(vm.id, at);
@@ -277,13 +322,14 @@ export class PasidAuthority {
   addViommu(vmId: string, spec: ViommuSpec): Promise<VmInfo> {
     return this.#serial(async () => {
       const vm = this.host.vm(vmId);
-      const v = vm.addViommu(spec);
+      const { result: v, events } = this.#hold(() => vm.addViommu(spec));
       try {
         await this.store.apply([{ op: 'putViommu', row: { vm: vmId, segment: v.segment, layout: v.device.config.layout, rangeExtension: v.device.config.rangeExtension } }]);
       } catch (e) {
-        await vm.removeViommu(v.segment);
+        await this.#quietly((ev) => ev.type === 'viommu-removed' && ev.vm === vmId && ev.segment === v.segment, () => vm.removeViommu(v.segment));
         throw e;
       }
+      this.#release(events);
       return this.vmInfo(vmId);
     });
   }
@@ -305,13 +351,14 @@ export class PasidAuthority {
   addDevice(vmId: string, spec: { bdf: string; pasidBits?: number }): Promise<VmInfo> {
     return this.#serial(async () => {
       const vm = this.host.vm(vmId);
-      const d = vm.assignDevice(spec);
+      const { result: d, events } = this.#hold(() => vm.assignDevice(spec));
       try {
         await this.store.apply([{ op: 'putDevice', row: { vm: vmId, bdf: d.bdf, segment: d.segment, pasidBits: d.pasidBits } }]);
       } catch (e) {
-        await vm.removeDevice(d.bdf);
+        await this.#quietly((ev) => ev.type === 'device-removed' && ev.vm === vmId && ev.bdf === d.bdf, () => vm.removeDevice(d.bdf));
         throw e;
       }
+      this.#release(events);
       return this.vmInfo(vmId);
     });
   }
@@ -342,19 +389,24 @@ export class PasidAuthority {
       throw new IoasidError('EINVAL', `PASID range [${fmtId(min)}, ${fmtId(max)}] must lie within [1, 0xfffff] with min <= max`, { min, max });
     }
     const got: number[] = [];
-    try {
-      for (let i = 0; i < count; i++) got.push(this.host.space.allocSync(vm.set, min, max));
-    } catch (e) {
-      for (const p of got) this.host.space.freeSync(p, vm.set);
-      throw e;
-    }
+    const { events } = this.#hold(() => {
+      try {
+        for (let i = 0; i < count; i++) got.push(this.host.space.allocSync(vm.set, min, max));
+      } catch (e) {
+        for (const p of got) this.host.space.freeSync(p, vm.set);
+        throw e;
+      }
+    });
     const at = this.#now();
     try {
       await this.store.apply(got.map((pasid): Mutation => ({ op: 'insertPasid', row: { pasid, vm: vmId, allocatedAt: at } })));
     } catch (e) {
-      for (const p of got) if (!vm.destroyed) this.host.space.freeSync(p, vm.set);
+      this.#hold(() => {
+        for (const p of got) if (!vm.destroyed) this.host.space.freeSync(p, vm.set);
+      });
       throw e;
     }
+    this.#release(events);
     return got;
   }
 
@@ -375,13 +427,14 @@ export class PasidAuthority {
   async bind(vmId: string, pasid: number, bdf: string): Promise<void> {
     const vm = this.host.vm(vmId);
     const d = parseDevice({ bdf });
-    vm.bind(d.bdf, pasid);
+    const { events } = this.#hold(() => vm.bind(d.bdf, pasid));
     try {
       await this.store.apply([{ op: 'putBinding', row: { pasid, vm: vmId, bdf: d.bdf, boundAt: this.#now() } }]);
     } catch (e) {
-      if (!vm.destroyed) vm.unbind(d.bdf, pasid);
+      if (!vm.destroyed) this.#hold(() => vm.unbind(d.bdf, pasid));
       throw e;
     }
+    this.#release(events);
   }
 
   async unbind(vmId: string, pasid: number, bdf: string): Promise<void> {
@@ -440,6 +493,43 @@ export class PasidAuthority {
     };
   }
 
+  /** Sequence number of the last published event (0 before any). */
+  get lastSeq(): number {
+    return this.#seq;
+  }
+
+  /**
+   * The namespace as one owner index per PASID, for the dashboard's map (`GET /v1/namespace/map`,
+   * format in namespace-map.ts): cell 0 = free, 1 = the host itself (no set), 2.. = the sets (VMs)
+   * by name. Taken synchronously with `seq`, so a client applies exactly the events after it. One
+   * ascending pass over the table, no object per PASID (~50-90 ms for 1,000,000 PASIDs).
+   */
+  namespaceMap(): { seq: number; capacity: number; owners: { index: number; owner: string | null; count: number }[]; cells: Uint8Array | Uint16Array } {
+    const space = this.host.space;
+    const sets = space.sets().sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const capacity = PASID_MAX + 1;
+    const cells = sets.length + 1 > 255 ? new Uint16Array(capacity) : new Uint8Array(capacity);
+    const indexOf = new Map<object, number>(sets.map((set, i) => [set, i + 2]));
+    const counts = new Array<number>(sets.length + 2).fill(0);
+    for (const [id, set] of space.entries()) {
+      const index = set === null ? 1 : (indexOf.get(set) ?? 1);
+      cells[id] = index;
+      counts[index] = (counts[index] as number) + 1;
+    }
+    return {
+      seq: this.#seq,
+      capacity,
+      owners: [{ index: 1, owner: null, count: counts[1] ?? 0 }, ...sets.map((set, i) => ({ index: i + 2, owner: set.name, count: counts[i + 2] ?? 0 }))],
+      cells,
+    };
+  }
+
+  /** The configuration of one vIOMMU's VCMD device (what the register inspector decodes with). */
+  viommuConfig(vmId: string, segment: number): { segment: number; config: VcmdDeviceConfig } {
+    const v = this.host.vm(vmId).viommu(segment);
+    return { segment: v.segment, config: v.device.config };
+  }
+
   // ------------------------------------------------------------------ trapped MMIO
 
   /** A VMM forwards a trapped register read or write of one vIOMMU. */
@@ -470,13 +560,16 @@ export class PasidAuthority {
   #durableBackend(vm: Vm, inner: VcmdBackend): VcmdBackend {
     return {
       allocate: async (range) => {
-        const p = await inner.allocate(range);
+        // The host's backend is synchronous (level 0): its events are held until the commit.
+        const { result, events } = this.#hold(() => inner.allocate(range));
+        const p = await result;
         try {
           await this.store.apply([{ op: 'insertPasid', row: { pasid: p, vm: vm.id, allocatedAt: this.#now() } }]);
         } catch (e) {
-          if (!vm.destroyed) this.host.space.freeSync(p, vm.set);
+          if (!vm.destroyed) this.#hold(() => this.host.space.freeSync(p, vm.set));
           throw e;
         }
+        this.#release(events);
         return p;
       },
       free: async (pasid) => {
