@@ -152,6 +152,19 @@ describe('service: durable state', () => {
     await b.authority.close();
   });
 
+  it('a free racing a VM destroy: both succeed, the destroy waits for the free (SQLite)', async () => {
+    const store = openStore(`sqlite:${join(dir, 'race.db')}`);
+    const authority = await PasidAuthority.open({ store });
+    await authority.createVm({ id: 'vm', quota: 4 });
+    const [p] = await authority.allocPasids('vm');
+    const [f, d] = await Promise.allSettled([authority.freePasid('vm', p as number), authority.destroyVm('vm')]);
+    assert.equal(f.status, 'fulfilled');
+    assert.equal(d.status, 'fulfilled');
+    assert.deepEqual(authority.listVms(), []);
+    await assert.rejects(authority.allocPasids('vm'), (e: unknown) => (e as { code?: string }).code === 'ENOENT');
+    await authority.close();
+  });
+
   it('a commit failure is reported and leaves memory as it was', async () => {
     const store = new MemoryStore();
     const a = await makeApp(store);

@@ -16,13 +16,16 @@ export function serveCommand(): Command {
     .option('--port <port>', 'TCP port', port, DEFAULT_PORT)
     .option('--socket <path>', 'listen on a Unix socket instead of TCP')
     .option('--admin-token-file <path>', 'read the admin token from this file (else one is created at first start)')
+    .option('--sync <mode>', "SQLite durability: normal (survives a crash of the service) or full (an fsync per commit: survives a power loss)", 'normal')
     .option('--log-level <level>', 'pino log level', 'info')
-    .action(async (o: { store: string; host: string; port: number; socket?: string; adminTokenFile?: string; logLevel: string }) => {
+    .action(async (o: { store: string; host: string; port: number; socket?: string; adminTokenFile?: string; logLevel: string; sync: string }) => {
+      if (o.sync !== 'normal' && o.sync !== 'full') throw new InvalidArgumentError(`--sync must be normal or full, got ${o.sync}`);
       await serveUntilSignalled({
         store: o.store,
         host: o.host,
         port: o.port,
         logLevel: o.logLevel,
+        sync: o.sync,
         ...(o.socket !== undefined ? { socket: o.socket } : {}),
         ...(o.adminTokenFile !== undefined ? { adminTokenFile: o.adminTokenFile } : {}),
       });

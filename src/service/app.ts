@@ -88,18 +88,18 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { me
     if (def.auth === 'none') return;
     const token = bearer(req);
     if (token === null) throw new IoasidError('EPERM', 'a bearer token is required (Authorization: Bearer ...)', {});
-    if (authority.isAdmin(token)) {
+    const who = authority.identify(token);
+    if (who.admin) {
       req.caller = { kind: 'admin' };
       return;
     }
     const vm = (req.params as Record<string, string> | undefined)?.vm;
-    if (def.auth === 'vm' && vm !== undefined && authority.isVmToken(vm, token)) {
+    if (def.auth === 'vm' && vm !== undefined && who.vm === vm) {
       req.caller = { kind: 'vm', vm };
       return;
     }
-    const owner = authority.tokenOwner(token);
-    if (owner === null) throw new IoasidError('EPERM', 'the bearer token is not valid', {});
-    throw new IoasidError('EACCES', def.auth === 'admin' ? 'this operation needs the admin token' : `the token of VM ${owner} cannot act on VM ${vm ?? '(none)'}`, { vm: vm ?? null });
+    if (who.vm === null) throw new IoasidError('EPERM', 'the bearer token is not valid', {});
+    throw new IoasidError('EACCES', def.auth === 'admin' ? 'this operation needs the admin token' : `the token of VM ${who.vm} cannot act on VM ${vm ?? '(none)'}`, { vm: vm ?? null });
   };
 
   for (const def of ROUTES) {
@@ -148,8 +148,9 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { me
     const token = bearer(req);
     const q = req.query as Record<string, string | undefined>;
     let scope: string | null;
-    if (token !== null && authority.isAdmin(token)) scope = q.vm ?? null;
-    else if (token !== null && q.vm !== undefined && authority.isVmToken(q.vm, token)) scope = q.vm;
+    const who = token === null ? null : authority.identify(token);
+    if (who?.admin === true) scope = q.vm ?? null;
+    else if (who !== null && q.vm !== undefined && who.vm === q.vm) scope = q.vm;
     else {
       socket.close(4401, 'a valid token is required');
       return;

@@ -19,6 +19,7 @@ import {
 import { decodeRegister, registerOffset, type VcmdBackend, type VcmdDeviceConfig, type VcmdLogEntry } from '../vtd/index.ts';
 import { Host, parseDevice, type HostEvent, type Vm, type ViommuSpec } from '../host/index.ts';
 import type { Mutation, Store, StoredState, VmRow } from '../store/index.ts';
+import { timingSafeEqual } from 'node:crypto';
 import { hashToken, newToken, tokenMatches } from './tokens.ts';
 
 export interface VmInfo {
@@ -71,6 +72,9 @@ export class PasidAuthority {
   #ringPos = 0;
   #seq = 0;
   #adminHash: string | null = null;
+  /** Per VM: PASID operations in flight (a destroy waits for them) and whether it is going. */
+  readonly #inflight = new Map<string, Set<Promise<unknown>>>();
+  readonly #destroying = new Set<string>();
   /** Per-VM serialisation of structural changes (create/destroy/plug). */
   #structural: Promise<unknown> = Promise.resolve();
 
@@ -232,12 +236,41 @@ export class PasidAuthority {
     return this.#byHash.get(hashToken(token)) ?? null;
   }
 
+  /**
+   * Who a token is, with one hash: the admin, the VM it belongs to, or nobody. The admin hash is
+   * compared in constant time; VM tokens are found by the SHA-256 of the token, which an attacker
+   * cannot steer, so the lookup leaks nothing useful about any token.
+   */
+  identify(token: string): { admin: boolean; vm: string | null } {
+    const h = hashToken(token);
+    const admin = this.#adminHash !== null && h.length === this.#adminHash.length && timingSafeEqual(Buffer.from(h, 'hex'), Buffer.from(this.#adminHash, 'hex'));
+    return { admin, vm: admin ? null : (this.#byHash.get(h) ?? null) };
+  }
+
   // ------------------------------------------------------------------ serialisation
 
   /** Structural changes run one at a time (they await the store and guest callbacks). */
   #serial<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.#structural.then(fn, fn);
     this.#structural = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * Run a PASID operation of one VM, tracked so that a destroy of that VM waits for it (rule 2
+   * keeps a PASID in memory until its delete is durable; a destroy must not list it again).
+   */
+  #vmOp<T>(vmId: string, fn: () => Promise<T>): Promise<T> {
+    if (this.#destroying.has(vmId)) return Promise.reject(new IoasidError('EBUSY', `VM ${vmId} is being destroyed`, { vm: vmId }));
+    let set = this.#inflight.get(vmId);
+    if (set === undefined) this.#inflight.set(vmId, (set = new Set()));
+    const run = fn();
+    const tracked = run.catch(() => {});
+    set.add(tracked);
+    void tracked.then(() => {
+      set.delete(tracked);
+      if (set.size === 0 && this.#inflight.get(vmId) === set) this.#inflight.delete(vmId);
+    });
     return run;
   }
 
@@ -301,6 +334,19 @@ export class PasidAuthority {
   destroyVm(id: string): Promise<{ freed: number[]; bindings: number }> {
     return this.#serial(async () => {
       const vm = this.host.vm(id);
+      this.#destroying.add(id);
+      try {
+        return await this.#destroy(vm, id);
+      } finally {
+        this.#destroying.delete(id);
+      }
+    });
+  }
+
+  async #destroy(vm: Vm, id: string): Promise<{ freed: number[]; bindings: number }> {
+    {
+      // Let PASID operations already started finish (new ones are refused meanwhile).
+      for (let set = this.#inflight.get(id); set !== undefined && set.size > 0; set = this.#inflight.get(id)) await Promise.all(set);
       for (const v of vm.viommus()) await v.device.settled();
       const batch: Mutation[] = [
         ...vm.bindings().map(([bdf, pasid]): Mutation => ({ op: 'deleteBinding', pasid, bdf })),
@@ -316,7 +362,7 @@ export class PasidAuthority {
       this.#tokens.delete(id);
       this.#created.delete(id);
       return { freed: r.pasids, bindings: r.bindings.length };
-    });
+    }
   }
 
   addViommu(vmId: string, spec: ViommuSpec): Promise<VmInfo> {
@@ -380,7 +426,11 @@ export class PasidAuthority {
   // ------------------------------------------------------------------ PASIDs
 
   /** Allocate `count` PASIDs for a VM in [min, max]; all or nothing, one commit. */
-  async allocPasids(vmId: string, opts: { min?: number; max?: number; count?: number } = {}): Promise<number[]> {
+  allocPasids(vmId: string, opts: { min?: number; max?: number; count?: number } = {}): Promise<number[]> {
+    return this.#vmOp(vmId, () => this.#allocPasidsNow(vmId, opts));
+  }
+
+  async #allocPasidsNow(vmId: string, opts: { min?: number; max?: number; count?: number } = {}): Promise<number[]> {
     const vm = this.host.vm(vmId);
     const min = opts.min ?? PASID_MIN;
     const max = opts.max ?? PASID_MAX;
@@ -411,7 +461,11 @@ export class PasidAuthority {
   }
 
   /** Free a VM's PASID: EACCES if another VM's, ENOENT if unknown, EBUSY if bound. */
-  async freePasid(vmId: string, pasid: number): Promise<void> {
+  freePasid(vmId: string, pasid: number): Promise<void> {
+    return this.#vmOp(vmId, () => this.#freePasidNow(vmId, pasid));
+  }
+
+  async #freePasidNow(vmId: string, pasid: number): Promise<void> {
     const vm = this.host.vm(vmId);
     this.#checkFree(vm, pasid);
     await this.store.apply([{ op: 'deletePasid', pasid, vm: vmId }]);
@@ -424,7 +478,11 @@ export class PasidAuthority {
     if (bound.length > 0) throw new IoasidError('EBUSY', `PASID ${pasid} is still bound to ${bound.join(', ')}`, { pasid, devices: bound });
   }
 
-  async bind(vmId: string, pasid: number, bdf: string): Promise<void> {
+  bind(vmId: string, pasid: number, bdf: string): Promise<void> {
+    return this.#vmOp(vmId, () => this.#bindNow(vmId, pasid, bdf));
+  }
+
+  async #bindNow(vmId: string, pasid: number, bdf: string): Promise<void> {
     const vm = this.host.vm(vmId);
     const d = parseDevice({ bdf });
     const { events } = this.#hold(() => vm.bind(d.bdf, pasid));
@@ -437,7 +495,11 @@ export class PasidAuthority {
     this.#release(events);
   }
 
-  async unbind(vmId: string, pasid: number, bdf: string): Promise<void> {
+  unbind(vmId: string, pasid: number, bdf: string): Promise<void> {
+    return this.#vmOp(vmId, () => this.#unbindNow(vmId, pasid, bdf));
+  }
+
+  async #unbindNow(vmId: string, pasid: number, bdf: string): Promise<void> {
     const vm = this.host.vm(vmId);
     const d = parseDevice({ bdf });
     if (!vm.bindings().some(([b, p]) => b === d.bdf && p === pasid)) {
