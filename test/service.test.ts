@@ -179,3 +179,11 @@ describe('service: durable state', () => {
     await a.app.close();
   });
 });
+
+describe('service: logs', () => {
+  it('never log a token passed in the URL', async () => {
+    const { redactToken } = await import('../src/service/index.ts');
+    assert.equal(redactToken('/v1/events?token=s3cret&vm=a'), '/v1/events?token=[redacted]&vm=a');
+    assert.equal(redactToken('/v1/events?vm=a&TOKEN=s3cret'), '/v1/events?vm=a&TOKEN=[redacted]');
+  });
+});

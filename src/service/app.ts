@@ -37,6 +37,11 @@ function bearer(req: FastifyRequest): string | null {
   return typeof q === 'string' && req.url.startsWith('/v1/events') ? q : null;
 }
 
+/** A URL with any `token=` query parameter replaced, for logs. */
+export function redactToken(url: string): string {
+  return url.replace(/([?&]token=)[^&#]*/gi, '$1[redacted]');
+}
+
 function errorBody(e: IoasidError): ErrorBody {
   return { code: e.code, errno: e.errno, message: e.message, details: e.details };
 }
@@ -44,7 +49,16 @@ function errorBody(e: IoasidError): ErrorBody {
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { metrics: ServiceMetrics }> {
   const authority = opts.authority;
   const app = Fastify({
-    logger: opts.logger ?? false,
+    logger: typeof opts.logger === 'object'
+      ? {
+          ...opts.logger,
+          // The event stream takes its token in the URL (browsers cannot set WebSocket headers):
+          // never let a token reach the logs.
+          serializers: {
+            req: (req: FastifyRequest) => ({ method: req.method, url: redactToken(req.url), remoteAddress: req.ip }),
+          },
+        }
+      : (opts.logger ?? false),
     bodyLimit: opts.bodyLimit ?? 64 * 1024,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
     return503OnClosing: true,

@@ -5,8 +5,17 @@
  */
 import { IoasidError, isIoasidErrorCode } from '../core/index.ts';
 import type { AuthorityEvent, PasidInfo, VmInfo } from './authority.ts';
+import type { VcmdDeviceConfig } from '../vtd/index.ts';
+import { decodeNamespaceMap, type NamespaceMap } from './namespace-map.ts';
 
 export type { AuthorityEvent, PasidInfo, VmInfo };
+export type { NamespaceMap, NamespaceMapOwner } from './namespace-map.ts';
+
+/** One vIOMMU's VCMD device configuration (`GET /v1/vms/:vm/viommus/:segment`). */
+export interface ViommuView {
+  readonly segment: number;
+  readonly config: VcmdDeviceConfig;
+}
 
 export interface ClientOptions {
   /** Base URL, e.g. `http://127.0.0.1:7070`. */
@@ -150,6 +159,9 @@ export class IoasidClient {
   async mmioWrite(vm: string, segment: number, offset: number, value: bigint, size: 4 | 8): Promise<void> {
     await this.request('POST', `/v1/vms/${enc(vm)}/viommus/${segment}/mmio`, { op: 'write', offset, size, value: `0x${value.toString(16)}` });
   }
+  getViommu(vm: string, segment: number): Promise<ViommuView> {
+    return this.request('GET', `/v1/vms/${enc(vm)}/viommus/${segment}`);
+  }
   registers(vm: string, segment: number): Promise<RegistersView> {
     return this.request('GET', `/v1/vms/${enc(vm)}/viommus/${segment}/registers`);
   }
@@ -160,6 +172,33 @@ export class IoasidClient {
   }
   namespace(): Promise<NamespaceView> {
     return this.request('GET', '/v1/namespace');
+  }
+  /** The whole namespace as one owner index per PASID (compact binary on the wire; admin). */
+  async namespaceMap(): Promise<NamespaceMap> {
+    return decodeNamespaceMap(await this.#bytes('/v1/namespace/map'));
+  }
+
+  /** A GET whose success answer is bytes; errors are the server's IoasidError as in `request`. */
+  async #bytes(path: string): Promise<Uint8Array> {
+    const headers: Record<string, string> = {};
+    if (this.#token !== undefined) headers.authorization = `Bearer ${this.#token}`;
+    let res: Response;
+    try {
+      res = await this.#fetch(`${this.url}${path}`, { method: 'GET', headers });
+    } catch (e) {
+      throw new IoasidError('ENODEV', `the service at ${this.url} is unreachable: ${e instanceof Error ? e.message : String(e)}`, { url: this.url });
+    }
+    if (!res.ok) {
+      let b: { code?: unknown; message?: unknown; details?: unknown } | undefined;
+      try {
+        b = (await res.json()) as typeof b;
+      } catch {
+        b = undefined;
+      }
+      const code = isIoasidErrorCode(b?.code) ? b.code : res.status >= 500 ? 'EFAULT' : 'EINVAL';
+      throw new IoasidError(code, typeof b?.message === 'string' ? b.message : `HTTP ${res.status}`, { status: res.status, ...(typeof b?.details === 'object' && b.details !== null ? (b.details as Record<string, unknown>) : {}) });
+    }
+    return new Uint8Array(await res.arrayBuffer());
   }
   async recentEvents(limit = 100): Promise<AuthorityEvent[]> {
     return (await this.request<{ events: AuthorityEvent[] }>('GET', `/v1/events/recent?limit=${limit}`)).events;

@@ -17,3 +17,6 @@ export { RemoteMmio, SyncServiceChannel, errorFromAnswer, DEFAULT_CHANNEL_TIMEOU
 export type { ChannelStats, SyncChannelOptions } from './remote-mmio.ts';
 export { RemoteGuest } from './remote-guest.ts';
 export type { RemoteGuestOptions } from './remote-guest.ts';
+export { registerDashboard, buildDashboardAssets } from './dashboard.ts';
+export type { DashboardOptions } from './dashboard.ts';
+export { redactToken } from './app.ts';

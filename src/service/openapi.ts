@@ -23,7 +23,11 @@ export function buildOpenApi(routes: readonly RouteDef[], errorSchema: object): 
       ...(r.schema.body ? { requestBody: { required: true, content: { 'application/json': { schema: r.schema.body } } } } : {}),
       ...(r.auth === 'none' ? { security: [] } : {}),
       responses: {
-        [ok]: ok === '204' ? { description: 'done' } : { description: 'success', content: { 'application/json': { schema: r.schema.response } } },
+        [ok]: ok === '204'
+          ? { description: 'done' }
+          : r.produces !== undefined && r.produces !== 'application/json'
+            ? { description: 'success', content: { [r.produces]: { schema: { type: 'string', format: 'binary' } } } }
+            : { description: 'success', content: { 'application/json': { schema: r.schema.response } } },
         default: { description: 'an errno-coded error (docs/error-codes.md)', content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } },
       },
       'x-auth': r.auth,

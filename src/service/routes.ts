@@ -3,8 +3,10 @@
  * schemas and its handler. The same table registers the fastify routes and generates the OpenAPI
  * document, so what is validated is what is documented.
  */
+import { deflateSync } from 'node:zlib';
 import { IoasidError } from '../core/index.ts';
 import type { PasidAuthority } from './authority.ts';
+import { encodeNamespaceMap, NAMESPACE_MAP_MEDIA_TYPE } from './namespace-map.ts';
 
 export type Auth = 'none' | 'admin' | 'vm';
 
@@ -22,6 +24,8 @@ export interface RouteDef {
   readonly tag: string;
   readonly operationId: string;
   readonly status?: number;
+  /** Media type of a success answer when it is not JSON (the handler returns bytes). */
+  readonly produces?: string;
   readonly schema: {
     readonly params?: object;
     readonly querystring?: object;
@@ -217,6 +221,12 @@ export const ROUTES: readonly RouteDef[] = [
     },
   },
   {
+    method: 'GET', url: '/v1/vms/:vm/viommus/:segment', auth: 'vm', tag: 'vcmd', operationId: 'getViommu',
+    summary: "One vIOMMU's VCMD device configuration (layout, VCCAP.PAS position, range extension, ...): what its registers decode with.",
+    schema: { params: segParams, response: { type: 'object', required: ['segment', 'config'], properties: { segment: { type: 'integer' }, config: { type: 'object', additionalProperties: true, properties: { layout: { type: 'string' }, pasBit: { type: 'integer' } } } } } },
+    handler: (a, req) => a.viommuConfig(vmOf(req), int(req.params.segment, 'segment')),
+  },
+  {
     method: 'GET', url: '/v1/vms/:vm/viommus/:segment/registers', auth: 'vm', tag: 'vcmd', operationId: 'registers',
     summary: "A vIOMMU's registers decoded field by field, and its recent commands.",
     schema: { params: segParams, response: { type: 'object', additionalProperties: true, properties: { layout: { type: 'string' } } } },
@@ -232,6 +242,15 @@ export const ROUTES: readonly RouteDef[] = [
     summary: 'The whole PASID namespace, compactly: per owner, runs of consecutive PASIDs as [start, length, ...].',
     schema: { response: { type: 'object', additionalProperties: true, properties: { capacity: { type: 'integer' } } } },
     handler: (a) => a.namespace(),
+  },
+  {
+    method: 'GET', url: '/v1/namespace/map', auth: 'admin', tag: 'pasids', operationId: 'namespaceMap', produces: NAMESPACE_MAP_MEDIA_TYPE,
+    summary: 'The whole namespace as a compact binary for the dashboard: one owner index per PASID, deflated, the owner legend and event seq in the header (docs/dashboard.md).',
+    schema: { response: { type: 'string', format: 'binary' } },
+    handler: (a) => {
+      const bytes = encodeNamespaceMap(a.namespaceMap(), (raw) => deflateSync(raw));
+      return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    },
   },
   {
     method: 'GET', url: '/v1/events/recent', auth: 'admin', tag: 'events', operationId: 'recentEvents', summary: 'The most recent events (the WebSocket /v1/events streams new ones).',
