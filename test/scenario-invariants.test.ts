@@ -222,8 +222,8 @@ describe('random workload: the checks catch a fault and stay quiet without one',
   });
 });
 
-describe('host-layer problems found by the scenarios', () => {
-  it('a guest that runs a nested host cannot free a PASID of its nested VM', { todo: 'Guest.free frees without an owner check (src/host/guest.ts): it frees l2\'s bound PASID' }, async () => {
+describe('host-layer problems found by the scenarios (fixed)', () => {
+  it('a guest that runs a nested host cannot free a PASID of its nested VM', async () => {
     const scenario = parseScenario(`
 host:
   vms:
@@ -245,7 +245,7 @@ steps:
     assert.equal(r.ok, true, formatReport(r));
   });
 
-  it('removing the last vIOMMU of a guest that runs a nested host keeps the nested VMs\' PASIDs consistent', { todo: 'VtdGuestDriver.unplug (strict, last unit) drains space.ids(), the nested VMs\' PASIDs included (src/vtd/guest-driver.ts)' }, async () => {
+  it('removing the last vIOMMU of a guest that runs a nested host keeps the nested VMs\' PASIDs consistent', async () => {
     const scenario = parseScenario(`
 host:
   vms:

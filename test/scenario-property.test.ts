@@ -103,11 +103,7 @@ function toScenario(g: Gen): Json {
         names.push(name);
         break;
       case 'free':
-        // Known host-layer bug (todo test in scenario-invariants.test.ts): the guest that runs the
-        // nested host can free its nested VM's PASIDs. Until that is fixed, the property leaves
-        // out frees by that guest.
-        if (vm === 'v0' && g.nested !== undefined) steps.push({ alloc: { vm } });
-        else steps.push({ free: { vm, pasid: s.lit ?? ref(s.ref) } });
+        steps.push({ free: { vm, pasid: s.lit ?? ref(s.ref) } });
         break;
       case 'bind':
         steps.push({ bind: { vm, device: dev(s.dev), mm: s.mm }, as: name });
@@ -120,9 +116,7 @@ function toScenario(g: Gen): Json {
         steps.push({ addViommu: s.rx ? { vm, segment: s.seg, rangeExtension: true } : { vm, segment: s.seg } });
         break;
       case 'removeViommu':
-        // Known host-layer bug (todo test): the last vIOMMU of that guest drains its nested VM's PASIDs.
-        if (vm === 'v0' && g.nested !== undefined) steps.push({ alloc: { vm } });
-        else steps.push({ removeViommu: { vm, segment: s.seg } });
+        steps.push({ removeViommu: { vm, segment: s.seg } });
         break;
       case 'assignDevice': {
         const b = bdf(s.seg, s.dev);

@@ -3,14 +3,14 @@
  * in typed arrays rather than an object per ID: for each ID a tag (0 = absent, 1 = no set,
  * k + 2 = set slot k) and the links of an intrusive doubly-linked list per set, so that a set's
  * members are enumerated in time proportional to their number (spec edge 69), never by scanning.
- * Pages of 1,024 IDs are allocated on first use, so a 32-bit space costs memory only where used.
+ * Pages are allocated on first use, so a 32-bit space costs memory only where used.
  * 12 bytes per ID in a used page, the three words of a record side by side.
  */
 import { IoasidBugError } from './errors.ts';
 
-const PAGE_SHIFT = 10;
-const PAGE_SIZE = 1 << PAGE_SHIFT;
-const PAGE_MASK = PAGE_SIZE - 1;
+/** Pages of 1,024 IDs for dense tables; sparse ones (a guest's few PASIDs spread over 2^20) use 64. */
+export const DENSE_PAGE_SHIFT = 10;
+export const SPARSE_PAGE_SHIFT = 6;
 /** A record is three words side by side (tag, next, prev), so one ID's record shares a cache line. */
 const STRIDE = 3;
 const NEXT = 1;
@@ -27,9 +27,19 @@ export class RecordTable {
   #lastKey = -1;
   #lastPage: Uint32Array | undefined;
 
-  /** `maxId`: the largest ID this table may hold (sizes the page directory). */
-  constructor(maxId = 0xfffffffe) {
-    const pages = Math.floor(maxId / PAGE_SIZE) + 1;
+  readonly #shift: number;
+  readonly #pageSize: number;
+  readonly #mask: number;
+
+  /**
+   * `maxId`: the largest ID this table may hold (sizes the page directory); `pageShift`: log2 of
+   * the IDs per page (small pages for sparse tables cost less per scattered ID).
+   */
+  constructor(maxId = 0xfffffffe, pageShift = DENSE_PAGE_SHIFT) {
+    this.#shift = pageShift;
+    this.#pageSize = 1 << pageShift;
+    this.#mask = this.#pageSize - 1;
+    const pages = Math.floor(maxId / this.#pageSize) + 1;
     this.#dense = pages <= 1 << 16 ? new Array<Uint32Array | undefined>(pages).fill(undefined) : null;
   }
   /** Per tag (1 = no set, k + 2 = set slot k): list head and member count. */
@@ -42,7 +52,7 @@ export class RecordTable {
   }
 
   #page(id: number): Uint32Array | undefined {
-    const key = id >>> PAGE_SHIFT;
+    const key = id >>> this.#shift;
     if (this.#dense !== null) return this.#dense[key];
     if (key === this.#lastKey) return this.#lastPage;
     const p = this.#pages.get(key);
@@ -56,8 +66,8 @@ export class RecordTable {
   #pageOrCreate(id: number): Uint32Array {
     let p = this.#page(id);
     if (p === undefined) {
-      p = new Uint32Array(STRIDE * PAGE_SIZE);
-      const key = id >>> PAGE_SHIFT;
+      p = new Uint32Array(STRIDE * this.#pageSize);
+      const key = id >>> this.#shift;
       if (this.#dense !== null) {
         if (key >= this.#dense.length) throw new IoasidBugError('record beyond the table', { id });
         this.#dense[key] = p;
@@ -72,7 +82,7 @@ export class RecordTable {
   /** 0 when absent, else the tag. */
   tag(id: number): number {
     const p = this.#page(id);
-    return p === undefined ? TAG_ABSENT : (p[(id & PAGE_MASK) * STRIDE] as number);
+    return p === undefined ? TAG_ABSENT : (p[(id & this.#mask) * STRIDE] as number);
   }
 
   has(id: number): boolean {
@@ -95,16 +105,16 @@ export class RecordTable {
   }
 
   #setNext(id: number, v: number): void {
-    (this.#page(id) as Uint32Array)[(id & PAGE_MASK) * STRIDE + NEXT] = v;
+    (this.#page(id) as Uint32Array)[(id & this.#mask) * STRIDE + NEXT] = v;
   }
 
   #setPrev(id: number, v: number): void {
-    (this.#page(id) as Uint32Array)[(id & PAGE_MASK) * STRIDE + PREV] = v;
+    (this.#page(id) as Uint32Array)[(id & this.#mask) * STRIDE + PREV] = v;
   }
 
   insert(id: number, tag: number): void {
     const p = this.#pageOrCreate(id);
-    const o = (id & PAGE_MASK) * STRIDE;
+    const o = (id & this.#mask) * STRIDE;
     if (p[o] !== TAG_ABSENT) throw new IoasidBugError('record inserted twice', { id });
     if (tag >= this.#heads.length) this.#grow(tag);
     const head = this.#heads[tag] as number;
@@ -121,7 +131,7 @@ export class RecordTable {
   /** Remove a record; returns its tag. */
   remove(id: number): number {
     const p = this.#page(id);
-    const o = (id & PAGE_MASK) * STRIDE;
+    const o = (id & this.#mask) * STRIDE;
     const tag = p === undefined ? TAG_ABSENT : (p[o] as number);
     if (p === undefined || tag === TAG_ABSENT) throw new IoasidBugError('removing an absent record', { id });
     const next = p[NEXT + o] as number;
@@ -142,7 +152,7 @@ export class RecordTable {
     while (id !== NIL) {
       out.push(id);
       const p = this.#page(id) as Uint32Array;
-      id = p[(id & PAGE_MASK) * STRIDE + NEXT] as number;
+      id = p[(id & this.#mask) * STRIDE + NEXT] as number;
     }
     return out;
   }
@@ -152,15 +162,15 @@ export class RecordTable {
     const keys = [...this.#pages.keys()].sort((a, b) => a - b);
     for (const key of keys) {
       const p = this.#pages.get(key) as Uint32Array;
-      for (let o = 0; o < PAGE_SIZE; o++) {
+      for (let o = 0; o < this.#pageSize; o++) {
         const t = p[o * STRIDE] as number;
-        if (t !== TAG_ABSENT) yield [key * PAGE_SIZE + o, t];
+        if (t !== TAG_ABSENT) yield [key * this.#pageSize + o, t];
       }
     }
   }
 
   /** Bytes held in typed arrays (for the memory figure). */
   memoryBytes(): number {
-    return this.#pages.size * STRIDE * PAGE_SIZE * 4;
+    return this.#pages.size * STRIDE * this.#pageSize * 4;
   }
 }

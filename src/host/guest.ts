@@ -50,6 +50,9 @@ export class Guest {
     const layout = opts.layout ?? vm.viommus()[0]?.device.config.layout ?? 'B';
     this.driver = new VtdGuestDriver(this.space, {
       layout,
+      // In process, the host answers within a few turns of the event loop: poll by yielding, not
+      // with a 1 ms timer (the deadline still counts virtual time per poll).
+      sleep: () => new Promise<void>((resolve) => setImmediate(resolve)),
       ...(opts.pasBit !== undefined ? { pasBit: opts.pasBit } : {}),
       ...(opts.rangeExtension !== undefined ? { rangeExtension: opts.rangeExtension } : {}),
       ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
@@ -95,6 +98,11 @@ export class Guest {
 
   async free(pasid: number): Promise<void> {
     this.#alive();
+    // The guest kernel frees only its own PASIDs: those of the VMs it hosts belong to their sets.
+    const owner = this.space.ownerOf(pasid);
+    if (owner !== null) {
+      throw new IoasidError('EACCES', `PASID ${pasid} belongs to nested VM ${owner.name}; it is freed through that VM`, { pasid, owner: owner.name });
+    }
     await this.space.free(pasid);
   }
 
@@ -130,6 +138,13 @@ export class Guest {
     if (this.#dead) return null;
     const u = this.#units.get(v.segment);
     if (u === undefined) return null;
+    // The last vIOMMU is this guest's only way to the host: while nested VMs hold PASIDs through
+    // it, it cannot go (their guests would keep PASIDs the host had taken back).
+    const others = this.driver.units.filter((x) => x !== u && x.registered);
+    const nested = this.#host?.vms().filter((vm) => vm.pasids().length > 0).map((vm) => vm.id) ?? [];
+    if (u.registered && others.length === 0 && nested.length > 0) {
+      throw new IoasidError('EBUSY', `vIOMMU ${v.name} is the last way to the host for nested VMs ${nested.join(', ')}, which hold PASIDs`, { viommu: v.name, nested });
+    }
     const report = await this.driver.unplug(u);
     this.#units.delete(v.segment);
     return report;

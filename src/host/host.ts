@@ -133,7 +133,14 @@ export class Host {
     if (this.#listeners.size === 0) return;
     const token = e.set?.token;
     const vm = token !== undefined && this.#vms.has(token) ? token : null;
-    if (e.type === 'alloc' || e.type === 'free') this.#emit({ type: e.type, vm, pasid: e.id });
+    if (e.type === 'alloc' || e.type === 'free') {
+      this.#emit({ type: e.type, vm, pasid: e.id });
+      // The allocation that fills a VM's quota: the next one will be refused (EDQUOT).
+      const set = e.set;
+      if (e.type === 'alloc' && vm !== null && set !== null && set.quota > 0 && this.space.setCount(set) >= set.quota) {
+        this.#emit({ type: 'quota-exhausted', vm, quota: set.quota });
+      }
+    }
     else {
       const info = e.info as { vm?: string; bdf?: string } | undefined;
       if (info?.vm !== undefined && info.bdf !== undefined) this.#emit({ type: e.type, vm: info.vm, pasid: e.id, bdf: info.bdf });
@@ -186,13 +193,6 @@ export class Host {
     }
     this.#vms.set(id, vm);
     this.#emit({ type: 'vm-created', vm: id, quota });
-    // Quota exhaustion is visible per VM: a set-scoped subscriber cannot see failures, so the
-    // VCMD backend's EDQUOT is reported by watching the count reach the quota.
-    if (quota > 0) {
-      this.space.subscribe((e) => {
-        if (e.type === 'alloc' && this.space.setCount(set) >= quota) this.#emit({ type: 'quota-exhausted', vm: id, quota });
-      }, { set, types: ['alloc'], priority: 'device' });
-    }
     return vm;
   }
 

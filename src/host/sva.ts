@@ -109,9 +109,13 @@ export class GuestSva {
     if (b === undefined || !b.devices.has(device.bdf)) throw new IoasidError('ENOENT', `device ${device.bdf} is not bound to ${fmtId(mm)}`, { bdf: device.bdf, mm });
     await this.#port.unbind(device.bdf, b.pasid);
     b.devices.delete(device.bdf);
-    this.#space.notify('unbind', b.pasid, { bdf: device.bdf, mm });
+    // Linux profiles may have forgotten the PASID already (a free while bound: the kernel's leak,
+    // spec 2.4); the unbind still completes, and the host keeps the PASID until teardown.
+    const known = this.#space.has(b.pasid);
+    if (known) this.#space.notify('unbind', b.pasid, { bdf: device.bdf, mm });
     if (b.devices.size > 0) return;
     this.#mms.delete(mm);
+    if (!known) return;
     this.#space.setData(b.pasid, null);
     await this.#space.free(b.pasid);
   }
