@@ -17,7 +17,7 @@
  * Nothing outside this file decodes a register by hand: everything goes through `getField` /
  * `setField` over these tables. `docs/vtd-registers.md` documents the same tables.
  */
-import { IoasidError, fmtId } from '../core/errors.ts';
+import { IoasidError, fmtId } from '../core/index.ts';
 
 export const LAYOUTS = ['A', 'B'] as const;
 /** VCMD register layout: 'A' = VT-d 3.0/3.1, 'B' = VT-d 3.3 and later. */
@@ -233,6 +233,11 @@ export function registerAt(map: MapLike, offset: number): RegisterSpec | null {
 /** Offset of a register in a layout. */
 export function registerOffset(map: MapLike, name: RegisterName): number {
   return registerSpec(map, name).offset;
+}
+
+/** A field's shift and (unshifted) mask as bigints, for hot paths that decode the same field often. */
+export function fieldBits(f: FieldSpec): { readonly shift: bigint; readonly mask: bigint } {
+  return { shift: BigInt(f.lo), mask: (1n << BigInt(f.hi - f.lo + 1)) - 1n };
 }
 
 /** The field's value inside a register value. */

@@ -2,8 +2,7 @@
  * The configuration of one emulated VCMD device (what the vIOMMU advertises), validated once at
  * construction and again when a snapshot is restored. Plain JSON-safe data.
  */
-import { IoasidError, fmtId } from '../core/errors.ts';
-import { PASID_BITS } from '../core/ids.ts';
+import { IoasidError, PASID_BITS, fmtId } from '../core/index.ts';
 import type { Layout, PasBit } from './registers.ts';
 
 export interface VcmdDeviceConfig {

@@ -29,15 +29,14 @@
  * State is a serialisable snapshot (`snapshot()` / `VcmdDevice.restore()`), refused with EBUSY
  * while a backend call is outstanding.
  */
-import { IoasidError, isIoasidError } from '../core/errors.ts';
-import { PASID_MAX, PASID_MIN } from '../core/ids.ts';
+import { IoasidError, PASID_MAX, PASID_MIN, isIoasidError } from '../core/index.ts';
 import type { AccessSize, MmioAccessor } from './mmio.ts';
 import {
   VCMD_CMD,
   commandName,
   encodeRegister,
   encodeVccap,
-  getField,
+  fieldBits,
   registerMap,
   registerSpec,
   statusName,
@@ -112,12 +111,13 @@ export class VcmdDevice implements MmioAccessor {
   #offVcmdEo: number;
   #offVcrsp: number;
   #vcmdWritable: bigint;
-  #cmdField: FieldSpec;
-  #operandPasid: FieldSpec;
-  #rangeMax: FieldSpec | null;
+  #cmd: { readonly shift: bigint; readonly mask: bigint };
+  #operand: { readonly shift: bigint; readonly mask: bigint };
+  #rangeMax: { readonly shift: bigint; readonly mask: bigint } | null;
   #resultShift: bigint;
   #scShift: bigint;
   #advertised: readonly boolean[];
+  #rangeAdvertised: boolean;
 
   // Register state.
   #vcmd = 0n;
@@ -127,7 +127,9 @@ export class VcmdDevice implements MmioAccessor {
   #halfHigh = false;
 
   #seq = 0;
+  /** Ring of the last `logSize` entries: #logStart is the oldest, #log.length <= logSize. */
   #log: MutableEntry[] = [];
+  #logStart = 0;
   #stats: { commands: number; droppedWrites: number; undefinedCommands: number; internalErrors: number };
   #pending: Promise<void> | null = null;
 
@@ -164,6 +166,7 @@ export class VcmdDevice implements MmioAccessor {
     adv[VCMD_CMD.ALLOCATE] = cfg.virtualCommands && caps.allocate;
     adv[VCMD_CMD.FREE] = cfg.virtualCommands && caps.free;
     this.#advertised = adv;
+    this.#rangeAdvertised = (this.vccap >> 63n) === 1n;
 
     this.#offCap = registerSpec(map, 'CAP_REG').offset;
     this.#offEcap = registerSpec(map, 'ECAP_REG').offset;
@@ -171,14 +174,14 @@ export class VcmdDevice implements MmioAccessor {
     const vcmdSpec = registerSpec(map, 'VCMD_REG');
     this.#offVcmd = vcmdSpec.offset;
     this.#vcmdWritable = vcmdSpec.writableMask;
-    this.#cmdField = vcmdSpec.fields.find((f) => f.name === 'CMD') as FieldSpec;
+    this.#cmd = fieldBits(vcmdSpec.fields.find((f) => f.name === 'CMD') as FieldSpec);
     this.#offVcmdEo = cfg.layout === 'B' ? registerSpec(map, 'VCMD_EO_REG').offset : -1;
     const vcrspSpec = registerSpec(map, 'VCRSP_REG');
     this.#offVcrsp = vcrspSpec.offset;
     this.#scShift = BigInt((vcrspSpec.fields.find((f) => f.name === 'SC') as FieldSpec).lo);
-    this.#operandPasid = map.operandPasid;
+    this.#operand = fieldBits(map.operandPasid);
     this.#resultShift = BigInt(map.resultPasid.lo);
-    this.#rangeMax = map.rangeMax;
+    this.#rangeMax = map.rangeMax === null ? null : fieldBits(map.rangeMax);
   }
 
   /** Restore a device from `snapshot()` output (untrusted input: EINVAL on anything malformed). */
@@ -204,7 +207,8 @@ export class VcmdDevice implements MmioAccessor {
     dev.#halfLow = s.pendingHalves.low;
     dev.#halfHigh = s.pendingHalves.high;
     dev.#seq = s.nextSeq;
-    dev.#log = s.log.slice(-dev.config.logSize).map((e) => ({ ...e, range: e.range === null ? null : { ...e.range } }));
+    const kept = dev.config.logSize === 0 ? [] : s.log.slice(-dev.config.logSize);
+    dev.#log = kept.map((e) => ({ ...e, range: e.range === null ? null : { ...e.range } }));
     dev.#stats = { ...s.stats };
     return dev;
   }
@@ -226,7 +230,7 @@ export class VcmdDevice implements MmioAccessor {
 
   /** The recent-commands log, oldest first (bounded by `logSize`). */
   recentCommands(): readonly VcmdLogEntry[] {
-    return this.#log.map(freezeEntry);
+    return this.#ordered().map(freezeEntry);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -295,7 +299,7 @@ export class VcmdDevice implements MmioAccessor {
   #fire(): void {
     this.#vcrsp = IP; // clears VCRSP and sets IP (edge 56)
     this.#stats.commands++;
-    const cmd = Number(getField(this.#cmdField, this.#vcmd));
+    const cmd = Number((this.#vcmd >> this.#cmd.shift) & this.#cmd.mask);
     const entry: MutableEntry = {
       seq: this.#seq++,
       cmd,
@@ -327,15 +331,24 @@ export class VcmdDevice implements MmioAccessor {
   #record(entry: MutableEntry): void {
     const size = this.config.logSize;
     if (size === 0) return;
-    if (this.#log.length >= size) this.#log.shift();
-    this.#log.push(entry);
+    if (this.#log.length < size) {
+      this.#log.push(entry);
+    } else {
+      this.#log[this.#logStart] = entry;
+      this.#logStart = (this.#logStart + 1) % size;
+    }
+  }
+
+  /** The log, oldest first. */
+  #ordered(): MutableEntry[] {
+    return this.#logStart === 0 ? this.#log : [...this.#log.slice(this.#logStart), ...this.#log.slice(0, this.#logStart)];
   }
 
   #allocate(entry: MutableEntry): void {
     let range: { min: number; max: number } | undefined;
-    if (this.#rangeMax !== null && this.#advertisesRange()) {
-      const min = Number(getField(this.#operandPasid, this.#vcmd));
-      const max = Number(getField(this.#rangeMax, this.#vcmdEo));
+    if (this.#rangeMax !== null && this.#rangeAdvertised) {
+      const min = Number((this.#vcmd >> this.#operand.shift) & this.#operand.mask);
+      const max = Number((this.#vcmdEo >> this.#rangeMax.shift) & this.#rangeMax.mask);
       if (min !== 0 || max !== 0) {
         range = { min: Math.max(min, PASID_MIN), max };
         entry.range = { ...range };
@@ -357,10 +370,6 @@ export class VcmdDevice implements MmioAccessor {
     } else {
       this.#allocated(entry, r, range);
     }
-  }
-
-  #advertisesRange(): boolean {
-    return (this.vccap >> 63n) === 1n;
   }
 
   #allocated(entry: MutableEntry, v: unknown, range: { min: number; max: number } | undefined): void {
@@ -391,7 +400,7 @@ export class VcmdDevice implements MmioAccessor {
   }
 
   #free(entry: MutableEntry): void {
-    const pasid = Number(getField(this.#operandPasid, this.#vcmd));
+    const pasid = Number((this.#vcmd >> this.#operand.shift) & this.#operand.mask);
     entry.operand = pasid;
     if (pasid < PASID_MIN) {
       entry.error = 'EINVAL: PASID 0 is reserved for requests without PASID';
@@ -427,7 +436,7 @@ export class VcmdDevice implements MmioAccessor {
 
   /** Write the guest-visible status: RSLT only on success, IP cleared. */
   #complete(entry: MutableEntry, sc: number, pasid: number): void {
-    this.#vcrsp = (sc === 0 ? BigInt(pasid) << this.#resultShift : 0n) | (BigInt(sc) << this.#scShift);
+    this.#vcrsp = sc === 0 ? (pasid === 0 ? 0n : BigInt(pasid) << this.#resultShift) : BigInt(sc) << this.#scShift;
     entry.status = sc;
     entry.statusName = statusName(this.map, entry.cmd, sc);
     entry.result = sc === 0 && entry.cmd === VCMD_CMD.ALLOCATE ? pasid : null;
@@ -461,7 +470,7 @@ export class VcmdDevice implements MmioAccessor {
       registers: { VCMD_REG: hex(this.#vcmd), VCMD_EO_REG: hex(this.#vcmdEo), VCRSP_REG: hex(this.#vcrsp) },
       pendingHalves: { low: this.#halfLow, high: this.#halfHigh },
       nextSeq: this.#seq,
-      log: this.#log.map((e) => ({ ...e, range: e.range === null ? null : { ...e.range } })),
+      log: this.#ordered().map((e) => ({ ...e, range: e.range === null ? null : { ...e.range } })),
       stats: { ...this.#stats },
     };
   }
