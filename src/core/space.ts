@@ -65,6 +65,10 @@ const DEFAULT_OPS: AllocatorOps = Object.freeze({
   pdata: null,
 });
 
+function isThenable<T>(x: T | PromiseLike<T>): x is PromiseLike<T> {
+  return typeof x === 'object' && x !== null && typeof (x as { then?: unknown }).then === 'function';
+}
+
 function sameOps(a: AllocatorOps, b: AllocatorOps): boolean {
   return a.alloc === b.alloc && a.free === b.free;
 }
@@ -247,8 +251,12 @@ export class IoasidSpace {
    */
   async alloc(set: IoasidSet | null, min: number, max: number, priv: unknown = null): Promise<Ioasid> {
     this.#assertNotInCallback('alloc');
-    if (!this.#active.custom && this.#queued === 0) return this.allocSync(set, min, max, priv);
-    return this.#serialise(() => this.#allocActive(set, min, max, priv));
+    if (this.#queued === 0) {
+      // The lock is free: run now; only a plug-in that answers later makes the call wait.
+      if (!this.#active.custom) return this.allocSync(set, min, max, priv);
+      return this.#holdWhile(this.#allocCustom(set, min, max, priv));
+    }
+    return this.#serialise(async () => (this.#active.custom ? this.#allocCustom(set, min, max, priv) : this.allocSync(set, min, max, priv)));
   }
 
   /** Synchronous `alloc`, for when the active allocator is the default one (the host path). */
@@ -284,51 +292,86 @@ export class IoasidSpace {
     return run;
   }
 
-  async #callCustom<T>(fn: () => T | Promise<T>): Promise<T> {
-    this.#inCallback++;
-    let r: T | Promise<T>;
-    try {
-      r = fn();
-    } finally {
-      this.#inCallback--;
-    }
+  /**
+   * A call that started with the lock free went asynchronous: later calls queue behind it until
+   * it settles (a synchronous answer needs no queue and no promise of ours).
+   */
+  #holdWhile<T>(r: T | Promise<T>): T | Promise<T> {
+    if (!isThenable(r)) return r;
+    this.#queued++;
+    const settled = Promise.resolve(r).then(
+      () => this.#queued--,
+      () => this.#queued--,
+    );
+    this.#tail = this.#tail.then(() => settled);
     return r;
   }
 
-  async #allocActive(set: IoasidSet | null, min: number, max: number, priv: unknown): Promise<Ioasid> {
+  /** Call into the plug-in, marking the synchronous part as "inside a callback". */
+  #callCustom<T>(fn: () => T): T {
+    this.#inCallback++;
+    try {
+      return fn();
+    } finally {
+      this.#inCallback--;
+    }
+  }
+
+  /** Give an ID back to the plug-in; failures are only logged (the call already failed). */
+  #handBack(ops: AllocatorOps, id: number, why: string): void | Promise<void> {
+    try {
+      const r = this.#callCustom(() => ops.free(id, ops.pdata));
+      if (isThenable(r)) return Promise.resolve(r).catch((err: unknown) => this.#handBackFailed(id, why, err));
+    } catch (err) {
+      this.#handBackFailed(id, why, err);
+    }
+  }
+
+  #handBackFailed(id: number, why: string, err: unknown): void {
+    this.#log('error', `handing back IOASID ${id} failed (${why})`, { id, error: String(err) });
+  }
+
+  /** Custom allocation, synchronous unless the plug-in answers with a promise. */
+  #allocCustom(set: IoasidSet | null, min: number, max: number, priv: unknown): Ioasid | Promise<Ioasid> {
     const ad = this.#active;
-    if (!ad.custom) return this.allocSync(set, min, max, priv);
     const { slot, lo, hi } = this.#checkAllocArgs(set, min, max);
     const ops = ad.ops;
-    const got = await this.#callCustom(() => ops.alloc(lo, hi, ops.pdata));
-    const handBack = async (why: string): Promise<void> => {
-      try {
-        await this.#callCustom(() => ops.free(got, ops.pdata));
-      } catch (err) {
-        this.#log('error', `handing back IOASID ${got} failed (${why})`, { id: got, error: String(err) });
-      }
-    };
-    if (got === INVALID_IOASID) throw new IoasidError('ENOSPC', `custom allocator has no IOASID in [${fmtId(lo)}, ${fmtId(hi)}]`, { min: lo, max: hi });
+    const got = this.#callCustom(() => ops.alloc(lo, hi, ops.pdata));
+    if (isThenable(got)) return Promise.resolve(got).then((g) => this.#adoptCustom(ad, ops, slot, lo, hi, priv, g));
+    return this.#adoptCustom(ad, ops, slot, lo, hi, priv, got);
+  }
+
+  /** Check a custom allocator's answer and record it (rule 7: a refused answer changes nothing). */
+  #adoptCustom(ad: AllocatorData, ops: AllocatorOps, slot: number, lo: number, hi: number, priv: unknown, got: unknown): Ioasid | Promise<Ioasid> {
+    if (got === INVALID_IOASID) return this.#refuse(ops, got, null, new IoasidError('ENOSPC', `custom allocator has no IOASID in [${fmtId(lo)}, ${fmtId(hi)}]`, { min: lo, max: hi }));
     if (typeof got !== 'number' || !Number.isInteger(got) || got < 0 || got > IOASID_MAX) {
-      throw new IoasidError('EINVAL', `custom allocator returned ${fmtId(got)}, not an IOASID`, { returned: String(got) });
+      return this.#refuse(ops, 0, null, new IoasidError('EINVAL', `custom allocator returned ${fmtId(got)}, not an IOASID`, { returned: String(got) }));
     }
     if (!this.#list.includes(ad)) {
       // Unregistered while the call was in flight: nobody tracks this ID, give it back.
-      await handBack('allocator unregistered');
-      throw new IoasidError('ENODEV', `allocator was unregistered while allocating IOASID ${got}`, { id: got });
+      return this.#refuse(ops, got, 'allocator unregistered', new IoasidError('ENODEV', `allocator was unregistered while allocating IOASID ${got}`, { id: got }));
     }
     if (this.#rules.checkCustomRange && (got < lo || got > hi)) {
-      await handBack('out of range');
-      throw new IoasidError('ERANGE', `custom allocator returned ${fmtId(got)}, outside [${fmtId(lo)}, ${fmtId(hi)}]`, { id: got, min: lo, max: hi });
+      return this.#refuse(ops, got, 'out of range', new IoasidError('ERANGE', `custom allocator returned ${fmtId(got)}, outside [${fmtId(lo)}, ${fmtId(hi)}]`, { id: got, min: lo, max: hi }));
     }
     if (ad.table.has(got)) {
       // The kernel hands the duplicate back, which releases an ID it still tracks; strict keeps it.
-      if (this.#rules.handBackDuplicate) await handBack('duplicate');
       this.#log('error', `custom allocator returned IOASID ${got}, which is already tracked`, { id: got });
-      throw new IoasidError('EEXIST', `custom allocator returned ${fmtId(got)}, already allocated`, { id: got });
+      return this.#refuse(ops, got, this.#rules.handBackDuplicate ? 'duplicate' : null, new IoasidError('EEXIST', `custom allocator returned ${fmtId(got)}, already allocated`, { id: got }));
     }
     this.#record(ad, got, slot, priv);
     return got as Ioasid;
+  }
+
+  /** Fail a custom allocation, first handing the answer back when `why` says so. */
+  #refuse(ops: AllocatorOps, got: number, why: string | null, e: IoasidError): never | Promise<never> {
+    const r = why === null ? undefined : this.#handBack(ops, got, why);
+    if (isThenable(r)) {
+      return Promise.resolve(r).then(() => {
+        throw e;
+      });
+    }
+    throw e;
   }
 
   // ---------------------------------------------------------------- free, get, put
@@ -357,8 +400,12 @@ export class IoasidSpace {
    */
   async free(id: number, set?: IoasidSet | null): Promise<void> {
     this.#assertNotInCallback('free');
-    if (!this.#active.custom && this.#queued === 0) return this.freeSync(id, set);
-    await this.#serialise(() => this.#freeActive(id, set, false));
+    if (this.#queued === 0) {
+      if (!this.#active.custom) return this.freeSync(id, set);
+      await this.#holdWhile(this.#freeCustom(id, set, false));
+      return;
+    }
+    await this.#serialise(async () => this.#freeActive(id, set, false));
   }
 
   freeSync(id: number, set?: IoasidSet | null): void {
@@ -412,13 +459,16 @@ export class IoasidSpace {
   }
 
   /** Returns true when the ID was released (put semantics). */
-  async #freeActive(id: number, set: IoasidSet | null | undefined, isPut: boolean): Promise<boolean> {
+  #freeActive(id: number, set: IoasidSet | null | undefined, isPut: boolean): boolean | Promise<boolean> {
+    if (this.#active.custom) return this.#freeCustom(id, set, isPut);
+    if (isPut) return this.putSync(id);
+    this.freeSync(id, set);
+    return true;
+  }
+
+  /** Custom free (or put), synchronous unless the plug-in answers with a promise. */
+  #freeCustom(id: number, set: IoasidSet | null | undefined, isPut: boolean): boolean | Promise<boolean> {
     const ad = this.#active;
-    if (!ad.custom) {
-      if (isPut) return this.putSync(id);
-      this.freeSync(id, set);
-      return true;
-    }
     const n = this.#lookupForFree(id, set, isPut ? 'put' : 'free');
     if (n === null) return false;
     if (isPut || this.#freeIsPut) {
@@ -427,18 +477,29 @@ export class IoasidSpace {
       this.#checkNoExtraRefs(ad, n);
     }
     const ops = ad.ops;
+    let r: void | Promise<void>;
     try {
-      await this.#callCustom(() => ops.free(n, ops.pdata));
+      r = this.#callCustom(() => ops.free(n, ops.pdata));
     } catch (err) {
-      if (this.#rules.keepRecordOnFailedFree) {
-        if (isIoasidError(err)) throw err;
-        throw new IoasidError('ENODEV', `custom allocator failed to free IOASID ${fmtId(n)}: ${String(err)}`, { id: n }, { cause: err });
-      }
-      this.#log('warn', `custom free of IOASID ${n} failed; record dropped anyway`, { id: n, error: String(err) });
+      return this.#freeFailed(ad, n, err);
     }
+    if (isThenable(r)) return Promise.resolve(r).then(() => this.#freeDone(ad, n), (err: unknown) => this.#freeFailed(ad, n, err));
+    return this.#freeDone(ad, n);
+  }
+
+  #freeDone(ad: AllocatorData, n: number): boolean {
     // The group may have lost this table meanwhile (unregistered): then there is nothing to drop.
     if (ad.table.has(n)) this.#forget(ad, n);
     return true;
+  }
+
+  #freeFailed(ad: AllocatorData, n: number, err: unknown): boolean {
+    if (this.#rules.keepRecordOnFailedFree) {
+      if (isIoasidError(err)) throw err;
+      throw new IoasidError('ENODEV', `custom allocator failed to free IOASID ${fmtId(n)}: ${String(err)}`, { id: n }, { cause: err });
+    }
+    this.#log('warn', `custom free of IOASID ${n} failed; record dropped anyway`, { id: n, error: String(err) });
+    return this.#freeDone(ad, n);
   }
 
   /** Take a reference (refcount profiles: `linux-5.11`, `strict`). */
@@ -458,8 +519,8 @@ export class IoasidSpace {
   async put(id: number): Promise<boolean> {
     this.#needRefcounts('put');
     this.#assertNotInCallback('put');
-    if (!this.#active.custom && this.#queued === 0) return this.putSync(id);
-    return this.#serialise(() => this.#freeActive(id, undefined, true));
+    if (this.#queued === 0) return this.#active.custom ? this.#holdWhile(this.#freeCustom(id, undefined, true)) : this.putSync(id);
+    return this.#serialise(async () => this.#freeActive(id, undefined, true));
   }
 
   putSync(id: number): boolean {
