@@ -16,6 +16,20 @@ it('docs/error-codes.md lists every code it documents with the errno and HTTP st
   }
 });
 
+it('the README host example runs as written', async () => {
+  const md = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  const blocks = [...md.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1] as string);
+  const code = blocks.find((b) => b.includes("from 'ioasid/host'"));
+  assert.ok(code);
+  const host = await import('../src/host/index.ts');
+  const body = code.replace(/^import .*$/m, '').replace('checkInvariants(host);', 'const v = checkInvariants(host);');
+  const fn = new Function('Host', 'checkInvariants', `return (async () => { ${body}; return { pasid, v, vms: host.vms().length }; })()`);
+  const r = await fn(host.Host, host.checkInvariants);
+  assert.equal(r.pasid, 1);
+  assert.deepEqual(r.v, []);
+  assert.equal(r.vms, 0);
+});
+
 it('the README library example runs as written', async () => {
   const md = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
   const code = /```ts\n([\s\S]*?)```/.exec(md)?.[1];
