@@ -22,12 +22,13 @@
  *     again, finding bits with Math.clz32(x & -x): O(tree height), never a scan of words.
  *  8. The universe is cut into chunks of 2^15 IDs: 1,024 leaf words plus their two summary
  *     levels of each kind (1,090 words, 4,360 bytes). A chunk is created on first use and lives
- *     in one growable word arena (no per-chunk objects on the hot path); a chunk not yet created
- *     is all free. A lazily paged slot table maps chunk numbers to arena offsets. Above the chunks
- *     sit small eager directory levels of chunk "full" and "non-empty" bits; directory bits that
- *     stand for nothing are "full", so searches never descend into them. A dense 2^20 universe
- *     costs about 137 KiB; a 32-bit universe about 33 KiB of directories plus 4.3 KiB per chunk
- *     in use. Chunks are only dropped by `clear()`.
+ *     in one word arena (no per-chunk objects on the hot path) that grows by an eighth, never past
+ *     the universe; a chunk not yet created is all free. A slot table maps chunk numbers to arena
+ *     offsets (flat up to 2^27 IDs, lazily paged beyond). Above the chunks sit small eager
+ *     directory levels of chunk "full" and "non-empty" bits; directory bits that stand for nothing
+ *     are "full", so searches never descend into them. A dense 2^20 universe costs 136.4 KiB; a
+ *     32-bit universe about 35 KiB of directories plus 4.3 KiB per chunk in use. Chunks are only
+ *     dropped by `clear()`.
  *  9. Quarantine is a separate lazily paged bitmap with its own non-empty summaries. A quarantined
  *     ID keeps its bit set in the main tree, so allocation never looks at the quarantine.
  * 10. The engine is pure: no clock, no I/O, and no allocation on the alloc/free hot path except
@@ -52,53 +53,38 @@ export interface IdEngineOptions {
 }
 
 // ---- layout -------------------------------------------------------------------------------------
-const CHUNK_SHIFT = 15;
-const CHUNK_IDS = 1 << CHUNK_SHIFT; // 32,768 IDs per chunk
-const CHUNK_MASK = CHUNK_IDS - 1;
-/** A chunk in the arena: [0,1024) leaves | [1024,1056) full-L1 | 1056 full-root | [1057,1089) ne-L1 | 1089 ne-root. */
-const FULL1 = 1024;
-const FULL_ROOT = 1056;
-const NE1 = 1057;
-const NE_ROOT = 1089;
-const CHUNK_WORDS = 1090;
-/** A quarantine page: [0,1024) bits | [1024,1056) ne-L1 | 1056 ne-root. */
-const Q_NE1 = 1024;
-const Q_NE_ROOT = 1056;
-const QPAGE_WORDS = 1057;
-/** Slot table pages: 1,024 chunk numbers each (a 32-bit universe has 131,072 chunks). */
-const SLOT_SHIFT = 10;
-const SLOT_PAGE = 1 << SLOT_SHIFT;
-const SLOT_MASK = SLOT_PAGE - 1;
+/**
+ * Layout constants. A const enum, so that the TypeScript transform (esbuild, under tsx) writes them
+ * as literals: plain module-level consts would be context loads with checks on the hot path.
+ */
+const enum L {
+  /** 2^15 = 32,768 IDs per chunk. */
+  CHUNK_SHIFT = 15,
+  CHUNK_IDS = 32768,
+  CHUNK_MASK = 32767,
+  /** A chunk in the arena: [0,1024) leaves | [1024,1056) full-L1 | 1056 full-root | [1057,1089) ne-L1 | 1089 ne-root. */
+  FULL1 = 1024,
+  FULL_ROOT = 1056,
+  NE1 = 1057,
+  NE_ROOT = 1089,
+  CHUNK_WORDS = 1090,
+  /** A quarantine page: [0,1024) bits | [1024,1056) ne-L1 | 1056 ne-root. */
+  Q_NE1 = 1024,
+  Q_NE_ROOT = 1056,
+  QPAGE_WORDS = 1057,
+  /** Slot table pages: 256 chunk numbers each (a 32-bit universe has 131,072 chunks). */
+  SLOT_SHIFT = 8,
+  SLOT_PAGE = 256,
+  SLOT_MASK = 255,
+  /** Universes of up to 4,096 chunks (2^27 IDs) keep a flat slot table (at most 16 KiB). */
+  FLAT_SLOTS = 4096,
+}
 
 type PageDir = Array<Array<Uint32Array | undefined> | undefined>;
 
 /** Index of the lowest set bit of a non-zero word. */
 function ctz(x: number): number {
   return 31 - Math.clz32(x & -x);
-}
-
-/** Local position of the first 0 leaf bit at local position >= q in the chunk at base b, or -1. */
-function chunkFindFrom(a: Uint32Array, b: number, q: number): number {
-  let w = q >>> 5;
-  let bits = ~a[b + w]! & (-1 << (q & 31));
-  if (bits !== 0) return (w << 5) | ctz(bits);
-  let w1 = w >>> 5;
-  bits = ~a[b + FULL1 + w1]! & (-2 << (w & 31));
-  if (bits === 0) {
-    bits = ~a[b + FULL_ROOT]! & (-2 << w1);
-    if (bits === 0) return -1;
-    w1 = ctz(bits);
-    bits = ~a[b + FULL1 + w1]!;
-  }
-  w = (w1 << 5) | ctz(bits);
-  return (w << 5) | ctz(~a[b + w]!);
-}
-
-/** Local position of the first 0 leaf bit of a chunk that is not full. */
-function chunkFirstFree(a: Uint32Array, b: number): number {
-  const w1 = ctz(~a[b + FULL_ROOT]!);
-  const w = (w1 << 5) | ctz(~a[b + FULL1 + w1]!);
-  return (w << 5) | ctz(~a[b + w]!);
 }
 
 /**
@@ -122,7 +108,7 @@ function nextSetIn(a: Uint32Array, b: number, q: number, ne1: number, neRoot: nu
 }
 
 function newPageDir(nChunks: number): PageDir {
-  const n = ((nChunks - 1) >>> SLOT_SHIFT) + 1;
+  const n = ((nChunks - 1) >>> L.SLOT_SHIFT) + 1;
   const dir: PageDir = [];
   for (let i = 0; i < n; i++) dir.push(undefined);
   return dir;
@@ -146,13 +132,17 @@ export class IdEngine {
   private readonly dirFull: Uint32Array;
   /** Chunk "non-empty" bits. */
   private readonly dirNe: Uint32Array;
-  /** All chunks, CHUNK_WORDS each, in creation order. */
+  /** All chunks, L.CHUNK_WORDS each, in creation order. */
   private arena: Uint32Array;
   private arenaChunks: number;
   private usedChunks: number;
-  /** slotTop[c >>> 10] is the start of chunk c's slot page in `slots`, or -1. */
+  /**
+   * Up to FLAT_SLOTS chunks (2^27 IDs), `slots[c]` is chunk c's base in `arena`, or -1 (one load
+   * on the hot path). Beyond, slots are paged: slotTop[c >>> L.SLOT_SHIFT] is the start of chunk
+   * c's page in `slots` (or -1), and slots[page + (c & L.SLOT_MASK)] its base (or -1).
+   */
+  private readonly flatSlots: boolean;
   private readonly slotTop: Int32Array;
-  /** slots[page + (c & 1023)] is chunk c's base in `arena`, or -1. */
   private slots: Int32Array;
   private slotsUsed: number;
   /** Base in `arena` of the chunk holding the offset findFree last returned (-1: not created). */
@@ -188,7 +178,7 @@ export class IdEngine {
     this.quarantine = quarantine;
     this.cyclic = policy === 'cyclic';
     this.last = max - min;
-    this.nChunks = (this.last >>> CHUNK_SHIFT) + 1;
+    this.nChunks = (this.last >>> L.CHUNK_SHIFT) + 1;
 
     const words: number[] = [];
     const offs: number[] = [];
@@ -207,7 +197,8 @@ export class IdEngine {
     this.dirWords = Int32Array.from(words);
     this.dirFull = new Uint32Array(total);
     this.dirNe = new Uint32Array(total);
-    this.slotTop = new Int32Array(((this.nChunks - 1) >>> SLOT_SHIFT) + 1);
+    this.flatSlots = this.nChunks <= L.FLAT_SLOTS;
+    this.slotTop = new Int32Array(this.flatSlots ? 0 : ((this.nChunks - 1) >>> L.SLOT_SHIFT) + 1);
     this.arena = new Uint32Array(0);
     this.arenaChunks = 0;
     this.usedChunks = 0;
@@ -269,21 +260,72 @@ export class IdEngine {
     const p = lo === undefined || lo <= min ? 0 : lo - min;
     const h = hi === undefined || hi >= this.max ? this.last : hi - min;
     if (h < p) return -1;
-    let off: number;
+    let s = p;
     if (this.cyclic) {
-      let s = this._cursor + 1 - min;
+      s = this._cursor + 1 - min;
       if (s < p || s > h) s = p;
-      off = this.findFree(s, h);
-      if (off < 0 && s > p) off = this.findFree(p, s - 1);
-      if (off < 0) return -1;
-      this._cursor = off + min;
-    } else {
-      off = this.findFree(p, h);
-      if (off < 0) return -1;
     }
-    const b = this.foundBase;
-    this.setBit(b < 0 ? this.makeChunk(off >>> CHUNK_SHIFT) : b, off);
+    // The first free offset in [s, h]: findFree written out in place, this being the hot path.
+    const a = this.arena;
+    let c = s >>> L.CHUNK_SHIFT;
+    let b = -1;
+    let off = -1;
+    let bits: number;
+    let w: number;
+    let w1: number;
+    const q = s & L.CHUNK_MASK;
+    if (q !== 0) {
+      b = this.chunkBase(c);
+      if (b < 0) off = s;
+      else {
+        w = q >>> 5;
+        bits = ~a[b + w]! & (-1 << (q & 31));
+        if (bits !== 0) off = s - (q & 31) + 31 - Math.clz32(bits & -bits);
+        else {
+          w1 = w >>> 5;
+          bits = ~a[b + L.FULL1 + w1]! & (-2 << (w & 31));
+          if (bits === 0) {
+            bits = ~a[b + L.FULL_ROOT]! & (-2 << w1);
+            if (bits !== 0) {
+              w1 = 31 - Math.clz32(bits & -bits);
+              bits = ~a[b + L.FULL1 + w1]!;
+            }
+          }
+          if (bits !== 0) {
+            w = (w1 << 5) | (31 - Math.clz32(bits & -bits));
+            bits = ~a[b + w]!;
+            off = c * L.CHUNK_IDS + ((w << 5) | (31 - Math.clz32(bits & -bits)));
+          } else c++;
+        }
+      }
+    }
+    if (off < 0 && c <= h >>> L.CHUNK_SHIFT) {
+      bits = ~this.dirFull[c >>> 5]! & (-1 << (c & 31));
+      if (bits !== 0) c = (c & ~31) | (31 - Math.clz32(bits & -bits));
+      else c = this.dirLevels === 1 ? -1 : this.dirNextNonFull(((c >>> 5) + 1) << 5);
+      if (c >= 0) {
+        b = this.chunkBase(c);
+        off = c * L.CHUNK_IDS;
+        if (b >= 0) {
+          bits = ~a[b + L.FULL_ROOT]!;
+          w1 = 31 - Math.clz32(bits & -bits);
+          bits = ~a[b + L.FULL1 + w1]!;
+          w = (w1 << 5) | (31 - Math.clz32(bits & -bits));
+          bits = ~a[b + w]!;
+          off += (w << 5) | (31 - Math.clz32(bits & -bits));
+        }
+      }
+    }
+    if (off > h) off = -1;
+    if (off < 0) {
+      if (s === p) return -1;
+      off = this.findFree(p, s - 1); // cyclic: wrap to lo
+      if (off < 0) return -1;
+      b = this.foundBase;
+    }
+    this.setBit(b < 0 ? this.makeChunk(off >>> L.CHUNK_SHIFT) : b, off);
     this._size++;
+    if (this.cyclic) this._cursor = off + min;
     return off + min;
   }
 
@@ -291,10 +333,10 @@ export class IdEngine {
   reserve(id: number): boolean {
     if (id >>> 0 !== id || id < this.min || id > this.max) return false;
     const off = id - this.min;
-    const c = off >>> CHUNK_SHIFT;
+    const c = off >>> L.CHUNK_SHIFT;
     let b = this.chunkBase(c);
     if (b < 0) b = this.makeChunk(c);
-    else if ((this.arena[b + ((off & CHUNK_MASK) >>> 5)]! & (1 << (off & 31))) !== 0) return false;
+    else if ((this.arena[b + ((off & L.CHUNK_MASK) >>> 5)]! & (1 << (off & 31))) !== 0) return false;
     this.setBit(b, off);
     this._size++;
     return true;
@@ -304,11 +346,11 @@ export class IdEngine {
   free(id: number): boolean {
     if (id >>> 0 !== id || id < this.min || id > this.max) return false;
     const off = id - this.min;
-    const c = off >>> CHUNK_SHIFT;
+    const c = off >>> L.CHUNK_SHIFT;
     const b = this.chunkBase(c);
     if (b < 0) return false;
     const a = this.arena;
-    const w = (off & CHUNK_MASK) >>> 5;
+    const w = (off & L.CHUNK_MASK) >>> 5;
     const m = 1 << (off & 31);
     const old = a[b + w]!;
     if ((old & m) === 0) return false;
@@ -321,7 +363,23 @@ export class IdEngine {
     }
     const nw = old & ~m;
     a[b + w] = nw;
-    if (old === 0xffffffff) this.unfull(a, b, c, w);
+    if (old === 0xffffffff) {
+      // The leaf word was full: clear its full-L1 bit, and the full-root bit if that word was full.
+      const i1 = b + L.FULL1 + (w >>> 5);
+      const o1 = a[i1]!;
+      a[i1] = o1 & ~(1 << (w & 31));
+      if (o1 === 0xffffffff) {
+        const r = a[b + L.FULL_ROOT]!;
+        a[b + L.FULL_ROOT] = r & ~(1 << (w >>> 5));
+        if (r === 0xffffffff) {
+          // The chunk was full: clear its directory bit (level 0 inline, upper levels if need be).
+          const d = this.dirFull;
+          const o = d[c >>> 5]!;
+          d[c >>> 5] = o & ~(1 << (c & 31));
+          if (o === 0xffffffff) this.dirClearFull(1, c >>> 5);
+        }
+      }
+    }
     if (nw === 0) this.unNe(a, b, c, w);
     return true;
   }
@@ -346,12 +404,12 @@ export class IdEngine {
       const c = list[i]!;
       const qp = this.qPage(c);
       if (qp === undefined) continue;
-      const base = c * CHUNK_IDS;
-      let r = nextSetIn(qp, 0, 0, Q_NE1, Q_NE_ROOT);
+      const base = c * L.CHUNK_IDS;
+      let r = nextSetIn(qp, 0, 0, L.Q_NE1, L.Q_NE_ROOT);
       while (r >= 0) {
         this.clearBit(base + r);
-        if (r === CHUNK_MASK) break;
-        r = nextSetIn(qp, 0, r + 1, Q_NE1, Q_NE_ROOT);
+        if (r === L.CHUNK_MASK) break;
+        r = nextSetIn(qp, 0, r + 1, L.Q_NE1, L.Q_NE_ROOT);
       }
     }
     this.qpages = newPageDir(this.nChunks);
@@ -434,7 +492,7 @@ export class IdEngine {
     this.arena = new Uint32Array(0);
     this.arenaChunks = 0;
     this.usedChunks = 0;
-    this.slots = new Int32Array(0);
+    this.slots = this.flatSlots ? new Int32Array(this.nChunks).fill(-1) : new Int32Array(0);
     this.slotsUsed = 0;
     this.slotTop.fill(-1);
     this.foundBase = -1;
@@ -453,8 +511,9 @@ export class IdEngine {
 
   /** Arena base of chunk c, or -1 when it has not been created. */
   private chunkBase(c: number): number {
-    const t = this.slotTop[c >>> SLOT_SHIFT]!;
-    return t < 0 ? -1 : this.slots[t + (c & SLOT_MASK)]!;
+    if (this.flatSlots) return this.slots[c]!;
+    const t = this.slotTop[c >>> L.SLOT_SHIFT]!;
+    return t < 0 ? -1 : this.slots[t + (c & L.SLOT_MASK)]!;
   }
 
   /** Create chunk c (all free) and return its arena base. */
@@ -463,70 +522,107 @@ export class IdEngine {
       // Grow by an eighth (at least one chunk), never past the universe: a dense universe holds
       // exactly its chunks, and copies stay amortised O(1) per chunk.
       const cap = Math.min(this.nChunks, this.arenaChunks + Math.max(1, this.arenaChunks >>> 3));
-      const next = new Uint32Array(cap * CHUNK_WORDS);
+      const next = new Uint32Array(cap * L.CHUNK_WORDS);
       next.set(this.arena);
       this.arena = next;
       this.arenaChunks = cap;
     }
-    const base = this.usedChunks * CHUNK_WORDS;
+    const base = this.usedChunks * L.CHUNK_WORDS;
     this.usedChunks++;
-    const pi = c >>> SLOT_SHIFT;
+    if (this.flatSlots) {
+      this.slots[c] = base;
+      return base;
+    }
+    const pi = c >>> L.SLOT_SHIFT;
     let t = this.slotTop[pi]!;
     if (t < 0) {
-      const len = Math.min(SLOT_PAGE, this.nChunks);
-      const next = new Int32Array(this.slotsUsed + len);
+      const next = new Int32Array(this.slotsUsed + L.SLOT_PAGE);
       next.set(this.slots);
       next.fill(-1, this.slotsUsed);
       t = this.slotsUsed;
       this.slots = next;
-      this.slotsUsed += len;
+      this.slotsUsed += L.SLOT_PAGE;
       this.slotTop[pi] = t;
     }
-    this.slots[t + (c & SLOT_MASK)] = base;
+    this.slots[t + (c & L.SLOT_MASK)] = base;
     return base;
   }
 
   private qPage(c: number): Uint32Array | undefined {
-    const page = this.qpages[c >>> SLOT_SHIFT];
-    return page === undefined ? undefined : page[c & SLOT_MASK];
+    const page = this.qpages[c >>> L.SLOT_SHIFT];
+    return page === undefined ? undefined : page[c & L.SLOT_MASK];
   }
 
   private mainBit(off: number): boolean {
-    const b = this.chunkBase(off >>> CHUNK_SHIFT);
-    return b >= 0 && (this.arena[b + ((off & CHUNK_MASK) >>> 5)]! & (1 << (off & 31))) !== 0;
+    const b = this.chunkBase(off >>> L.CHUNK_SHIFT);
+    return b >= 0 && (this.arena[b + ((off & L.CHUNK_MASK) >>> 5)]! & (1 << (off & 31))) !== 0;
   }
 
   private qBit(off: number): boolean {
-    const qp = this.qPage(off >>> CHUNK_SHIFT);
-    return qp !== undefined && (qp[(off & CHUNK_MASK) >>> 5]! & (1 << (off & 31))) !== 0;
+    const qp = this.qPage(off >>> L.CHUNK_SHIFT);
+    return qp !== undefined && (qp[(off & L.CHUNK_MASK) >>> 5]! & (1 << (off & 31))) !== 0;
   }
 
   /**
    * First free offset in [p, h] (0 <= p <= h <= last), or -1. Leaves the base of its chunk in
-   * `foundBase` (-1 when that chunk has not been created yet).
+   * `foundBase` (-1 when that chunk has not been created yet). The hot path: bit searches are
+   * written out in place (x & -x isolates the lowest set bit, 31 - clz32 gives its index).
    */
   private findFree(p: number, h: number): number {
     const a = this.arena;
-    let c = p >>> CHUNK_SHIFT;
-    const q = p & CHUNK_MASK;
+    let c = p >>> L.CHUNK_SHIFT;
+    let b: number;
+    let bits: number;
+    let w: number;
+    let w1: number;
+    const q = p & L.CHUNK_MASK;
     if (q !== 0) {
-      const b = this.chunkBase(c);
+      // Up from p inside its chunk: leaf word, then full-L1 word, then full-root.
+      b = this.chunkBase(c);
       this.foundBase = b;
       if (b < 0) return p;
-      const r = chunkFindFrom(a, b, q);
-      if (r >= 0) {
-        const off = c * CHUNK_IDS + r;
+      w = q >>> 5;
+      bits = ~a[b + w]! & (-1 << (q & 31));
+      if (bits !== 0) {
+        const off = p - (q & 31) + 31 - Math.clz32(bits & -bits);
         return off <= h ? off : -1;
       }
-      c++;
+      w1 = w >>> 5;
+      bits = ~a[b + L.FULL1 + w1]! & (-2 << (w & 31));
+      if (bits === 0) {
+        bits = ~a[b + L.FULL_ROOT]! & (-2 << w1);
+        if (bits !== 0) {
+          w1 = 31 - Math.clz32(bits & -bits);
+          bits = ~a[b + L.FULL1 + w1]!;
+        }
+      }
+      if (bits !== 0) {
+        w = (w1 << 5) | (31 - Math.clz32(bits & -bits));
+        bits = ~a[b + w]!;
+        const off = c * L.CHUNK_IDS + ((w << 5) | (31 - Math.clz32(bits & -bits)));
+        return off <= h ? off : -1;
+      }
+      c++; // chunk c is full from p on: on to the directory
     }
-    const hc = h >>> CHUNK_SHIFT;
+    // The first chunk >= c that is not full: directory level 0 first, upper levels if need be.
+    const hc = h >>> L.CHUNK_SHIFT;
     if (c > hc) return -1;
-    c = this.dirNextNonFull(c);
+    bits = ~this.dirFull[c >>> 5]! & (-1 << (c & 31));
+    if (bits !== 0) c = (c & ~31) | (31 - Math.clz32(bits & -bits));
+    else c = this.dirLevels === 1 ? -1 : this.dirNextNonFull(((c >>> 5) + 1) << 5);
     if (c < 0 || c > hc) return -1;
-    const b = this.chunkBase(c);
+    // Down inside chunk c from its full-root.
+    b = this.chunkBase(c);
     this.foundBase = b;
-    const off = b < 0 ? c * CHUNK_IDS : c * CHUNK_IDS + chunkFirstFree(a, b);
+    let off = c * L.CHUNK_IDS;
+    if (b >= 0) {
+      bits = ~a[b + L.FULL_ROOT]!;
+      w1 = 31 - Math.clz32(bits & -bits);
+      bits = ~a[b + L.FULL1 + w1]!;
+      w = (w1 << 5) | (31 - Math.clz32(bits & -bits));
+      bits = ~a[b + w]!;
+      off += (w << 5) | (31 - Math.clz32(bits & -bits));
+    }
     return off <= h ? off : -1;
   }
 
@@ -580,29 +676,29 @@ export class IdEngine {
 
   /** First unavailable (allocated or quarantined) offset >= p, or -1. */
   private nextUsed(p: number): number {
-    let c = p >>> CHUNK_SHIFT;
+    let c = p >>> L.CHUNK_SHIFT;
     if (c >= this.nChunks) return -1;
     let b = this.chunkBase(c);
     if (b >= 0) {
-      const r = nextSetIn(this.arena, b, p & CHUNK_MASK, NE1, NE_ROOT);
-      if (r >= 0) return c * CHUNK_IDS + r;
+      const r = nextSetIn(this.arena, b, p & L.CHUNK_MASK, L.NE1, L.NE_ROOT);
+      if (r >= 0) return c * L.CHUNK_IDS + r;
     }
     c = this.dirNextNe(c + 1);
     if (c < 0) return -1;
     b = this.chunkBase(c);
     if (b < 0) return -1; // unreachable: a non-empty chunk exists
-    return c * CHUNK_IDS + nextSetIn(this.arena, b, 0, NE1, NE_ROOT);
+    return c * L.CHUNK_IDS + nextSetIn(this.arena, b, 0, L.NE1, L.NE_ROOT);
   }
 
   /** First quarantined offset >= p, or -1. Quarantined IDs are set in the main tree too. */
   private nextQuarantined(p: number): number {
-    let c = p >>> CHUNK_SHIFT;
-    let q = p & CHUNK_MASK;
+    let c = p >>> L.CHUNK_SHIFT;
+    let q = p & L.CHUNK_MASK;
     while (c < this.nChunks) {
       const qp = this.qPage(c);
       if (qp !== undefined) {
-        const r = nextSetIn(qp, 0, q, Q_NE1, Q_NE_ROOT);
-        if (r >= 0) return c * CHUNK_IDS + r;
+        const r = nextSetIn(qp, 0, q, L.Q_NE1, L.Q_NE_ROOT);
+        if (r >= 0) return c * L.CHUNK_IDS + r;
       }
       c = this.dirNextNe(c + 1);
       if (c < 0) return -1;
@@ -614,39 +710,46 @@ export class IdEngine {
   /** Mark offset `off` unavailable in the chunk at base b (the bit must be 0). */
   private setBit(b: number, off: number): void {
     const a = this.arena;
-    const w = (off & CHUNK_MASK) >>> 5;
+    const w = (off & L.CHUNK_MASK) >>> 5;
     const old = a[b + w]!;
     const nw = old | (1 << (off & 31));
     a[b + w] = nw;
     if (old === 0) {
       const w1 = w >>> 5;
-      const o1 = a[b + NE1 + w1]!;
-      a[b + NE1 + w1] = o1 | (1 << (w & 31));
+      const o1 = a[b + L.NE1 + w1]!;
+      a[b + L.NE1 + w1] = o1 | (1 << (w & 31));
       if (o1 === 0) {
-        const r = a[b + NE_ROOT]!;
-        a[b + NE_ROOT] = r | (1 << w1);
-        if (r === 0) this.dirSetNe(off >>> CHUNK_SHIFT);
+        const r = a[b + L.NE_ROOT]!;
+        a[b + L.NE_ROOT] = r | (1 << w1);
+        if (r === 0) this.dirSetNe(0, off >>> L.CHUNK_SHIFT);
       }
     }
     if (nw === -1) {
       const w1 = w >>> 5;
-      const f1 = a[b + FULL1 + w1]! | (1 << (w & 31));
-      a[b + FULL1 + w1] = f1;
+      const f1 = a[b + L.FULL1 + w1]! | (1 << (w & 31));
+      a[b + L.FULL1 + w1] = f1;
       if (f1 === -1) {
-        const r = a[b + FULL_ROOT]! | (1 << w1);
-        a[b + FULL_ROOT] = r;
-        if (r === -1) this.dirSetFull(off >>> CHUNK_SHIFT);
+        const r = a[b + L.FULL_ROOT]! | (1 << w1);
+        a[b + L.FULL_ROOT] = r;
+        if (r === -1) {
+          // The chunk became full: set its directory bit (level 0 inline, upper levels if need be).
+          const c = off >>> L.CHUNK_SHIFT;
+          const d = this.dirFull;
+          const v = d[c >>> 5]! | (1 << (c & 31));
+          d[c >>> 5] = v;
+          if (v === -1) this.dirSetFull(1, c >>> 5);
+        }
       }
     }
   }
 
   /** Mark offset `off` free (used by release; the bit must be 1). */
   private clearBit(off: number): void {
-    const c = off >>> CHUNK_SHIFT;
+    const c = off >>> L.CHUNK_SHIFT;
     const b = this.chunkBase(c);
     if (b < 0) return;
     const a = this.arena;
-    const w = (off & CHUNK_MASK) >>> 5;
+    const w = (off & L.CHUNK_MASK) >>> 5;
     const old = a[b + w]!;
     const nw = old & ~(1 << (off & 31));
     a[b + w] = nw;
@@ -657,32 +760,33 @@ export class IdEngine {
   /** Leaf word w of chunk c (base b) was full and is no longer. */
   private unfull(a: Uint32Array, b: number, c: number, w: number): void {
     const w1 = w >>> 5;
-    const o1 = a[b + FULL1 + w1]!;
-    a[b + FULL1 + w1] = o1 & ~(1 << (w & 31));
+    const o1 = a[b + L.FULL1 + w1]!;
+    a[b + L.FULL1 + w1] = o1 & ~(1 << (w & 31));
     if (o1 === 0xffffffff) {
-      const r = a[b + FULL_ROOT]!;
-      a[b + FULL_ROOT] = r & ~(1 << w1);
-      if (r === 0xffffffff) this.dirClearFull(c);
+      const r = a[b + L.FULL_ROOT]!;
+      a[b + L.FULL_ROOT] = r & ~(1 << w1);
+      if (r === 0xffffffff) this.dirClearFull(0, c);
     }
   }
 
   /** Leaf word w of chunk c (base b) became empty. */
   private unNe(a: Uint32Array, b: number, c: number, w: number): void {
     const w1 = w >>> 5;
-    const o1 = a[b + NE1 + w1]! & ~(1 << (w & 31));
-    a[b + NE1 + w1] = o1;
+    const o1 = a[b + L.NE1 + w1]! & ~(1 << (w & 31));
+    a[b + L.NE1 + w1] = o1;
     if (o1 === 0) {
-      const r = a[b + NE_ROOT]! & ~(1 << w1);
-      a[b + NE_ROOT] = r;
-      if (r === 0) this.dirClearNe(c);
+      const r = a[b + L.NE_ROOT]! & ~(1 << w1);
+      a[b + L.NE_ROOT] = r;
+      if (r === 0) this.dirClearNe(0, c);
     }
   }
 
-  /** Chunk c became full: set its bit, and a parent's bit whenever a word becomes all ones. */
-  private dirSetFull(c: number): void {
+  // Directory updates from level `l` up, for bit `idx` of that level (a chunk number at level 0).
+
+  /** A child became full: set its bit, and the parent's bit whenever a word becomes all ones. */
+  private dirSetFull(l: number, idx: number): void {
     const d = this.dirFull;
-    let idx = c;
-    for (let l = 0; l < this.dirLevels; l++) {
+    for (; l < this.dirLevels; l++) {
       const i = this.dirOff[l]! + (idx >>> 5);
       const nw = d[i]! | (1 << (idx & 31));
       d[i] = nw;
@@ -691,11 +795,10 @@ export class IdEngine {
     }
   }
 
-  /** Chunk c is no longer full: clear its bit, and a parent's bit whenever a word was all ones. */
-  private dirClearFull(c: number): void {
+  /** A child is no longer full: clear its bit, and the parent's bit whenever a word was all ones. */
+  private dirClearFull(l: number, idx: number): void {
     const d = this.dirFull;
-    let idx = c;
-    for (let l = 0; l < this.dirLevels; l++) {
+    for (; l < this.dirLevels; l++) {
       const i = this.dirOff[l]! + (idx >>> 5);
       const old = d[i]!;
       d[i] = old & ~(1 << (idx & 31));
@@ -704,11 +807,10 @@ export class IdEngine {
     }
   }
 
-  /** Chunk c became non-empty: set its bit, and a parent's bit whenever a word was zero. */
-  private dirSetNe(c: number): void {
+  /** A child became non-empty: set its bit, and the parent's bit whenever a word was zero. */
+  private dirSetNe(l: number, idx: number): void {
     const d = this.dirNe;
-    let idx = c;
-    for (let l = 0; l < this.dirLevels; l++) {
+    for (; l < this.dirLevels; l++) {
       const i = this.dirOff[l]! + (idx >>> 5);
       const old = d[i]!;
       d[i] = old | (1 << (idx & 31));
@@ -717,11 +819,10 @@ export class IdEngine {
     }
   }
 
-  /** Chunk c became empty: clear its bit, and a parent's bit whenever a word becomes zero. */
-  private dirClearNe(c: number): void {
+  /** A child became empty: clear its bit, and the parent's bit whenever a word becomes zero. */
+  private dirClearNe(l: number, idx: number): void {
     const d = this.dirNe;
-    let idx = c;
-    for (let l = 0; l < this.dirLevels; l++) {
+    for (; l < this.dirLevels; l++) {
       const i = this.dirOff[l]! + (idx >>> 5);
       const nw = d[i]! & ~(1 << (idx & 31));
       d[i] = nw;
@@ -731,43 +832,43 @@ export class IdEngine {
   }
 
   private setQBit(off: number): void {
-    const c = off >>> CHUNK_SHIFT;
+    const c = off >>> L.CHUNK_SHIFT;
     let qp = this.qPage(c);
     if (qp === undefined) {
-      const pi = c >>> SLOT_SHIFT;
+      const pi = c >>> L.SLOT_SHIFT;
       let page = this.qpages[pi];
       if (page === undefined) {
         page = [];
-        for (let i = 0; i < SLOT_PAGE; i++) page.push(undefined);
+        for (let i = 0; i < L.SLOT_PAGE; i++) page.push(undefined);
         this.qpages[pi] = page;
       }
-      qp = new Uint32Array(QPAGE_WORDS);
-      page[c & SLOT_MASK] = qp;
+      qp = new Uint32Array(L.QPAGE_WORDS);
+      page[c & L.SLOT_MASK] = qp;
       this.qBytes += qp.byteLength;
       this.qChunkList.push(c);
     }
-    const w = (off & CHUNK_MASK) >>> 5;
+    const w = (off & L.CHUNK_MASK) >>> 5;
     const old = qp[w]!;
     qp[w] = old | (1 << (off & 31));
     if (old === 0) {
       const w1 = w >>> 5;
-      const o1 = qp[Q_NE1 + w1]!;
-      qp[Q_NE1 + w1] = o1 | (1 << (w & 31));
-      if (o1 === 0) qp[Q_NE_ROOT] = qp[Q_NE_ROOT]! | (1 << w1);
+      const o1 = qp[L.Q_NE1 + w1]!;
+      qp[L.Q_NE1 + w1] = o1 | (1 << (w & 31));
+      if (o1 === 0) qp[L.Q_NE_ROOT] = qp[L.Q_NE_ROOT]! | (1 << w1);
     }
   }
 
   private clearQBit(off: number): void {
-    const qp = this.qPage(off >>> CHUNK_SHIFT);
+    const qp = this.qPage(off >>> L.CHUNK_SHIFT);
     if (qp === undefined) return;
-    const w = (off & CHUNK_MASK) >>> 5;
+    const w = (off & L.CHUNK_MASK) >>> 5;
     const nw = qp[w]! & ~(1 << (off & 31));
     qp[w] = nw;
     if (nw === 0) {
       const w1 = w >>> 5;
-      const o1 = qp[Q_NE1 + w1]! & ~(1 << (w & 31));
-      qp[Q_NE1 + w1] = o1;
-      if (o1 === 0) qp[Q_NE_ROOT] = qp[Q_NE_ROOT]! & ~(1 << w1);
+      const o1 = qp[L.Q_NE1 + w1]! & ~(1 << (w & 31));
+      qp[L.Q_NE1 + w1] = o1;
+      if (o1 === 0) qp[L.Q_NE_ROOT] = qp[L.Q_NE_ROOT]! & ~(1 << w1);
     }
   }
 }
