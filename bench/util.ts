@@ -20,9 +20,9 @@ export class XorShift32 {
     this.#s = x >>> 0;
     return this.#s;
   }
-  /** Uniform integer in [0, n). */
+  /** Uniform integer in [0, n): multiply-shift (a `%` of an unsigned 32-bit value is a slow float modulo). */
   below(n: number): number {
-    return this.next() % n;
+    return Math.floor((this.next() / 4294967296) * n);
   }
 }
 

@@ -1,88 +1,76 @@
 /**
  * The per-ID records of one allocator (the kernel's per-allocator XArray of `struct ioasid_data`),
- * in typed arrays rather than an object per ID: for each ID a tag (0 = absent, 1 = no set,
- * k + 2 = set slot k) and the links of an intrusive doubly-linked list per set, so that a set's
- * members are enumerated in time proportional to their number (spec edge 69), never by scanning.
- * Pages are allocated on first use, so a 32-bit space costs memory only where used.
- * 12 bytes per ID in a used page, the three words of a record side by side.
+ * in typed arrays rather than an object per ID.
+ *
+ *  - Per ID, one 32-bit tag: 0 = absent, 1 = no set, k + 2 = set slot k. Tags live in pages that
+ *    are allocated on first use, so a 32-bit space costs memory only where IDs are.
+ *  - Per set (tag), a count and, per page, how many of the set's IDs the page holds. A set's
+ *    members are enumerated by visiting only the pages that hold some of them, so freeing a VM's
+ *    PASIDs (edge 69) never walks the range, only the set's own pages; an alloc or a free touches
+ *    just the ID's tag and one counter of its set (a per-set linked list would relink two random
+ *    neighbours, two cache misses, on every free).
+ * Two layouts behind one interface: `DenseRecordTable` (the default allocator's table, pages of
+ * 1,024 IDs in an array indexed by page) and `SparseRecordTable` (a custom allocator's IDs, which
+ * come from elsewhere, scattered over 32 bits: pages of 64 IDs in a Map).
+ * 4 bytes per ID in a used page, plus 2 bytes per page per set that has IDs (dense).
  */
 import { IoasidBugError } from './errors.ts';
 
-/** Pages of 1,024 IDs for dense tables; sparse ones (a guest's few PASIDs spread over 2^20) use 64. */
-export const DENSE_PAGE_SHIFT = 10;
-export const SPARSE_PAGE_SHIFT = 6;
-/** A record is three words side by side (tag, next, prev), so one ID's record shares a cache line. */
-const STRIDE = 3;
-const NEXT = 1;
-const PREV = 2;
-/** Null link. 0xFFFFFFFF is INVALID_IOASID, never a member. */
-export const NIL = 0xffffffff;
 export const TAG_ABSENT = 0;
 export const TAG_NO_SET = 1;
 
-export class RecordTable {
-  /** Page directory: a dense array for universes up to 2^26 IDs, else a Map (32-bit spaces). */
-  #dense: (Uint32Array | undefined)[] | null;
-  #pages = new Map<number, Uint32Array>();
-  #lastKey = -1;
-  #lastPage: Uint32Array | undefined;
+export interface RecordTable {
+  readonly size: number;
+  /** 0 when absent, else the tag. */
+  tag(id: number): number;
+  has(id: number): boolean;
+  countOf(tag: number): number;
+  insert(id: number, tag: number): void;
+  /** Remove a record; returns its tag. */
+  remove(id: number): number;
+  /** Members with this tag, ascending; visits only the pages that hold some. */
+  membersOf(tag: number): number[];
+  /** Every record as [id, tag], ascending by id. */
+  entries(): IterableIterator<[number, number]>;
+  /** Bytes held in typed arrays (for the memory figure). */
+  memoryBytes(): number;
+}
 
-  readonly #shift: number;
-  readonly #pageSize: number;
-  readonly #mask: number;
+function grown(a: Uint32Array, tag: number): Uint32Array {
+  let n = a.length;
+  while (n <= tag) n *= 2;
+  const b = new Uint32Array(n);
+  b.set(a);
+  return b;
+}
 
-  /**
-   * `maxId`: the largest ID this table may hold (sizes the page directory); `pageShift`: log2 of
-   * the IDs per page (small pages for sparse tables cost less per scattered ID).
-   */
-  constructor(maxId = 0xfffffffe, pageShift = DENSE_PAGE_SHIFT) {
-    this.#shift = pageShift;
-    this.#pageSize = 1 << pageShift;
-    this.#mask = this.#pageSize - 1;
-    const pages = Math.floor(maxId / this.#pageSize) + 1;
-    this.#dense = pages <= 1 << 16 ? new Array<Uint32Array | undefined>(pages).fill(undefined) : null;
-  }
-  /** Per tag (1 = no set, k + 2 = set slot k): list head and member count. */
-  #heads = new Uint32Array(16).fill(NIL);
+// Dense: 1,024 IDs a page (literal shifts: this is the host's hot path).
+const D_SHIFT = 10;
+const D_SIZE = 1 << D_SHIFT;
+const D_MASK = D_SIZE - 1;
+
+export class DenseRecordTable implements RecordTable {
+  readonly #pages: (Uint32Array | undefined)[];
   #counts = new Uint32Array(16);
+  /** Per tag: how many of its IDs each page holds. */
+  readonly #perPage: (Uint16Array | undefined)[] = [];
+  #used = 0;
   #size = 0;
+
+  /** `maxId`: the largest ID the table may hold (at most 2^26: the directory is an array). */
+  constructor(maxId: number) {
+    const pages = Math.floor(maxId / D_SIZE) + 1;
+    if (pages > 1 << 16) throw new IoasidBugError('dense record table too large', { maxId });
+    this.#pages = new Array<Uint32Array | undefined>(pages).fill(undefined);
+  }
 
   get size(): number {
     return this.#size;
   }
 
-  #page(id: number): Uint32Array | undefined {
-    const key = id >>> this.#shift;
-    if (this.#dense !== null) return this.#dense[key];
-    if (key === this.#lastKey) return this.#lastPage;
-    const p = this.#pages.get(key);
-    if (p !== undefined) {
-      this.#lastKey = key;
-      this.#lastPage = p;
-    }
-    return p;
-  }
-
-  #pageOrCreate(id: number): Uint32Array {
-    let p = this.#page(id);
-    if (p === undefined) {
-      p = new Uint32Array(STRIDE * this.#pageSize);
-      const key = id >>> this.#shift;
-      if (this.#dense !== null) {
-        if (key >= this.#dense.length) throw new IoasidBugError('record beyond the table', { id });
-        this.#dense[key] = p;
-      }
-      this.#pages.set(key, p);
-      this.#lastKey = key;
-      this.#lastPage = p;
-    }
-    return p;
-  }
-
-  /** 0 when absent, else the tag. */
   tag(id: number): number {
-    const p = this.#page(id);
-    return p === undefined ? TAG_ABSENT : (p[(id & this.#mask) * STRIDE] as number);
+    const p = this.#pages[id >>> D_SHIFT];
+    return p === undefined ? TAG_ABSENT : (p[id & D_MASK] as number);
   }
 
   has(id: number): boolean {
@@ -93,84 +81,170 @@ export class RecordTable {
     return tag < this.#counts.length ? (this.#counts[tag] as number) : 0;
   }
 
-  #grow(tag: number): void {
-    let n = this.#heads.length;
-    while (n <= tag) n *= 2;
-    const heads = new Uint32Array(n).fill(NIL);
-    heads.set(this.#heads);
-    const counts = new Uint32Array(n);
-    counts.set(this.#counts);
-    this.#heads = heads;
-    this.#counts = counts;
-  }
-
-  #setNext(id: number, v: number): void {
-    (this.#page(id) as Uint32Array)[(id & this.#mask) * STRIDE + NEXT] = v;
-  }
-
-  #setPrev(id: number, v: number): void {
-    (this.#page(id) as Uint32Array)[(id & this.#mask) * STRIDE + PREV] = v;
-  }
-
   insert(id: number, tag: number): void {
-    const p = this.#pageOrCreate(id);
-    const o = (id & this.#mask) * STRIDE;
+    const key = id >>> D_SHIFT;
+    let p = this.#pages[key];
+    if (p === undefined) {
+      if (key >= this.#pages.length) throw new IoasidBugError('record beyond the table', { id });
+      p = this.#pages[key] = new Uint32Array(D_SIZE);
+      this.#used++;
+    }
+    const o = id & D_MASK;
     if (p[o] !== TAG_ABSENT) throw new IoasidBugError('record inserted twice', { id });
-    if (tag >= this.#heads.length) this.#grow(tag);
-    const head = this.#heads[tag] as number;
+    if (tag >= this.#counts.length) this.#counts = grown(this.#counts, tag);
     p[o] = tag;
-    p[NEXT + o] = head;
-    p[PREV + o] = NIL;
-    if (head !== NIL) this.#setPrev(head, id);
-    // #setPrev may have switched the page cache; `p` stays valid (it is the array itself).
-    this.#heads[tag] = id;
     this.#counts[tag] = (this.#counts[tag] as number) + 1;
+    let pp = this.#perPage[tag];
+    if (pp === undefined) pp = this.#perPage[tag] = new Uint16Array(this.#pages.length);
+    pp[key] = (pp[key] as number) + 1;
     this.#size++;
   }
 
-  /** Remove a record; returns its tag. */
   remove(id: number): number {
-    const p = this.#page(id);
-    const o = (id & this.#mask) * STRIDE;
+    const key = id >>> D_SHIFT;
+    const p = this.#pages[key];
+    const o = id & D_MASK;
     const tag = p === undefined ? TAG_ABSENT : (p[o] as number);
     if (p === undefined || tag === TAG_ABSENT) throw new IoasidBugError('removing an absent record', { id });
-    const next = p[NEXT + o] as number;
-    const prev = p[PREV + o] as number;
     p[o] = TAG_ABSENT;
-    if (prev === NIL) this.#heads[tag] = next;
-    else this.#setNext(prev, next);
-    if (next !== NIL) this.#setPrev(next, prev);
     this.#counts[tag] = (this.#counts[tag] as number) - 1;
+    const pp = this.#perPage[tag] as Uint16Array;
+    pp[key] = (pp[key] as number) - 1;
     this.#size--;
     return tag;
   }
 
-  /** Members with this tag, most recently inserted first. */
   membersOf(tag: number): number[] {
     const out: number[] = [];
-    let id = tag < this.#heads.length ? (this.#heads[tag] as number) : NIL;
-    while (id !== NIL) {
-      out.push(id);
-      const p = this.#page(id) as Uint32Array;
-      id = p[(id & this.#mask) * STRIDE + NEXT] as number;
+    const pp = this.#perPage[tag];
+    if (pp === undefined || this.countOf(tag) === 0) return out;
+    for (let key = 0; key < pp.length; key++) {
+      if (pp[key] === 0) continue;
+      const p = this.#pages[key] as Uint32Array;
+      const base = key * D_SIZE;
+      for (let o = 0; o < D_SIZE; o++) if (p[o] === tag) out.push(base + o);
     }
     return out;
   }
 
-  /** Every record as [id, tag], ascending by id. */
   *entries(): IterableIterator<[number, number]> {
-    const keys = [...this.#pages.keys()].sort((a, b) => a - b);
-    for (const key of keys) {
-      const p = this.#pages.get(key) as Uint32Array;
-      for (let o = 0; o < this.#pageSize; o++) {
-        const t = p[o * STRIDE] as number;
-        if (t !== TAG_ABSENT) yield [key * this.#pageSize + o, t];
+    for (let key = 0; key < this.#pages.length; key++) {
+      const p = this.#pages[key];
+      if (p === undefined) continue;
+      for (let o = 0; o < D_SIZE; o++) {
+        const t = p[o] as number;
+        if (t !== TAG_ABSENT) yield [key * D_SIZE + o, t];
       }
     }
   }
 
-  /** Bytes held in typed arrays (for the memory figure). */
   memoryBytes(): number {
-    return this.#pages.size * STRIDE * this.#pageSize * 4;
+    let perPage = 0;
+    for (const pp of this.#perPage) if (pp !== undefined) perPage += pp.byteLength;
+    return this.#used * D_SIZE * 4 + perPage + this.#counts.byteLength;
+  }
+}
+
+// Sparse: 64 IDs a page, pages in a Map (any 32-bit ID).
+const S_SHIFT = 6;
+const S_SIZE = 1 << S_SHIFT;
+const S_MASK = S_SIZE - 1;
+
+export class SparseRecordTable implements RecordTable {
+  readonly #pages = new Map<number, Uint32Array>();
+  #lastKey = -1;
+  #lastPage: Uint32Array | undefined;
+  #counts = new Uint32Array(16);
+  /** Per tag: page -> how many of its IDs the page holds. */
+  readonly #perPage: (Map<number, number> | undefined)[] = [];
+  #size = 0;
+
+  get size(): number {
+    return this.#size;
+  }
+
+  #page(key: number): Uint32Array | undefined {
+    if (key === this.#lastKey) return this.#lastPage;
+    const p = this.#pages.get(key);
+    if (p !== undefined) {
+      this.#lastKey = key;
+      this.#lastPage = p;
+    }
+    return p;
+  }
+
+  tag(id: number): number {
+    const p = this.#page(id >>> S_SHIFT);
+    return p === undefined ? TAG_ABSENT : (p[id & S_MASK] as number);
+  }
+
+  has(id: number): boolean {
+    return this.tag(id) !== TAG_ABSENT;
+  }
+
+  countOf(tag: number): number {
+    return tag < this.#counts.length ? (this.#counts[tag] as number) : 0;
+  }
+
+  insert(id: number, tag: number): void {
+    const key = id >>> S_SHIFT;
+    let p = this.#page(key);
+    if (p === undefined) {
+      p = new Uint32Array(S_SIZE);
+      this.#pages.set(key, p);
+      this.#lastKey = key;
+      this.#lastPage = p;
+    }
+    const o = id & S_MASK;
+    if (p[o] !== TAG_ABSENT) throw new IoasidBugError('record inserted twice', { id });
+    if (tag >= this.#counts.length) this.#counts = grown(this.#counts, tag);
+    p[o] = tag;
+    this.#counts[tag] = (this.#counts[tag] as number) + 1;
+    let pp = this.#perPage[tag];
+    if (pp === undefined) pp = this.#perPage[tag] = new Map();
+    pp.set(key, (pp.get(key) ?? 0) + 1);
+    this.#size++;
+  }
+
+  remove(id: number): number {
+    const key = id >>> S_SHIFT;
+    const p = this.#page(key);
+    const o = id & S_MASK;
+    const tag = p === undefined ? TAG_ABSENT : (p[o] as number);
+    if (p === undefined || tag === TAG_ABSENT) throw new IoasidBugError('removing an absent record', { id });
+    p[o] = TAG_ABSENT;
+    this.#counts[tag] = (this.#counts[tag] as number) - 1;
+    const pp = this.#perPage[tag] as Map<number, number>;
+    const n = (pp.get(key) as number) - 1;
+    if (n === 0) pp.delete(key);
+    else pp.set(key, n);
+    this.#size--;
+    return tag;
+  }
+
+  membersOf(tag: number): number[] {
+    const out: number[] = [];
+    const pp = this.#perPage[tag];
+    if (pp === undefined) return out;
+    for (const key of [...pp.keys()].sort((a, b) => a - b)) {
+      const p = this.#pages.get(key) as Uint32Array;
+      const base = key * S_SIZE;
+      for (let o = 0; o < S_SIZE; o++) if (p[o] === tag) out.push(base + o);
+    }
+    return out;
+  }
+
+  *entries(): IterableIterator<[number, number]> {
+    for (const key of [...this.#pages.keys()].sort((a, b) => a - b)) {
+      const p = this.#pages.get(key) as Uint32Array;
+      for (let o = 0; o < S_SIZE; o++) {
+        const t = p[o] as number;
+        if (t !== TAG_ABSENT) yield [key * S_SIZE + o, t];
+      }
+    }
+  }
+
+  memoryBytes(): number {
+    return this.#pages.size * S_SIZE * 4 + this.#counts.byteLength;
   }
 }

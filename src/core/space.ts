@@ -21,7 +21,7 @@
 import { IoasidBugError, IoasidError, fmtId, isIoasidError } from './errors.ts';
 import { INVALID_IOASID, IOASID_MAX, checkId, type Ioasid } from './ids.ts';
 import { IdEngine, type AllocPolicy } from './id-engine.ts';
-import { DENSE_PAGE_SHIFT, RecordTable, SPARSE_PAGE_SHIFT, TAG_NO_SET } from './record-table.ts';
+import { DenseRecordTable, SparseRecordTable, TAG_NO_SET, type RecordTable } from './record-table.ts';
 import { IoasidSet, type IoasidSetOptions } from './set.ts';
 import { NotifierChain, type IoasidEvent, type IoasidEventType, type IoasidListener, type SubscribeOptions } from './events.ts';
 import { PROFILE_RULES, isProfile, type Profile, type ProfileRules } from './profiles.ts';
@@ -74,8 +74,10 @@ function sameOps(a: AllocatorOps, b: AllocatorOps): boolean {
 }
 
 function newAllocatorData(ops: AllocatorOps, custom: boolean, maxId = IOASID_MAX): AllocatorData {
-  // A custom allocator's IDs come from elsewhere (a guest's few host PASIDs, scattered): small pages.
-  const table = new RecordTable(maxId, custom ? SPARSE_PAGE_SHIFT : DENSE_PAGE_SHIFT);
+  // A custom allocator's IDs come from elsewhere (a guest's few host PASIDs, scattered over 32
+  // bits): a sparse table. The default allocator's IDs fill its engine's universe: a dense one,
+  // unless the universe is wider than 2^26 (then sparse too).
+  const table = custom || maxId >= 1 << 26 ? new SparseRecordTable() : new DenseRecordTable(maxId);
   return { ops, members: custom ? [ops] : [], custom, table, data: new Map(), refs: new Map() };
 }
 
