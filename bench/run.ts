@@ -1,7 +1,10 @@
 /**
- * `npm run bench`: run every `bench/*.bench.ts` in its own process (so one benchmark's heap and
- * JIT state do not colour the next), in order, printing each one's output. Results are saved by
- * each script under bench/results/. Pass names to run a subset: `npm run bench -- engine space`.
+ * `npm run bench`: run the in-process benchmarks (`bench/*.bench.ts`) each in its own process (so
+ * one benchmark's heap and JIT state do not colour the next), in order, printing each one's output.
+ * Results are saved by each script under bench/results/. Pass names to run a subset or the
+ * system benchmarks (`npm run bench -- engine space`); the service, dashboard and cluster
+ * benchmarks, which start servers and browsers, have their own scripts (`npm run bench:service`,
+ * `bench:dashboard`, `bench:cluster`) and run here only when named.
  */
 import { spawnSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
@@ -10,9 +13,10 @@ import { fileURLToPath } from 'node:url';
 
 const dir = dirname(fileURLToPath(import.meta.url));
 const only = process.argv.slice(2);
+const SYSTEM = ['service', 'dashboard', 'cluster'];
 const scripts = readdirSync(dir)
   .filter((f) => f.endsWith('.bench.ts'))
-  .filter((f) => only.length === 0 || only.includes(f.replace(/\.bench\.ts$/, '')))
+  .filter((f) => (only.length === 0 ? !SYSTEM.includes(f.replace(/\.bench\.ts$/, '')) : only.includes(f.replace(/\.bench\.ts$/, ''))))
   .sort();
 
 let failed = 0;

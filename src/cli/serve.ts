@@ -11,14 +11,16 @@ function port(v: string): number {
 export function serveCommand(): Command {
   return new Command('serve')
     .description('run the PASID authority service (HTTP API, events, metrics, dashboard)')
-    .option('--store <spec>', 'memory, or sqlite:PATH', DEFAULT_STORE)
+    .option('--store <spec>', 'memory, sqlite:PATH, or etcd://HOST:PORT[,HOST:PORT...] (cluster mode: every etcd member)', DEFAULT_STORE)
+    .option('--host-id <name>', "cluster mode: this host's name in the migration domain (default: the hostname)")
+    .option('--domain <name>', 'cluster mode: the migration domain (one PASID namespace) to join (default: default)')
     .option('--host <address>', 'address to listen on', '127.0.0.1')
     .option('--port <port>', 'TCP port', port, DEFAULT_PORT)
     .option('--socket <path>', 'listen on a Unix socket instead of TCP')
     .option('--admin-token-file <path>', 'read the admin token from this file (else one is created at first start)')
     .option('--sync <mode>', "SQLite durability: normal (survives a crash of the service) or full (an fsync per commit: survives a power loss)", 'normal')
     .option('--log-level <level>', 'pino log level', 'info')
-    .action(async (o: { store: string; host: string; port: number; socket?: string; adminTokenFile?: string; logLevel: string; sync: string }) => {
+    .action(async (o: { store: string; host: string; port: number; socket?: string; adminTokenFile?: string; logLevel: string; sync: string; hostId?: string; domain?: string }) => {
       if (o.sync !== 'normal' && o.sync !== 'full') throw new InvalidArgumentError(`--sync must be normal or full, got ${o.sync}`);
       await serveUntilSignalled({
         store: o.store,
@@ -28,6 +30,8 @@ export function serveCommand(): Command {
         sync: o.sync,
         ...(o.socket !== undefined ? { socket: o.socket } : {}),
         ...(o.adminTokenFile !== undefined ? { adminTokenFile: o.adminTokenFile } : {}),
+        ...(o.hostId !== undefined ? { hostId: o.hostId } : {}),
+        ...(o.domain !== undefined ? { domain: o.domain } : {}),
       });
     });
 }

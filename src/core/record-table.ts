@@ -51,7 +51,7 @@ const D_MASK = D_SIZE - 1;
 
 export class DenseRecordTable implements RecordTable {
   readonly #pages: (Uint32Array | undefined)[];
-  #counts = new Uint32Array(16);
+  #counts: Uint32Array = new Uint32Array(16);
   /** Per tag: how many of its IDs each page holds. */
   readonly #perPage: (Uint16Array | undefined)[] = [];
   #used = 0;
@@ -86,7 +86,8 @@ export class DenseRecordTable implements RecordTable {
     let p = this.#pages[key];
     if (p === undefined) {
       if (key >= this.#pages.length) throw new IoasidBugError('record beyond the table', { id });
-      p = this.#pages[key] = new Uint32Array(D_SIZE);
+      p = new Uint32Array(D_SIZE);
+      this.#pages[key] = p;
       this.#used++;
     }
     const o = id & D_MASK;
@@ -95,7 +96,10 @@ export class DenseRecordTable implements RecordTable {
     p[o] = tag;
     this.#counts[tag] = (this.#counts[tag] as number) + 1;
     let pp = this.#perPage[tag];
-    if (pp === undefined) pp = this.#perPage[tag] = new Uint16Array(this.#pages.length);
+    if (pp === undefined) {
+      pp = new Uint16Array(this.#pages.length);
+      this.#perPage[tag] = pp;
+    }
     pp[key] = (pp[key] as number) + 1;
     this.#size++;
   }
@@ -154,7 +158,7 @@ export class SparseRecordTable implements RecordTable {
   readonly #pages = new Map<number, Uint32Array>();
   #lastKey = -1;
   #lastPage: Uint32Array | undefined;
-  #counts = new Uint32Array(16);
+  #counts: Uint32Array = new Uint32Array(16);
   /** Per tag: page -> how many of its IDs the page holds. */
   readonly #perPage: (Map<number, number> | undefined)[] = [];
   #size = 0;
@@ -201,7 +205,10 @@ export class SparseRecordTable implements RecordTable {
     p[o] = tag;
     this.#counts[tag] = (this.#counts[tag] as number) + 1;
     let pp = this.#perPage[tag];
-    if (pp === undefined) pp = this.#perPage[tag] = new Map();
+    if (pp === undefined) {
+      pp = new Map<number, number>();
+      this.#perPage[tag] = pp;
+    }
     pp.set(key, (pp.get(key) ?? 0) + 1);
     this.#size++;
   }

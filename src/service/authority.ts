@@ -12,6 +12,9 @@
  *     a crash could take back.
  * At start, the stored rows are replayed into the host model, which re-checks them (ownership,
  * quotas, bindings): a state that does not replay cleanly is refused.
+ *  5. With a cluster coordinator (store etcd, docs/cluster.md) the host model is the whole
+ *     migration domain, kept current by the coordinator; this authority serves only the VMs its
+ *     host runs (others: ENODEV naming their host), and allocates through the coordinator.
  */
 import {
   IoasidError, PASID_MAX, PASID_MIN, fmtId, isIoasidError, type IoasidErrorCode,
@@ -19,6 +22,7 @@ import {
 import { decodeRegister, registerOffset, type VcmdBackend, type VcmdDeviceConfig, type VcmdLogEntry } from '../vtd/index.ts';
 import { Host, parseDevice, type HostEvent, type Vm, type ViommuSpec } from '../host/index.ts';
 import type { Mutation, Store, StoredState, VmRow } from '../store/index.ts';
+import type { ClusterCoordinator, ClusterModelPort, ClusterStatus, MigrateResult, ReclaimReport } from '../cluster/index.ts';
 import { timingSafeEqual } from 'node:crypto';
 import { hashToken, newToken, tokenMatches } from './tokens.ts';
 
@@ -30,6 +34,8 @@ export interface VmInfo {
   readonly viommus: readonly { segment: number; layout: 'A' | 'B'; rangeExtension: boolean }[];
   readonly devices: readonly { bdf: string; segment: number; pasidBits: number }[];
   readonly bindings: readonly { bdf: string; pasid: number }[];
+  /** The host the VM runs on (cluster mode only). */
+  readonly host?: string;
 }
 
 export interface PasidInfo {
@@ -48,6 +54,8 @@ export interface AuthorityOptions {
   readonly now?: () => number;
   /** Events kept for PASID histories (a ring). */
   readonly historySize?: number;
+  /** Cluster mode: the coordinator over the etcd store (which must be `store`). */
+  readonly cluster?: ClusterCoordinator;
 }
 
 export interface CreateVmRequest {
@@ -62,6 +70,8 @@ const ADMIN_HASH_KEY = 'admin.tokenHash';
 export class PasidAuthority {
   readonly host: Host;
   readonly store: Store;
+  /** The cluster coordinator, or null with a local store. */
+  readonly cluster: ClusterCoordinator | null;
   readonly #now: () => number;
   readonly #tokens = new Map<string, string>();
   /** token hash -> VM, to tell "another VM's token" (403) from "no valid token" (401). */
@@ -80,6 +90,7 @@ export class PasidAuthority {
 
   private constructor(opts: AuthorityOptions) {
     this.store = opts.store;
+    this.cluster = opts.cluster ?? null;
     this.#now = opts.now ?? Date.now;
     this.#ring = new Array<AuthorityEvent | undefined>(opts.historySize ?? 65536).fill(undefined);
     this.host = new Host({
@@ -101,7 +112,33 @@ export class PasidAuthority {
       if (isIoasidError(e)) throw new IoasidError('EINVAL', `stored state does not replay: ${e.message}`, { ...e.details, cause: e.code });
       throw e;
     }
+    a.cluster?.attach(a.#clusterPort());
     return a;
+  }
+
+  /** What the cluster coordinator may do to this authority's model and registries. */
+  #clusterPort(): ClusterModelPort {
+    return {
+      host: this.host,
+      hold: (fn) => this.#hold(fn),
+      release: (events) => this.#release(events),
+      vmUpserted: (row) => {
+        const old = this.#tokens.get(row.id);
+        if (old !== undefined && old !== row.tokenHash) this.#byHash.delete(old);
+        this.#tokens.set(row.id, row.tokenHash);
+        this.#byHash.set(row.tokenHash, row.id);
+        this.#created.set(row.id, row.createdAt);
+      },
+      vmRemoved: (id) => {
+        const h = this.#tokens.get(id);
+        if (h !== undefined) this.#byHash.delete(h);
+        this.#tokens.delete(id);
+        this.#created.delete(id);
+      },
+      metaChanged: (key, value) => {
+        if (key === ADMIN_HASH_KEY) this.#adminHash = value;
+      },
+    };
   }
 
   #replay(state: StoredState): void {
@@ -129,6 +166,7 @@ export class PasidAuthority {
   async close(): Promise<void> {
     await this.#structural.catch(() => {});
     for (const vm of this.host.vms()) for (const v of vm.viommus()) await v.device.settled();
+    await this.cluster?.close();
     await this.store.close();
   }
 
@@ -290,6 +328,7 @@ export class PasidAuthority {
       viommus: vm.viommus().map((v) => ({ segment: v.segment, layout: v.device.config.layout, rangeExtension: v.device.config.rangeExtension })),
       devices: vm.devices().map((d) => ({ bdf: d.bdf, segment: d.segment, pasidBits: d.pasidBits })),
       bindings: vm.bindings().map(([bdf, pasid]) => ({ bdf, pasid })),
+      ...(this.cluster !== null ? { host: this.cluster.hostOf(vm.id) ?? this.cluster.hostId } : {}),
     };
   }
 
@@ -334,6 +373,7 @@ export class PasidAuthority {
   destroyVm(id: string): Promise<{ freed: number[]; bindings: number }> {
     return this.#serial(async () => {
       const vm = this.host.vm(id);
+      await this.cluster?.ensureServes(id, { forDestroy: true });
       this.#destroying.add(id);
       try {
         return await this.#destroy(vm, id);
@@ -368,6 +408,7 @@ export class PasidAuthority {
   addViommu(vmId: string, spec: ViommuSpec): Promise<VmInfo> {
     return this.#serial(async () => {
       const vm = this.host.vm(vmId);
+      await this.cluster?.ensureServes(vmId);
       const { result: v, events } = this.#hold(() => vm.addViommu(spec));
       try {
         await this.store.apply([{ op: 'putViommu', row: { vm: vmId, segment: v.segment, layout: v.device.config.layout, rangeExtension: v.device.config.rangeExtension } }]);
@@ -384,6 +425,7 @@ export class PasidAuthority {
     return this.#serial(async () => {
       const vm = this.host.vm(vmId);
       vm.viommu(segment);
+      await this.cluster?.ensureServes(vmId);
       const behind = vm.devices().filter((d) => d.segment === segment);
       if (behind.length > 0) {
         throw new IoasidError('EBUSY', `vIOMMU on segment ${segment} still translates for ${behind.map((d) => d.bdf).join(', ')}`, { vm: vmId, segment });
@@ -397,6 +439,7 @@ export class PasidAuthority {
   addDevice(vmId: string, spec: { bdf: string; pasidBits?: number }): Promise<VmInfo> {
     return this.#serial(async () => {
       const vm = this.host.vm(vmId);
+      await this.cluster?.ensureServes(vmId);
       const { result: d, events } = this.#hold(() => vm.assignDevice(spec));
       try {
         await this.store.apply([{ op: 'putDevice', row: { vm: vmId, bdf: d.bdf, segment: d.segment, pasidBits: d.pasidBits } }]);
@@ -413,6 +456,7 @@ export class PasidAuthority {
     return this.#serial(async () => {
       const vm = this.host.vm(vmId);
       const d = vm.device(bdf);
+      await this.cluster?.ensureServes(vmId);
       const bound = vm.bindings().filter(([b]) => b === d.bdf);
       await this.store.apply([
         ...bound.map(([b, pasid]): Mutation => ({ op: 'deleteBinding', pasid, bdf: b })),
@@ -438,6 +482,7 @@ export class PasidAuthority {
     if (min < PASID_MIN || max > PASID_MAX || min > max) {
       throw new IoasidError('EINVAL', `PASID range [${fmtId(min)}, ${fmtId(max)}] must lie within [1, 0xfffff] with min <= max`, { min, max });
     }
+    if (this.cluster !== null) return this.cluster.allocPasids(vm, min, max, count, this.#now());
     const got: number[] = [];
     const { events } = this.#hold(() => {
       try {
@@ -468,6 +513,7 @@ export class PasidAuthority {
   async #freePasidNow(vmId: string, pasid: number): Promise<void> {
     const vm = this.host.vm(vmId);
     this.#checkFree(vm, pasid);
+    await this.cluster?.ensureServes(vmId);
     await this.store.apply([{ op: 'deletePasid', pasid, vm: vmId }]);
     this.host.space.freeSync(pasid, vm.set);
   }
@@ -485,6 +531,7 @@ export class PasidAuthority {
   async #bindNow(vmId: string, pasid: number, bdf: string): Promise<void> {
     const vm = this.host.vm(vmId);
     const d = parseDevice({ bdf });
+    await this.cluster?.ensureServes(vmId);
     const { events } = this.#hold(() => vm.bind(d.bdf, pasid));
     try {
       await this.store.apply([{ op: 'putBinding', row: { pasid, vm: vmId, bdf: d.bdf, boundAt: this.#now() } }]);
@@ -506,6 +553,7 @@ export class PasidAuthority {
       this.host.space.find(vm.set, pasid);
       throw new IoasidError('ENOENT', `device ${d.bdf} is not bound to PASID ${pasid}`, { bdf: d.bdf, pasid });
     }
+    await this.cluster?.ensureServes(vmId);
     await this.store.apply([{ op: 'deleteBinding', pasid, bdf: d.bdf }]);
     vm.unbind(d.bdf, pasid);
   }
@@ -597,6 +645,7 @@ export class PasidAuthority {
   /** A VMM forwards a trapped register read or write of one vIOMMU. */
   mmio(vmId: string, segment: number, access: { op: 'read' | 'write'; offset: number; size: 4 | 8; value?: bigint }): bigint | null {
     const v = this.host.vm(vmId).viommu(segment);
+    this.cluster?.assertServes(vmId);
     if (access.op === 'read') return v.device.read(access.offset, access.size);
     v.device.write(access.offset, access.value ?? 0n, access.size);
     return null;
@@ -618,10 +667,43 @@ export class PasidAuthority {
     return { layout: map.layout, values, decoded, recent: v.device.recentCommands() };
   }
 
+  // ------------------------------------------------------------------ cluster (docs/cluster.md)
+
+  #needCluster(): ClusterCoordinator {
+    if (this.cluster === null) throw new IoasidError('EOPNOTSUPP', `not a cluster: store ${this.store.spec} is not etcd (start with --store etcd://... --host-id NAME)`, { store: this.store.kind });
+    return this.cluster;
+  }
+
+  /** The domain as this host sees it: hosts (alive or not), VMs and where they run, blocks. */
+  clusterStatus(): ClusterStatus {
+    return this.#needCluster().status();
+  }
+
+  /** Live migration: the VM, its sets, PASIDs and bindings move to host `to` in one commit. */
+  async migrateVm(vmId: string, to: string): Promise<MigrateResult> {
+    const cluster = this.#needCluster();
+    return this.#serial(async () => {
+      const vm = this.host.vm(vmId);
+      if (this.#destroying.has(vmId)) throw new IoasidError('EBUSY', `VM ${vmId} is being destroyed`, { vm: vmId });
+      // PASID operations already started finish first; those that commit later fail (ENODEV).
+      for (let set = this.#inflight.get(vmId); set !== undefined && set.size > 0; set = this.#inflight.get(vmId)) await Promise.all(set);
+      return cluster.migrate(vm, to);
+    });
+  }
+
+  /** An operator's reclaim of a dead host: fence it, free its VMs' PASIDs and its blocks. */
+  async reclaimHost(hostId: string, opts: { force?: boolean } = {}): Promise<ReclaimReport> {
+    return this.#needCluster().reclaim(hostId, opts);
+  }
+
   /** The VCMD backend of a VM's vIOMMUs, made durable (rule 4). */
   #durableBackend(vm: Vm, inner: VcmdBackend): VcmdBackend {
     return {
       allocate: async (range) => {
+        if (this.cluster !== null) {
+          const [p] = await this.cluster.allocPasids(vm, range?.min ?? this.host.pasidMin, range?.max ?? this.host.pasidMax, 1, this.#now());
+          return p as number;
+        }
         // The host's backend is synchronous (level 0): its events are held until the commit.
         const { result, events } = this.#hold(() => inner.allocate(range));
         const p = await result;
@@ -636,6 +718,7 @@ export class PasidAuthority {
       },
       free: async (pasid) => {
         this.#checkFree(vm, pasid);
+        await this.cluster?.ensureServes(vm.id);
         await this.store.apply([{ op: 'deletePasid', pasid, vm: vm.id }]);
         await inner.free(pasid);
       },

@@ -41,6 +41,7 @@ const SEGMENT_PARAM = { type: 'string', pattern: '^[0-9]{1,5}$' } as const;
 const BDF = { type: 'string', pattern: '^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[01][0-9a-fA-F]\\.[0-7]$' } as const;
 const PASID = { type: 'integer', minimum: 1, maximum: 0xfffff } as const;
 const HEX64 = { type: 'string', pattern: '^0x[0-9a-fA-F]{1,16}$' } as const;
+const HOST_ID = { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$' } as const;
 
 const VIOMMU_SPEC = {
   type: 'object',
@@ -251,6 +252,32 @@ export const ROUTES: readonly RouteDef[] = [
       const bytes = encodeNamespaceMap(a.namespaceMap(), (raw) => deflateSync(raw));
       return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     },
+  },
+  {
+    method: 'GET', url: '/v1/cluster', auth: 'admin', tag: 'cluster', operationId: 'clusterStatus',
+    summary: 'Cluster mode (store etcd): the migration domain as this host sees it: hosts alive or not, VMs and the host each runs on, blocks (docs/cluster.md). 400 EOPNOTSUPP with a local store.',
+    schema: { response: { type: 'object', additionalProperties: true, properties: { domain: { type: 'string' }, host: { type: 'string' } } } },
+    handler: (a) => a.clusterStatus(),
+  },
+  {
+    method: 'POST', url: '/v1/vms/:vm/migrate', auth: 'admin', tag: 'cluster', operationId: 'migrateVm',
+    summary: 'Live migration (cluster mode): move the VM, its set, PASIDs and bindings to host `to` in one etcd transaction; the guest keeps every PASID. Sent to the host the VM runs on.',
+    schema: {
+      params: vmParams,
+      body: { type: 'object', additionalProperties: false, required: ['to'], properties: { to: HOST_ID } },
+      response: { type: 'object', properties: { vm: { type: 'string' }, from: { type: 'string' }, to: { type: 'string' }, revision: { type: 'integer' }, pasids: { type: 'array', items: { type: 'integer' } }, bindings: { type: 'integer' } } },
+    },
+    handler: (a, req) => a.migrateVm(vmOf(req), (req.body as { to: string }).to),
+  },
+  {
+    method: 'POST', url: '/v1/cluster/hosts/:host/reclaim', auth: 'admin', tag: 'cluster', operationId: 'reclaimHost',
+    summary: "An operator's reclaim of a dead host (cluster mode): fence it, then free its VMs' PASIDs, bindings and blocks. 409 EBUSY while its lease is alive, unless force.",
+    schema: {
+      params: { type: 'object', required: ['host'], properties: { host: HOST_ID } },
+      body: { type: 'object', additionalProperties: false, properties: { force: { type: 'boolean' } } },
+      response: { type: 'object', additionalProperties: true, properties: { host: { type: 'string' }, fencedAt: { type: 'integer' } } },
+    },
+    handler: (a, req) => a.reclaimHost(req.params.host as string, (req.body ?? {}) as { force?: boolean }),
   },
   {
     method: 'GET', url: '/v1/events/recent', auth: 'admin', tag: 'events', operationId: 'recentEvents', summary: 'The most recent events (the WebSocket /v1/events streams new ones).',

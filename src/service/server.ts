@@ -6,15 +6,20 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import { dirname, join, resolve } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { IoasidError } from '../core/index.ts';
-import { openStore } from '../store/index.ts';
+import { EtcdStore, openStore } from '../store/index.ts';
+import { ClusterCoordinator } from '../cluster/index.ts';
 import { PasidAuthority } from './authority.ts';
 import { buildApp } from './app.ts';
 import { registerDashboard } from './dashboard.ts';
 import { hashToken, newToken } from './tokens.ts';
 
 export interface ServeOptions {
-  /** `memory` or `sqlite:PATH` (default `sqlite:./var/ioasid.db`). */
+  /** `memory`, `sqlite:PATH` (default `sqlite:./var/ioasid.db`) or `etcd://HOST:PORT[,...]`. */
   readonly store?: string;
+  /** Cluster mode (etcd): this host's name in its migration domain (default: the hostname). */
+  readonly hostId?: string;
+  /** Cluster mode (etcd): the migration domain (default `default`). */
+  readonly domain?: string;
   readonly host?: string;
   readonly port?: number;
   /** Listen on a Unix socket instead of TCP. */
@@ -53,8 +58,22 @@ export const DEFAULT_PORT = 7070;
 export async function startServer(opts: ServeOptions = {}): Promise<RunningServer> {
   const say = opts.say ?? ((l: string) => process.stderr.write(`${l}\n`));
   const spec = opts.store ?? DEFAULT_STORE;
-  const store = openStore(spec, { synchronous: opts.sync ?? 'normal' });
-  const authority = await PasidAuthority.open({ store });
+  if ((opts.hostId !== undefined || opts.domain !== undefined) && !spec.startsWith('etcd')) {
+    throw new IoasidError('EINVAL', `--host-id and --domain need an etcd store (--store etcd://HOST:PORT,...), not ${spec}`, { store: spec });
+  }
+  // Cluster mode's warnings (lease lost, fenced, watch restarted) go where the lifecycle lines go.
+  const clusterLog = (level: string, message: string, details?: Record<string, unknown>) => {
+    if (opts.logLevel !== 'silent' && (level === 'warn' || level === 'error')) say(`cluster ${level}: ${message}${details ? ` ${JSON.stringify(details)}` : ''}`);
+  };
+  const store = openStore(spec, {
+    synchronous: opts.sync ?? 'normal',
+    ...(opts.hostId !== undefined ? { hostId: opts.hostId } : {}),
+    ...(opts.domain !== undefined ? { domain: opts.domain } : {}),
+    ...(spec.startsWith('etcd') ? { log: clusterLog } : {}),
+  });
+  // Cluster mode (docs/cluster.md): the authority shares one namespace with the domain's hosts.
+  const cluster = store instanceof EtcdStore ? new ClusterCoordinator({ store, log: clusterLog }) : null;
+  const authority = await PasidAuthority.open({ store, ...(cluster !== null ? { cluster } : {}) });
   const stateDir = resolve(opts.stateDir ?? (spec.startsWith('sqlite:') ? dirname(spec.slice('sqlite:'.length)) : './var'));
 
   let adminTokenPath: string | null = null;
@@ -94,7 +113,9 @@ export async function startServer(opts: ServeOptions = {}): Promise<RunningServe
     const address = await app.listen({ host: opts.host ?? '127.0.0.1', port: opts.port ?? DEFAULT_PORT });
     url = address;
   }
-  say(`ioasid serve: listening on ${url} (store ${store.spec}${adminTokenPath ? `, admin token in ${adminTokenPath}` : ''})`);
+  if (store instanceof EtcdStore) await store.advertise(url);
+  const where = store instanceof EtcdStore ? `, host ${store.hostId} in domain ${store.domain}` : '';
+  say(`ioasid serve: listening on ${url} (store ${store.spec}${where}${adminTokenPath ? `, admin token in ${adminTokenPath}` : ''})`);
 
   let closed: Promise<void> | null = null;
   const close = (): Promise<void> => {

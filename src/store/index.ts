@@ -1,7 +1,8 @@
 /**
  * `src/store`: the durable state of the PASID authority service (DESIGN section 6). One `Store`
- * interface (async, backend-neutral), a memory backend (the reference) and an SQLite backend
- * (the embedded default). See docs/store.md.
+ * interface (async, backend-neutral), a memory backend (the reference), an SQLite backend
+ * (the embedded default) and an etcd backend (a migration domain shared by many hosts). See
+ * docs/store.md and docs/cluster.md.
  */
 export {
   STORE_KINDS, STORE_TABLES, STORE_LIMITS, MUTATION_OPS, VIOMMU_LAYOUTS, RESERVED_META_PREFIX, emptyState,
@@ -18,3 +19,9 @@ export type { SqliteStoreOptions, SqliteSyncMode } from './sqlite-store.ts';
 export { SQLITE_SCHEMA_VERSION } from './sqlite-schema.ts';
 export { openStore } from './open-store.ts';
 export type { OpenStoreOptions } from './open-store.ts';
+export { EtcdStore, DEFAULT_BLOCK_SIZE, DEFAULT_LEASE_TTL_SEC, DEFAULT_MAX_TXN_OPS } from './etcd-store.ts';
+export type { ClusterChange, ChangeListener, EtcdStoreOptions, EtcdStoreStats, EtcdLogFn, ReclaimReport } from './etcd-store.ts';
+export { DomainKeys, VM_STATES, CLUSTER_NAME_RE } from './etcd-keys.ts';
+export type { BlockRecord, FenceRecord, HostRecord, PasidRecord, VmPlacement, VmRecord, VmState } from './etcd-keys.ts';
+export { parseEtcdSpec, DEFAULT_RETRY } from './etcd-client.ts';
+export type { RetryPolicy } from './etcd-client.ts';

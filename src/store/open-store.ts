@@ -3,14 +3,17 @@
  *
  *   memory          in-process, not durable (tests, demos)
  *   sqlite:PATH     SQLite file at PATH (parent folders are created); `sqlite::memory:` is not durable
- *   etcd://...      the cluster backend: not available yet (EINVAL)
+ *   etcd://H:P[,H:P...]  the cluster backend: every etcd member; `hostId` and `domain` name this
+ *                   host and its migration domain (docs/cluster.md)
  */
 import { IoasidError } from '../core/index.ts';
 import { MemoryStore } from './memory-store.ts';
 import type { Store } from './rows.ts';
 import { SqliteStore, type SqliteStoreOptions } from './sqlite-store.ts';
+import { EtcdStore, type EtcdStoreOptions } from './etcd-store.ts';
+import { parseEtcdSpec } from './etcd-client.ts';
 
-export type OpenStoreOptions = SqliteStoreOptions;
+export type OpenStoreOptions = SqliteStoreOptions & Omit<Partial<EtcdStoreOptions>, 'endpoints' | 'spec'>;
 
 /** Make the store a spec names; nothing is read until `open()`. */
 export function openStore(spec: string, opts: OpenStoreOptions = {}): Store {
@@ -21,10 +24,15 @@ export function openStore(spec: string, opts: OpenStoreOptions = {}): Store {
   if (spec.startsWith('sqlite:')) {
     const path = spec.slice('sqlite:'.length);
     if (path.length === 0) throw new IoasidError('EINVAL', 'store spec "sqlite:" needs a path, as in sqlite:/var/lib/ioasid/state.db', { spec });
-    return new SqliteStore(path, opts);
+    return new SqliteStore(path, sqliteOptions(opts));
   }
   if (spec.startsWith('etcd://') || spec.startsWith('etcds://')) {
-    throw new IoasidError('EINVAL', `store ${spec}: the etcd backend is not available in this build`, { spec, kind: 'etcd' });
+    const { synchronous: _sync, lockTimeoutMs: _lock, ...etcd } = opts;
+    return new EtcdStore({ ...etcd, endpoints: parseEtcdSpec(spec), spec });
   }
   throw new IoasidError('EINVAL', `unknown store spec ${JSON.stringify(spec)} (expected memory, sqlite:PATH or etcd://...)`, { spec });
+}
+
+function sqliteOptions(o: OpenStoreOptions): SqliteStoreOptions {
+  return { ...(o.synchronous !== undefined ? { synchronous: o.synchronous } : {}), ...(o.lockTimeoutMs !== undefined ? { lockTimeoutMs: o.lockTimeoutMs } : {}) };
 }
