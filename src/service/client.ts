@@ -204,6 +204,17 @@ export class IoasidClient {
     return (await this.request<{ events: AuthorityEvent[] }>('GET', `/v1/events/recent?limit=${limit}`)).events;
   }
 
+  // Cluster mode (store etcd; docs/cluster.md). With a local store the service answers EOPNOTSUPP.
+  clusterStatus(): Promise<Record<string, unknown>> {
+    return this.request('GET', '/v1/cluster');
+  }
+  migrateVm(vm: string, to: string): Promise<{ vm: string; from: string; to: string; revision: number; pasids: number[]; bindings: number }> {
+    return this.request('POST', `/v1/vms/${enc(vm)}/migrate`, { to });
+  }
+  reclaimHost(host: string, opts: { force?: boolean } = {}): Promise<Record<string, unknown>> {
+    return this.request('POST', `/v1/cluster/hosts/${enc(host)}/reclaim`, opts);
+  }
+
   /** Stream events; returns a function that stops the stream. */
   events(onEvent: (e: AuthorityEvent) => void, opts: { vm?: string; onClose?: (code: number, reason: string) => void; onOpen?: () => void } = {}): () => void {
     const WS = this.#WebSocket ?? (globalThis as { WebSocket?: ClientOptions['WebSocket'] }).WebSocket;
