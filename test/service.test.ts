@@ -187,3 +187,26 @@ describe('service: logs', () => {
     assert.equal(redactToken('/v1/events?vm=a&TOKEN=s3cret'), '/v1/events?vm=a&TOKEN=[redacted]');
   });
 });
+
+describe('service: listening on a Unix socket', () => {
+  it('serves the API on a socket path and stops cleanly', async () => {
+    const { startServer } = await import('../src/service/index.ts');
+    const { request } = await import('node:http');
+    const dir = mkdtempSync(join(tmpdir(), 'ioasid-sock-'));
+    const socket = join(dir, 'ioasid.sock');
+    const s = await startServer({ store: 'memory', socket, stateDir: dir, logLevel: 'silent', dashboard: false, say: () => {} });
+    assert.equal(s.url, `unix:${socket}`);
+    const body = await new Promise<string>((resolve, reject) => {
+      const req = request({ socketPath: socket, path: '/healthz' }, (res) => {
+        let b = '';
+        res.on('data', (c: Buffer) => { b += c.toString(); });
+        res.on('end', () => resolve(b));
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    assert.deepEqual(JSON.parse(body), { ok: true });
+    await s.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+});

@@ -12,7 +12,8 @@
  * Two layouts behind one interface: `DenseRecordTable` (the default allocator's table, pages of
  * 1,024 IDs in an array indexed by page) and `SparseRecordTable` (a custom allocator's IDs, which
  * come from elsewhere, scattered over 32 bits: pages of 64 IDs in a Map).
- * 4 bytes per ID in a used page, plus 2 bytes per page per set that has IDs (dense).
+ * 4 bytes per ID in a used page, plus (dense) 2 bytes per page per set that has IDs; a sparse
+ * table holds few IDs, and enumerates a set by visiting its pages whole.
  */
 import { IoasidBugError } from './errors.ts';
 
@@ -159,8 +160,6 @@ export class SparseRecordTable implements RecordTable {
   #lastKey = -1;
   #lastPage: Uint32Array | undefined;
   #counts: Uint32Array = new Uint32Array(16);
-  /** Per tag: page -> how many of its IDs the page holds. */
-  readonly #perPage: (Map<number, number> | undefined)[] = [];
   #size = 0;
 
   get size(): number {
@@ -204,12 +203,6 @@ export class SparseRecordTable implements RecordTable {
     if (tag >= this.#counts.length) this.#counts = grown(this.#counts, tag);
     p[o] = tag;
     this.#counts[tag] = (this.#counts[tag] as number) + 1;
-    let pp = this.#perPage[tag];
-    if (pp === undefined) {
-      pp = new Map<number, number>();
-      this.#perPage[tag] = pp;
-    }
-    pp.set(key, (pp.get(key) ?? 0) + 1);
     this.#size++;
   }
 
@@ -221,23 +214,15 @@ export class SparseRecordTable implements RecordTable {
     if (p === undefined || tag === TAG_ABSENT) throw new IoasidBugError('removing an absent record', { id });
     p[o] = TAG_ABSENT;
     this.#counts[tag] = (this.#counts[tag] as number) - 1;
-    const pp = this.#perPage[tag] as Map<number, number>;
-    const n = (pp.get(key) as number) - 1;
-    if (n === 0) pp.delete(key);
-    else pp.set(key, n);
     this.#size--;
     return tag;
   }
 
+  /** A sparse table holds few IDs per page: its pages are visited whole (work ~ the table's IDs). */
   membersOf(tag: number): number[] {
     const out: number[] = [];
-    const pp = this.#perPage[tag];
-    if (pp === undefined) return out;
-    for (const key of [...pp.keys()].sort((a, b) => a - b)) {
-      const p = this.#pages.get(key) as Uint32Array;
-      const base = key * S_SIZE;
-      for (let o = 0; o < S_SIZE; o++) if (p[o] === tag) out.push(base + o);
-    }
+    if (this.countOf(tag) === 0) return out;
+    for (const [id, t] of this.entries()) if (t === tag) out.push(id);
     return out;
   }
 
