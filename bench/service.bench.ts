@@ -215,8 +215,9 @@ function area(url: string, fn: string): string {
   if (url.startsWith('node:')) return 'node internals';
   const nm = /node_modules\/((?:@[^/]+\/)?[^/]+)/.exec(url);
   if (nm?.[1] !== undefined) return nm[1];
-  const i = url.indexOf('/work/main/');
-  return i >= 0 ? url.slice(i + '/work/main/'.length) : url.replace(/^file:\/\//, '');
+  const root = `${repo.replace(/\/+$/, '')}/`;
+  const i = url.indexOf(root);
+  return i >= 0 ? url.slice(i + root.length) : url.replace(/^file:\/\//, '');
 }
 
 function frameKey(n: ProfileNode): string {
