@@ -5,8 +5,8 @@
  *  - the asynchronous path (`alloc`/`free` returning promises) on the same workload, reported;
  *  - memory of the per-ID records for 1,000,000 allocated IDs with sets and no private data,
  *    target at most 16 bytes per ID (typed arrays, not an object per ID).
- * Each figure is the median of 3 repetitions, each the median of 10 equal blocks (the machine is
- * shared and noisy). Writes bench/results/space.json.
+ * Each figure is the median of 3 repetitions, each the median of 10 equal blocks after 2,000,000
+ * untimed warm-up pairs (the JIT settles after about a million; the machine is shared and noisy). Writes bench/results/space.json.
  *
  *   node --import tsx bench/space.bench.ts
  */
@@ -28,12 +28,19 @@ function filled(occupancy: number): { space: IoasidSpace; live: Uint32Array; n: 
 }
 
 const BLOCKS = 10;
+const WARMUP = 2_000_000;
 
 /** ns per pair: the median of BLOCKS equal blocks (robust to a noisy, shared machine). */
 function syncChurn(seed: number): number {
   const { space, live, n, set } = filled(0.5);
   const rng = new XorShift32(seed);
   const per = PAIRS / BLOCKS;
+  // Warm up (untimed): the JIT settles after about a million pairs; a host runs for days.
+  for (let i = 0; i < WARMUP; i++) {
+    const k = rng.below(n);
+    space.freeSync(live[k] as number, set);
+    live[k] = space.allocSync(set, PASID_MIN, PASID_MAX);
+  }
   const blocks: number[] = [];
   for (let b = 0; b < BLOCKS; b++) {
     const t0 = nowNs();

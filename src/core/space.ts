@@ -224,11 +224,14 @@ export class IoasidSpace {
     for (const [id, tag] of this.#active.table.entries()) yield [id, this.#setOfTag(tag)];
   }
 
-  #checkAllocArgs(set: IoasidSet | null, min: unknown, max: unknown): { slot: number; lo: number; hi: number } {
+  /**
+   * Validate an allocation's arguments; returns the set's slot (-1: none). `min`/`max` are checked
+   * here and used by the caller as they are (no object is made: this is the host's hot path).
+   */
+  #checkAllocArgs(set: IoasidSet | null, min: unknown, max: unknown): number {
     const slot = this.#slot(set);
-    if (this.#rules.acceptInvalidAsMax && max === INVALID_IOASID) max = IOASID_MAX;
     const lo = checkId(min, 'min');
-    const hi = checkId(max, 'max');
+    const hi = checkId(this.#clampMax(max), 'max');
     if (lo > hi) throw new IoasidError('EINVAL', `min ${fmtId(lo)} is above max ${fmtId(hi)}`, { min: lo, max: hi });
     if (slot >= 0 && this.#rules.quotas) {
       const s = this.#sets[slot] as IoasidSet;
@@ -237,7 +240,12 @@ export class IoasidSpace {
         throw new IoasidError('EDQUOT', `set ${s.name} is at its quota of ${s.quota}`, { set: s.name, quota: s.quota, count });
       }
     }
-    return { slot, lo, hi };
+    return slot;
+  }
+
+  /** The Linux profiles take max = 0xFFFFFFFF (the kernel's u32 API) as the largest ID. */
+  #clampMax(max: unknown): unknown {
+    return max === INVALID_IOASID && this.#rules.acceptInvalidAsMax ? IOASID_MAX : max;
   }
 
   #assertNotInCallback(what: string): void {
@@ -267,9 +275,10 @@ export class IoasidSpace {
     if (this.#active.custom) {
       throw new IoasidError('EOPNOTSUPP', 'allocSync needs the default allocator; a custom allocator is active, use alloc()');
     }
-    const { slot, lo, hi } = this.#checkAllocArgs(set, min, max);
-    const e = this.#engine;
-    const id = e.alloc(lo, hi);
+    const slot = this.#checkAllocArgs(set, min, max);
+    const lo = min;
+    const hi = this.#clampMax(max) as number;
+    const id = this.#engine.alloc(lo, hi);
     if (id < 0) {
       this.#log('debug', 'no free IOASID in range', { min: lo, max: hi });
       throw new IoasidError('ENOSPC', `no free IOASID in [${fmtId(lo)}, ${fmtId(hi)}]`, { min: lo, max: hi });
@@ -336,7 +345,9 @@ export class IoasidSpace {
   /** Custom allocation, synchronous unless the plug-in answers with a promise. */
   #allocCustom(set: IoasidSet | null, min: number, max: number, priv: unknown): Ioasid | Promise<Ioasid> {
     const ad = this.#active;
-    const { slot, lo, hi } = this.#checkAllocArgs(set, min, max);
+    const slot = this.#checkAllocArgs(set, min, max);
+    const lo = min;
+    const hi = this.#clampMax(max) as number;
     const ops = ad.ops;
     const got = this.#callCustom(() => ops.alloc(lo, hi, ops.pdata));
     if (isThenable(got)) return Promise.resolve(got).then((g) => this.#adoptCustom(ad, ops, slot, lo, hi, priv, g));
