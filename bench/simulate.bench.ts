@@ -135,7 +135,7 @@ const path = saveResult('simulate', {
     'Each run is runRandom (what `ioasid simulate --random` calls): a seeded workload of every step kind, each step checked by the incremental checker, plus the full checkInvariants every fullEvery steps and at the end.',
     `The growth series and the check modes use ${GROWTH_STEPS.toLocaleString('en-US')} steps per run (the headline uses ${HEADLINE.steps.toLocaleString('en-US')}).`,
     'Memory: process.memoryUsage() sampled every 5,000 steps; rss is the whole process (tsx and the module graph included), heapUsed the JS heap (garbage included), arrayBuffers the typed-array pages of the ID tables. liveHeapUsedMB is the largest heapUsed right after a forced GC, taken 10 times per run (what the run keeps alive). A GC runs before each run.',
-    'Where the memory goes as VMs grow: every guest kernel has its own IoasidSpace, whose record table allocates a 12 KiB page per 1,024-ID range it touches; a guest holds few PASIDs spread over the host-wide namespace, so nearly every PASID a guest holds costs a page (src/core/record-table.ts). That is the arrayBuffers column.',
+    'Where the memory goes as VMs grow: every guest kernel has its own IoasidSpace, whose (sparse) record table allocates a 256-byte page per 64-ID range it touches; a guest holds few PASIDs spread over the host-wide namespace, so nearly every PASID a guest holds costs a page (src/core/record-table.ts). That is the arrayBuffers column.',
     'fullCheckMsEach is the cost of one checkInvariants over the whole system at that size: a full check after every step would add it to every step.',
   ],
   headline: { ...HEADLINE, checks: { incremental: true, fullEvery: 10_000 }, ...h },
