@@ -415,7 +415,8 @@ export class IoasidSpace {
     this.#assertNotInCallback('free');
     if (this.#queued === 0) {
       if (!this.#active.custom) return this.freeSync(id, set);
-      await this.#holdWhile(this.#freeCustom(id, set, false));
+      const r = this.#holdWhile(this.#freeCustom(id, set, false));
+      if (isThenable(r)) await r; // a synchronous plug-in costs no extra turn
       return;
     }
     await this.#serialise(async () => this.#freeActive(id, set, false));
