@@ -5,7 +5,7 @@
  * guest's space, so every L2 allocation goes L2 -> L1 space -> VCMD -> L0: one namespace at every
  * depth.
  */
-import { IoasidError, fmtId, isIoasidError, type IoasidSpace, type LogFn, type Profile } from '../core/index.ts';
+import { IoasidError, fmtId, type IoasidSpace, type LogFn, type Profile } from '../core/index.ts';
 import { IoasidSpace as Space } from '../core/index.ts';
 import { VtdGuestDriver, type GuestViommu, type Layout, type MmioAccessor, type PasBit, type UnplugReport } from '../vtd/index.ts';
 import type { Vm, Viommu } from './vm.ts';
@@ -177,8 +177,4 @@ export class Guest {
     this.#dead = true;
     this.#sva.forget();
   }
-}
-
-export function isGuestGone(e: unknown): boolean {
-  return isIoasidError(e, 'ENODEV');
 }

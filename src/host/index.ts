@@ -5,7 +5,7 @@
  */
 export { Host, DEFAULT_VM_QUOTA } from './host.ts';
 export type { HostEvent, HostListener, HostOptions, HostSnapshot, VmSpec } from './host.ts';
-export { Vm, HOST_PASID_RANGE } from './vm.ts';
+export { Vm } from './vm.ts';
 export type { Viommu, ViommuSpec } from './vm.ts';
 export { Guest } from './guest.ts';
 export type { GuestOptions } from './guest.ts';

@@ -5,7 +5,7 @@
  * bound to which PASID. The VM's vIOMMUs serve VCMD through a backend that allocates only in the
  * VM's set and frees only the VM's own PASIDs (edge 60, 61).
  */
-import { IoasidError, PASID_MAX, PASID_MIN, fmtId, isIoasidError, type IoasidSet, type IoasidSpace } from '../core/index.ts';
+import { IoasidError, fmtId, type IoasidSet, type IoasidSpace } from '../core/index.ts';
 import { VcmdDevice, type Layout, type PasBit, type VcmdBackend } from '../vtd/index.ts';
 import { parseDevice, type DeviceSpec, type PciDevice } from './device.ts';
 import type { Host } from './host.ts';
@@ -267,8 +267,3 @@ export class Vm {
   }
 }
 
-export function isVmGone(e: unknown): boolean {
-  return isIoasidError(e, 'ENODEV');
-}
-
-export const HOST_PASID_RANGE = Object.freeze({ min: PASID_MIN, max: PASID_MAX });

@@ -263,17 +263,6 @@ export class PasidAuthority {
     return this.#adminHash !== null && tokenMatches(token, this.#adminHash);
   }
 
-  /** The VM the token belongs to, if it is that VM's token. */
-  isVmToken(vm: string, token: string): boolean {
-    const h = this.#tokens.get(vm);
-    return h !== undefined && tokenMatches(token, h);
-  }
-
-  /** The VM whose token this is, or null. */
-  tokenOwner(token: string): string | null {
-    return this.#byHash.get(hashToken(token)) ?? null;
-  }
-
   /**
    * Who a token is, with one hash: the admin, the VM it belongs to, or nobody. The admin hash is
    * compared in constant time; VM tokens are found by the SHA-256 of the token, which an attacker
