@@ -81,27 +81,26 @@ export interface UnplugReport {
 
 const noop: LogFn = () => {};
 
-/** Driver state reachable from the shared allocator functions, per unit. */
-const DRIVER_OF = new WeakMap<GuestViommu, VtdGuestDriver>();
 
-function driverOf(pdata: unknown): { driver: VtdGuestDriver; unit: GuestViommu } | null {
-  if (!(pdata instanceof GuestViommu)) return null;
-  const driver = DRIVER_OF.get(pdata);
-  return driver === undefined ? null : { driver, unit: pdata };
+/** The driver that probed this unit, or null (the kernel's `if (!iommu)`). No object per call. */
+function driverOf(unit: unknown): VtdGuestDriver | null {
+  if (!(unit instanceof GuestViommu)) return null;
+  const driver = unit.owner;
+  return driver instanceof VtdGuestDriver ? driver : null;
 }
 
 /** `intel_vcmd_ioasid_alloc`: one function for every unit (the shared-ops group key). */
 function intelVcmdIoasidAlloc(min: number, max: number, pdata: unknown): number | Promise<number> {
-  const d = driverOf(pdata);
-  if (d === null) return INVALID_IOASID; // the kernel's `if (!iommu)`
-  return d.driver.vcmdAlloc(min, max, d.unit);
+  const driver = driverOf(pdata);
+  if (driver === null) return INVALID_IOASID;
+  return driver.vcmdAlloc(min, max, pdata as GuestViommu);
 }
 
 /** `intel_vcmd_ioasid_free`. */
 function intelVcmdIoasidFree(id: number, pdata: unknown): void | Promise<void> {
-  const d = driverOf(pdata);
-  if (d === null) return;
-  return d.driver.vcmdFree(id, d.unit);
+  const driver = driverOf(pdata);
+  if (driver === null) return;
+  return driver.vcmdFree(id, pdata as GuestViommu);
 }
 
 /** Strict after the last unit left: allocation is refused instead of going guest-local. */
@@ -197,7 +196,7 @@ export class VtdGuestDriver {
     const name = named ? m.name : `dmar${this.#nextName}`;
     this.#nextName++;
     const unit = new GuestViommu(this.#host, mmio, name);
-    DRIVER_OF.set(unit, this);
+    unit.owner = this;
     this.#units.push(unit);
     return unit;
   }

@@ -69,6 +69,8 @@ export class GuestViommu {
   #stale: { cmd: number } | null = null;
   #present = true;
   #registered = false;
+  /** @internal The driver that probed this unit (read by the shared allocator functions). */
+  owner: unknown = null;
   #commands = 0;
 
   constructor(host: ViommuHost, mmio: MmioAccessor, name: string) {

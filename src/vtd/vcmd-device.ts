@@ -87,6 +87,10 @@ function errorText(e: unknown): string {
   return String(e);
 }
 
+function blankEntry(): MutableEntry {
+  return { seq: 0, cmd: 0, command: '', operand: null, range: null, status: null, statusName: null, result: null, issuedAt: 0, completedAt: null, error: null };
+}
+
 function freezeEntry(e: MutableEntry): VcmdLogEntry {
   return Object.freeze({ ...e, range: e.range === null ? null : Object.freeze({ ...e.range }) });
 }
@@ -300,20 +304,18 @@ export class VcmdDevice implements MmioAccessor {
     this.#vcrsp = IP; // clears VCRSP and sets IP (edge 56)
     this.#stats.commands++;
     const cmd = Number((this.#vcmd >> this.#cmd.shift) & this.#cmd.mask);
-    const entry: MutableEntry = {
-      seq: this.#seq++,
-      cmd,
-      command: commandName(cmd),
-      operand: null,
-      range: null,
-      status: null,
-      statusName: null,
-      result: null,
-      issuedAt: this.#now(),
-      completedAt: null,
-      error: null,
-    };
-    this.#record(entry);
+    const entry = this.#newEntry();
+    entry.seq = this.#seq++;
+    entry.cmd = cmd;
+    entry.command = commandName(cmd);
+    entry.operand = null;
+    entry.range = null;
+    entry.status = null;
+    entry.statusName = null;
+    entry.result = null;
+    entry.issuedAt = this.#now();
+    entry.completedAt = null;
+    entry.error = null;
     if (this.#advertised[cmd] !== true) {
       this.#stats.undefinedCommands++;
       this.#complete(entry, this.map.status.UNDEFINED_COMMAND, 0);
@@ -328,15 +330,22 @@ export class VcmdDevice implements MmioAccessor {
     }
   }
 
-  #record(entry: MutableEntry): void {
+  /**
+   * The log entry of a new command: once the ring is full its oldest entry is reused (its fields
+   * are all rewritten), so a command costs no allocation. The entry of the command in flight is
+   * never the oldest: while IP is set no other command starts. Readers get copies.
+   */
+  #newEntry(): MutableEntry {
     const size = this.config.logSize;
-    if (size === 0) return;
+    if (size === 0) return blankEntry();
     if (this.#log.length < size) {
-      this.#log.push(entry);
-    } else {
-      this.#log[this.#logStart] = entry;
-      this.#logStart = (this.#logStart + 1) % size;
+      const e = blankEntry();
+      this.#log.push(e);
+      return e;
     }
+    const e = this.#log[this.#logStart] as MutableEntry;
+    this.#logStart = (this.#logStart + 1) % size;
+    return e;
   }
 
   /** The log, oldest first. */
