@@ -41,6 +41,7 @@ export interface ViommuHost {
 }
 
 const IP = 1n;
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
 export class GuestViommu {
   readonly name: string;
@@ -61,6 +62,13 @@ export class GuestViommu {
   readonly #resultMask: bigint;
   readonly #operandShift: bigint;
   readonly #rsltReservedMask: bigint;
+  /** The same fields as plain numbers, for a VCRSP value below 2^53 (every value but a corrupt one): no BigInt is made. */
+  readonly #scDiv: number;
+  readonly #scMod: number;
+  readonly #resultDiv: number;
+  readonly #resultMod: number;
+  /** 2 ** (RSLT's top bit + 1) for the PASID-only result: a value at or above it has reserved bits set. */
+  readonly #resultLimit: number;
   readonly #noPasid: number;
 
   /** Tail of this vIOMMU's command queue; null when idle. */
@@ -102,6 +110,11 @@ export class GuestViommu {
     const rsltMask = ((1n << BigInt(rslt.hi - rslt.lo + 1)) - 1n) << BigInt(rslt.lo);
     const pasidMask = ((1n << BigInt(map.resultPasid.hi - map.resultPasid.lo + 1)) - 1n) << this.#resultShift;
     this.#rsltReservedMask = rsltMask & ~pasidMask;
+    this.#scDiv = 2 ** sc.lo;
+    this.#scMod = 2 ** (sc.hi - sc.lo + 1);
+    this.#resultDiv = 2 ** map.resultPasid.lo;
+    this.#resultMod = 2 ** (map.resultPasid.hi - map.resultPasid.lo + 1);
+    this.#resultLimit = 2 ** (map.resultPasid.hi + 1);
     // Linux v5.8-v5.11 decoded "no PASID" as 1 in layout A (fixed in v5.12 by Zenghui Yu).
     this.#noPasid = host.legacyStatusCodes && map.layout === 'A' ? 1 : map.status.NO_PASID;
   }
@@ -189,14 +202,26 @@ export class GuestViommu {
   }
 
   #sc(rsp: bigint): number {
+    if (rsp <= MAX_SAFE) return Math.floor(Number(rsp) / this.#scDiv) % this.#scMod;
     return Number((rsp >> this.#scShift) & this.#scMask);
+  }
+
+  #pasidOf(rsp: bigint): number {
+    if (rsp <= MAX_SAFE) return Math.floor(Number(rsp) / this.#resultDiv) % this.#resultMod;
+    return Number((rsp >> this.#resultShift) & this.#resultMask);
+  }
+
+  /** RSLT bits outside the PASID field are set (reserved: RsvdZ on a success). */
+  #reservedSet(rsp: bigint): boolean {
+    if (rsp <= MAX_SAFE && Number(rsp) < this.#resultLimit) return false; // nothing above the PASID
+    return (rsp & this.#rsltReservedMask) !== 0n;
   }
 
   #allocResult(rsp: bigint): number {
     const sc = this.#sc(rsp);
     if (sc === 0) {
-      const pasid = Number((rsp >> this.#resultShift) & this.#resultMask);
-      if (this.#host.profile === 'strict' && (pasid === 0 || (rsp & this.#rsltReservedMask) !== 0n)) {
+      const pasid = this.#pasidOf(rsp);
+      if (this.#host.profile === 'strict' && (pasid === 0 || this.#reservedSet(rsp))) {
         this.#host.log('warn', `IOMMU: ${this.name}: Unexpected result 0x${rsp.toString(16)}`, { iommu: this.name, VCRSP_REG: `0x${rsp.toString(16)}` });
         throw new IoasidError('ENODEV', `vIOMMU ${this.name} answered Allocate with an invalid result (VCRSP_REG 0x${rsp.toString(16)})`, { iommu: this.name, VCRSP_REG: `0x${rsp.toString(16)}` });
       }
@@ -235,7 +260,7 @@ export class GuestViommu {
       this.#commands++;
       this.#write(vcmd, vcmdEo);
       const rsp = this.#read();
-      if ((rsp & IP) === 0n) return rsp;
+      if (rsp <= MAX_SAFE ? Number(rsp) % 2 === 0 : (rsp & IP) === 0n) return rsp;
       return this.#enqueue(() => this.#poll(cmd));
     }
     return this.#enqueue(async () => {
@@ -287,7 +312,7 @@ export class GuestViommu {
     const start = clock.now();
     for (;;) {
       const rsp = this.#read();
-      if ((rsp & IP) === 0n) return rsp;
+      if (rsp <= MAX_SAFE ? Number(rsp) % 2 === 0 : (rsp & IP) === 0n) return rsp;
       if (clock.now() - start >= timeoutMs) {
         this.#stale = { cmd };
         this.#host.log('error', `IOMMU: ${this.name}: VCMD timed out (DMAR hardware is malfunctioning)`, { iommu: this.name, cmd, timeoutMs });
@@ -307,7 +332,7 @@ export class GuestViommu {
     const rsp = await this.#poll(stale.cmd);
     this.#stale = null;
     if (stale.cmd !== VCMD_CMD.ALLOCATE || this.#sc(rsp) !== 0) return;
-    const pasid = Number((rsp >> this.#resultShift) & this.#resultMask);
+    const pasid = this.#pasidOf(rsp);
     this.#host.log('warn', `IOMMU: ${this.name}: late answer to a timed-out Allocate: PASID ${pasid}`, { iommu: this.name, pasid });
     if (this.#host.profile !== 'strict' || pasid === 0 || pasid > PASID_MAX) return;
     this.#commands++;

@@ -87,6 +87,26 @@ function errorText(e: unknown): string {
   return String(e);
 }
 
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+interface FieldBits {
+  readonly shift: bigint;
+  readonly mask: bigint;
+  readonly div: number;
+  readonly mod: number;
+}
+
+function fieldOf(f: FieldSpec): FieldBits {
+  const b = fieldBits(f);
+  return { shift: b.shift, mask: b.mask, div: 2 ** f.lo, mod: 2 ** (f.hi - f.lo + 1) };
+}
+
+/** A field of a register value; number arithmetic when the value is below 2^53 (no BigInt made). */
+function bits(value: bigint, f: { readonly shift: bigint; readonly mask: bigint; readonly div: number; readonly mod: number }): number {
+  if (value <= MAX_SAFE) return Math.floor(Number(value) / f.div) % f.mod;
+  return Number((value >> f.shift) & f.mask);
+}
+
 function blankEntry(): MutableEntry {
   return { seq: 0, cmd: 0, command: '', operand: null, range: null, status: null, statusName: null, result: null, issuedAt: 0, completedAt: null, error: null };
 }
@@ -115,11 +135,11 @@ export class VcmdDevice implements MmioAccessor {
   #offVcmdEo: number;
   #offVcrsp: number;
   #vcmdWritable: bigint;
-  #cmd: { readonly shift: bigint; readonly mask: bigint };
-  #operand: { readonly shift: bigint; readonly mask: bigint };
+  #cmd: FieldBits;
+  #operand: FieldBits;
   #rangeMax: { readonly shift: bigint; readonly mask: bigint } | null;
-  #resultShift: bigint;
-  #scShift: bigint;
+  #resultScale: number;
+  #scScale: number;
   #advertised: readonly boolean[];
   #rangeAdvertised: boolean;
 
@@ -178,13 +198,13 @@ export class VcmdDevice implements MmioAccessor {
     const vcmdSpec = registerSpec(map, 'VCMD_REG');
     this.#offVcmd = vcmdSpec.offset;
     this.#vcmdWritable = vcmdSpec.writableMask;
-    this.#cmd = fieldBits(vcmdSpec.fields.find((f) => f.name === 'CMD') as FieldSpec);
+    this.#cmd = fieldOf(vcmdSpec.fields.find((f) => f.name === 'CMD') as FieldSpec);
     this.#offVcmdEo = cfg.layout === 'B' ? registerSpec(map, 'VCMD_EO_REG').offset : -1;
     const vcrspSpec = registerSpec(map, 'VCRSP_REG');
     this.#offVcrsp = vcrspSpec.offset;
-    this.#scShift = BigInt((vcrspSpec.fields.find((f) => f.name === 'SC') as FieldSpec).lo);
-    this.#operand = fieldBits(map.operandPasid);
-    this.#resultShift = BigInt(map.resultPasid.lo);
+    this.#scScale = 2 ** (vcrspSpec.fields.find((f) => f.name === 'SC') as FieldSpec).lo;
+    this.#operand = fieldOf(map.operandPasid);
+    this.#resultScale = 2 ** map.resultPasid.lo;
     this.#rangeMax = map.rangeMax === null ? null : fieldBits(map.rangeMax);
   }
 
@@ -219,7 +239,7 @@ export class VcmdDevice implements MmioAccessor {
 
   /** True while a command is in progress (VCRSP.IP set). */
   get busy(): boolean {
-    return (this.#vcrsp & IP) !== 0n;
+    return this.#inProgress();
   }
 
   /** Resolves when no backend call is outstanding. */
@@ -254,7 +274,7 @@ export class VcmdDevice implements MmioAccessor {
     if (base < 0 || !this.config.virtualCommands) return;
     const isVcmd = base === this.#offVcmd;
     if (!isVcmd && base !== this.#offVcmdEo) return; // read-only or unknown: ignored
-    if ((this.#vcrsp & IP) !== 0n) {
+    if (this.#inProgress()) {
       this.#stats.droppedWrites++;
       return;
     }
@@ -300,10 +320,14 @@ export class VcmdDevice implements MmioAccessor {
   // -------------------------------------------------------------------------------------------
   // Commands
 
+  #inProgress(): boolean {
+    return this.#vcrsp <= MAX_SAFE ? Number(this.#vcrsp) % 2 === 1 : (this.#vcrsp & IP) !== 0n;
+  }
+
   #fire(): void {
     this.#vcrsp = IP; // clears VCRSP and sets IP (edge 56)
     this.#stats.commands++;
-    const cmd = Number((this.#vcmd >> this.#cmd.shift) & this.#cmd.mask);
+    const cmd = bits(this.#vcmd, this.#cmd);
     const entry = this.#newEntry();
     entry.seq = this.#seq++;
     entry.cmd = cmd;
@@ -356,7 +380,7 @@ export class VcmdDevice implements MmioAccessor {
   #allocate(entry: MutableEntry): void {
     let range: { min: number; max: number } | undefined;
     if (this.#rangeMax !== null && this.#rangeAdvertised) {
-      const min = Number((this.#vcmd >> this.#operand.shift) & this.#operand.mask);
+      const min = bits(this.#vcmd, this.#operand);
       const max = Number((this.#vcmdEo >> this.#rangeMax.shift) & this.#rangeMax.mask);
       if (min !== 0 || max !== 0) {
         range = { min: Math.max(min, PASID_MIN), max };
@@ -409,7 +433,7 @@ export class VcmdDevice implements MmioAccessor {
   }
 
   #free(entry: MutableEntry): void {
-    const pasid = Number((this.#vcmd >> this.#operand.shift) & this.#operand.mask);
+    const pasid = bits(this.#vcmd, this.#operand);
     entry.operand = pasid;
     if (pasid < PASID_MIN) {
       entry.error = 'EINVAL: PASID 0 is reserved for requests without PASID';
@@ -445,7 +469,8 @@ export class VcmdDevice implements MmioAccessor {
 
   /** Write the guest-visible status: RSLT only on success, IP cleared. */
   #complete(entry: MutableEntry, sc: number, pasid: number): void {
-    this.#vcrsp = sc === 0 ? (pasid === 0 ? 0n : BigInt(pasid) << this.#resultShift) : BigInt(sc) << this.#scShift;
+    // One BigInt per completion: the status or result is placed with number arithmetic (< 2^53).
+    this.#vcrsp = sc === 0 ? (pasid === 0 ? 0n : BigInt(pasid * this.#resultScale)) : BigInt(sc * this.#scScale);
     entry.status = sc;
     entry.statusName = statusName(this.map, entry.cmd, sc);
     entry.result = sc === 0 && entry.cmd === VCMD_CMD.ALLOCATE ? pasid : null;
