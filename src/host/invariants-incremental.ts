@@ -72,6 +72,22 @@ export class IncrementalChecker {
     else m.delete(pasid);
   }
 
+  /**
+   * Guest `guest` of `vm` holds PASID p: it must be the VM's on the host (guest-subset) and no
+   * other live guest of this host may hold it (single-owner). Records the guest as its holder.
+   */
+  #guestHolds(host: Host, vm: Vm, guest: Guest, p: number, ownedByVm: boolean, holders: Map<number, Guest>): void {
+    if (!ownedByVm) {
+      const owner = ownerName(host, p);
+      this.#report('guest-subset', `the guest of VM ${vm.id} holds PASID ${p}, which ${host.name} records as ${owner === null ? 'free' : `owned by ${owner}`}`, { host: host.name, vm: vm.id, pasid: p, hostOwner: owner });
+    }
+    const other = holders.get(p);
+    if (other !== undefined && other !== guest && !other.dead && !other.vm.destroyed && other.space.has(p)) {
+      this.#report('single-owner', `PASID ${p} is held by the guests of ${other.vm.id} and ${vm.id} on ${host.name}`, { host: host.name, pasid: p, guests: [other.vm.id, vm.id] });
+    }
+    holders.set(p, guest);
+  }
+
   /** After a step that allocated, freed, bound or unbound PASID p of `vm` (guest: its guest). */
   pasid(host: Host, vm: Vm, guest: Guest | null, p: number): void {
     if (!Number.isInteger(p) || p < 0 || p > 0xffffffff) return;
@@ -79,15 +95,7 @@ export class IncrementalChecker {
     const owned = space.has(p) && space.ownerOf(p) === vm.set;
     const holders = this.#holdersOf(host);
     if (guest !== null && !guest.dead && guest.space.has(p)) {
-      if (!owned) {
-        const owner = ownerName(host, p);
-        this.#report('guest-subset', `the guest of VM ${vm.id} holds PASID ${p}, which ${host.name} records as ${owner === null ? 'free' : `owned by ${owner}`}`, { host: host.name, vm: vm.id, pasid: p, hostOwner: owner });
-      }
-      const other = holders.get(p);
-      if (other !== undefined && other !== guest && !other.dead && !other.vm.destroyed && other.space.has(p)) {
-        this.#report('single-owner', `PASID ${p} is held by the guests of ${other.vm.id} and ${vm.id} on ${host.name}`, { host: host.name, pasid: p, guests: [other.vm.id, vm.id] });
-      }
-      holders.set(p, guest);
+      this.#guestHolds(host, vm, guest, p, owned, holders);
       this.#heldOf(guest).add(p);
     } else {
       if (guest !== null) {
@@ -164,15 +172,7 @@ export class IncrementalChecker {
       for (const p of seen) if (!nowSet.has(p) && holders.get(p) === guest) holders.delete(p);
       seen.clear();
       for (const p of now) {
-        if (!heldSet.has(p)) {
-          const owner = ownerName(host, p);
-          this.#report('guest-subset', `the guest of VM ${vm.id} holds PASID ${p}, which ${host.name} records as ${owner === null ? 'free' : `owned by ${owner}`}`, { host: host.name, vm: vm.id, pasid: p, hostOwner: owner });
-        }
-        const other = holders.get(p);
-        if (other !== undefined && other !== guest && !other.dead && !other.vm.destroyed && other.space.has(p)) {
-          this.#report('single-owner', `PASID ${p} is held by the guests of ${other.vm.id} and ${vm.id} on ${host.name}`, { host: host.name, pasid: p, guests: [other.vm.id, vm.id] });
-        }
-        holders.set(p, guest);
+        this.#guestHolds(host, vm, guest, p, heldSet.has(p), holders);
         seen.add(p);
       }
     }
