@@ -225,13 +225,14 @@ export class IoasidSpace {
   }
 
   /**
-   * Validate an allocation's arguments; returns the set's slot (-1: none). `min`/`max` are checked
-   * here and used by the caller as they are (no object is made: this is the host's hot path).
+   * Validate an allocation's arguments; returns the set's slot (-1: none). `min` and the already
+   * clamped `max` are checked here and used by the caller as they are (no object is made: this is
+   * the host's hot path).
    */
   #checkAllocArgs(set: IoasidSet | null, min: unknown, max: unknown): number {
     const slot = this.#slot(set);
     const lo = checkId(min, 'min');
-    const hi = checkId(this.#clampMax(max), 'max');
+    const hi = checkId(max, 'max');
     if (lo > hi) throw new IoasidError('EINVAL', `min ${fmtId(lo)} is above max ${fmtId(hi)}`, { min: lo, max: hi });
     if (slot >= 0 && this.#rules.quotas) {
       const s = this.#sets[slot] as IoasidSet;
@@ -275,9 +276,9 @@ export class IoasidSpace {
     if (this.#active.custom) {
       throw new IoasidError('EOPNOTSUPP', 'allocSync needs the default allocator; a custom allocator is active, use alloc()');
     }
-    const slot = this.#checkAllocArgs(set, min, max);
-    const lo = min;
     const hi = this.#clampMax(max) as number;
+    const slot = this.#checkAllocArgs(set, min, hi);
+    const lo = min;
     const id = this.#engine.alloc(lo, hi);
     if (id < 0) {
       this.#log('debug', 'no free IOASID in range', { min: lo, max: hi });
@@ -345,9 +346,9 @@ export class IoasidSpace {
   /** Custom allocation, synchronous unless the plug-in answers with a promise. */
   #allocCustom(set: IoasidSet | null, min: number, max: number, priv: unknown): Ioasid | Promise<Ioasid> {
     const ad = this.#active;
-    const slot = this.#checkAllocArgs(set, min, max);
-    const lo = min;
     const hi = this.#clampMax(max) as number;
+    const slot = this.#checkAllocArgs(set, min, hi);
+    const lo = min;
     const ops = ad.ops;
     const got = this.#callCustom(() => ops.alloc(lo, hi, ops.pdata));
     if (isThenable(got)) return Promise.resolve(got).then((g) => this.#adoptCustom(ad, ops, slot, lo, hi, priv, g));
