@@ -267,3 +267,20 @@ describe('host: SVA concurrency', () => {
     assert.deepEqual(vm.pasids(), []);
   });
 });
+
+describe('host: edge 78 (an address space keeps one PASID)', () => {
+  it('edge 78: a bound address space reuses its PASID; a device whose width cannot hold it is ERANGE and nothing changes', async () => {
+    const host = new Host();
+    const vm = host.createVm({ id: 'vm', viommus: [{ segment: 0 }], devices: [{ bdf: '0000:00:02.0' }, { bdf: '0000:00:03.0', pasidBits: 4 }] });
+    const other = host.createVm({ id: 'other', quota: 0 });
+    for (let i = 0; i < 20; i++) host.space.allocSync(other.set, 1, 0xfffff);
+    const g = host.boot('vm');
+    const p = await g.svaBind('0000:00:02.0', 'mm');
+    assert.ok(p > 15, 'the address space got a PASID above what 4 bits can carry');
+    const before = host.snapshot();
+    await assert.rejects(g.svaBind('0000:00:03.0', 'mm'), code('ERANGE'));
+    assert.deepEqual(host.snapshot(), before);
+    assert.deepEqual(g.bindings(), [{ mm: 'mm', pasid: p, devices: ['0000:00:02.0'] }]);
+    assert.deepEqual(vm.pasids(), [p]);
+  });
+});
