@@ -16,7 +16,7 @@
  *   BENCH_QUICK=1 ... : a tenth of the steps, for a smoke run
  */
 import os from 'node:os';
-import { runRandom, type RunReport } from '../src/host/index.ts';
+import { runRandom, type RunReport } from '../src/sim/index.ts';
 import { saveResult } from './util.ts';
 
 const QUICK = process.env.BENCH_QUICK === '1';

@@ -6,7 +6,8 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { IoasidError, IoasidSpace } from '../src/core/index.ts';
-import { Host, checkInvariants, type Vm } from '../src/host/index.ts';
+import { Host, type Vm } from '../src/host/index.ts';
+import { checkInvariants } from '../src/sim/index.ts';
 import type { VcmdBackend } from '../src/vtd/index.ts';
 
 const code = (c: string) => (e: unknown) => e instanceof IoasidError && e.code === c;

@@ -14,7 +14,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isIoasidError } from '../src/core/index.ts';
-import { checkInvariants, type Vm } from '../src/host/index.ts';
+import type { Vm } from '../src/host/index.ts';
+import { checkInvariants } from '../src/sim/index.ts';
 import { IoasidClient, RemoteMmio, SyncServiceChannel, startServer, type RunningServer } from '../src/service/index.ts';
 
 const ADMIN = 'admin-token-for-remote-guest-tests-0123456789';

@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { formatReport, parseScenario, runScenario } from '../src/host/index.ts';
+import { formatReport, parseScenario, runScenario } from '../src/sim/index.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const examples = readdirSync(join(root, 'examples')).filter((f) => /\.(ya?ml|json)$/.test(f)).sort();

@@ -5,7 +5,7 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { ScenarioFormatError, parseScenario, validateScenario, type ScenarioIssue } from '../src/host/index.ts';
+import { ScenarioFormatError, parseScenario, validateScenario, type ScenarioIssue } from '../src/sim/index.ts';
 
 /** The issues of a scenario that must not parse. */
 function issues(text: string): readonly ScenarioIssue[] {

@@ -10,8 +10,9 @@ import assert from 'node:assert/strict';
 import { IoasidSpace } from '../src/core/index.ts';
 import {
   formatReport, parseScenario, runRandom, runScenario,
-  type InvariantName, type RunOptions, type RunReport, type Vm,
-} from '../src/host/index.ts';
+  type InvariantName, type RunOptions, type RunReport,
+} from '../src/sim/index.ts';
+import type { Vm } from '../src/host/index.ts';
 import type { VcmdBackend } from '../src/vtd/index.ts';
 
 /** Run a scenario twice: incremental check only, then full check only (after every step). */

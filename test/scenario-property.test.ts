@@ -9,7 +9,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { formatReport, runScenario, validateScenario } from '../src/host/index.ts';
+import { formatReport, runScenario, validateScenario } from '../src/sim/index.ts';
 
 const NUM_RUNS = Number(process.env.SCENARIO_PROPERTY_RUNS ?? 1000);
 

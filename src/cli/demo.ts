@@ -11,7 +11,8 @@ import {
   VCMD_CMD, commandName, decodeVcmd, decodeVcrsp, describeRegister, registerAt, statusName,
   type MmioAccessor, type RegisterMap, type RegisterName,
 } from '../vtd/index.ts';
-import { Host, checkInvariants, type Guest, type Viommu, type Vm } from '../host/index.ts';
+import { Host, type Guest, type Viommu, type Vm } from '../host/index.ts';
+import { checkInvariants } from '../sim/index.ts';
 
 interface Style {
   title(s: string): string;

@@ -12,7 +12,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import {
   ScenarioFormatError, formatIssue, formatReport, parseScenario, progressLine, runRandom, runScenario,
   type RunReport,
-} from '../host/index.ts';
+} from '../sim/index.ts';
 import { wantColour } from './format.ts';
 
 interface SimulateOptions {

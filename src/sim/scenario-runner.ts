@@ -16,9 +16,9 @@
  */
 import { IoasidError, PASID_MAX, isIoasidError, type IoasidErrorCode } from '../core/index.ts';
 import { VCMD_CMD, decodeVcrsp, encodeRangedAllocate, encodeVcmd, registerOffset, statusName } from '../vtd/index.ts';
-import { Host, type HostOptions } from './host.ts';
-import type { Vm } from './vm.ts';
-import type { Guest, GuestOptions } from './guest.ts';
+import { Host, type HostOptions } from '../host/index.ts';
+import type { Vm } from '../host/index.ts';
+import type { Guest, GuestOptions } from '../host/index.ts';
 import { checkInvariants, type Violation } from './invariants.ts';
 import { IncrementalChecker } from './invariants-incremental.ts';
 import {

@@ -21,9 +21,9 @@
  * from what the checker observes, and are only ever trusted after a confirming O(1) lookup in the
  * real state, so a stale entry can hide nothing: it is replaced the next time the PASID is seen.
  */
-import type { Host } from './host.ts';
-import type { Vm } from './vm.ts';
-import type { Guest } from './guest.ts';
+import type { Host } from '../host/index.ts';
+import type { Vm } from '../host/index.ts';
+import type { Guest } from '../host/index.ts';
 import type { InvariantName, Violation } from './invariants.ts';
 
 export class IncrementalChecker {
