@@ -46,7 +46,7 @@ async function once(cfg: Config): Promise<Sample> {
   const store = cfg.make(dir);
   try {
     await store.open();
-    await store.apply([{ op: 'putVm', row: { id: VM, name: VM, quota: 1_000_000, tokenHash: 'x', createdAt: 0 } }]);
+    await store.apply([{ op: 'putVm', row: { id: VM, quota: 0xfffff, tokenHash: 'a'.repeat(64), createdAt: 0 } }]);
     // Phases are read from the clock inside the loop, not from timers: the memory backend resolves
     // in a microtask, so its callers never yield to the timer queue.
     const tWarm = performance.now() + WARMUP_MS;

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isIoasidError } from '../src/core/index.ts';
-import type { Vm } from '../src/host/index.ts';
+import type { VmView } from '../src/host/index.ts';
 import { checkInvariants } from '../src/sim/index.ts';
 import { IoasidClient, RemoteMmio, SyncServiceChannel, startServer, type RunningServer } from '../src/service/index.ts';
 
@@ -269,9 +269,11 @@ describe('remote guests: two guest processes against one service', () => {
     const allocatedTo = new Map<number, Set<string>>();
     for (const e of server.authority.recentEvents()) {
       if (e.type !== 'alloc' || e.vm === null) continue;
-      let s = allocatedTo.get(e.pasid);
-      if (s === undefined) allocatedTo.set(e.pasid, (s = new Set()));
-      s.add(e.vm);
+      for (const p of e.pasids) {
+        let s = allocatedTo.get(p);
+        if (s === undefined) allocatedTo.set(p, (s = new Set()));
+        s.add(e.vm);
+      }
     }
     const reported = (lines: Line[], vm: string) => {
       for (const l of lines) {
@@ -285,7 +287,7 @@ describe('remote guests: two guest processes against one service', () => {
     assert.deepEqual(checkInvariants(server.authority.host), []);
 
     // Destroying the VMs leaves nothing.
-    const vms: Vm[] = [server.authority.vm('vm-a'), server.authority.vm('vm-b')];
+    const vms: VmView[] = [server.authority.vm('vm-a'), server.authority.vm('vm-b')];
     await admin.destroyVm('vm-a');
     await admin.destroyVm('vm-b');
     assert.deepEqual(checkInvariants(server.authority.host, { destroyed: vms.map((vm) => ({ host: server.authority.host, vm })) }), []);

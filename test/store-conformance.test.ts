@@ -1,13 +1,17 @@
 /**
- * Store conformance (DESIGN section 6): one suite, run against every backend (kysely style).
- * The memory backend is the reference; the SQLite backend must behave the same, across a real
- * restart (a new store object on the same file). Each test names the rule it checks.
+ * Store conformance: one suite, run against every backend (kysely style). The memory backend is
+ * the reference; the SQLite backend must behave the same, across a real restart (a new store
+ * object on the same file). Each test names the rule it checks. A store keeps integrity (keys,
+ * references, ranges, unique token hashes, numbered events), not policy: the quota and ownership
+ * rules it used to check are the host model's now, and are tested there (test/host.test.ts,
+ * test/service.test.ts).
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createHash } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { IoasidError, PASID_BITS, PASID_MAX, PASID_MIN } from '../src/core/index.ts';
 import {
@@ -34,12 +38,13 @@ interface Backend {
 }
 
 const SQL_COLUMNS: Record<StoreTable, [string, string][]> = {
-  vms: [['id', 'id'], ['name', 'name'], ['quota', 'quota'], ['token_hash', 'tokenHash'], ['created_at', 'createdAt']],
-  viommus: [['vm', 'vm'], ['segment', 'segment'], ['layout', 'layout'], ['range_extension', 'rangeExtension']],
+  vms: [['id', 'id'], ['quota', 'quota'], ['token_hash', 'tokenHash'], ['created_at', 'createdAt']],
+  viommus: [['vm', 'vm'], ['segment', 'segment'], ['layout', 'layout'], ['range_extension', 'rangeExtension'], ['pas_bit', 'pasBit'], ['pss', 'pss'], ['registers', 'registers']],
   devices: [['vm', 'vm'], ['bdf', 'bdf'], ['segment', 'segment'], ['pasid_bits', 'pasidBits']],
   pasids: [['pasid', 'pasid'], ['vm', 'vm'], ['allocated_at', 'allocatedAt']],
   bindings: [['pasid', 'pasid'], ['vm', 'vm'], ['bdf', 'bdf'], ['bound_at', 'boundAt']],
   meta: [['key', 'key'], ['value', 'value']],
+  events: [['seq', 'seq'], ['at', 'at'], ['type', 'type'], ['vm', 'vm'], ['body', 'body']],
 };
 
 const BACKENDS: Backend[] = [
@@ -69,7 +74,7 @@ const BACKENDS: Backend[] = [
           db.pragma('ignore_check_constraints = ON');
           for (const [table, cols] of Object.entries(SQL_COLUMNS) as [StoreTable, [string, string][]][]) {
             const ins = db.prepare(`INSERT INTO ${table} (${cols.map((c) => c[0]).join(', ')}) VALUES (${cols.map(() => '?').join(', ')})`);
-            for (const row of state[table]) {
+            for (const row of state[table] as readonly object[]) {
               ins.run(...cols.map(([, f]) => {
                 const v = (row as unknown as Record<string, unknown>)[f];
                 return typeof v === 'boolean' ? Number(v) : v;
@@ -87,8 +92,12 @@ const BACKENDS: Backend[] = [
 
 const T = 1_700_000_000_000;
 const DEV = '0000:00:02.0';
-const vm = (id: string, quota = 0): Mutation => ({ op: 'putVm', row: { id, name: `name of ${id}`, quota, tokenHash: `hash-${id}`, createdAt: T } });
-const viommu = (v: string, segment = 0): Mutation => ({ op: 'putViommu', row: { vm: v, segment, layout: 'B', rangeExtension: false } });
+/** A token hash per name (64 hex digits). */
+const hash = (name: string): string => createHash('sha256').update(name).digest('hex');
+const vm = (id: string, quota = 0): Mutation => ({ op: 'putVm', row: { id, quota, tokenHash: hash(id), createdAt: T } });
+const viommu = (v: string, segment = 0): Mutation => ({ op: 'putViommu', row: { vm: v, segment, layout: 'B', rangeExtension: false, pasBit: 0, pss: 19, registers: null } });
+const event = (type: string, v: string | null, at = T): Mutation => ({ op: 'appendEvents', events: [{ at, type, vm: v, body: JSON.stringify({ type, vm: v }) }] });
+const REGS = JSON.stringify({ registers: { VCMD_REG: '0x1', VCMD_EO_REG: '0x0', VCRSP_REG: '0x10000' }, pendingHalves: { low: false, high: false }, writer: null });
 const device = (v: string, bdf = DEV, segment = 0): Mutation => ({ op: 'putDevice', row: { vm: v, bdf, segment, pasidBits: 20 } });
 const pasid = (p: number, v: string | null): Mutation => ({ op: 'insertPasid', row: { pasid: p, vm: v, allocatedAt: T + p } });
 const bind = (p: number, v: string, bdf = DEV): Mutation => ({ op: 'putBinding', row: { pasid: p, vm: v, bdf, boundAt: T + 1000 + p } });
@@ -139,21 +148,28 @@ type Mutable = { -readonly [K in keyof StoredState]: Record<string, unknown>[] }
 
 const BASE: StoredState = {
   vms: [
-    { id: 'vm1', name: 'one', quota: 2, tokenHash: 'h1', createdAt: T },
-    { id: 'vm2', name: 'two', quota: 0, tokenHash: 'h2', createdAt: T },
+    { id: 'vm1', quota: 2, tokenHash: hash('one'), createdAt: T },
+    { id: 'vm2', quota: 0, tokenHash: hash('two'), createdAt: T },
   ],
-  viommus: [{ vm: 'vm1', segment: 0, layout: 'A', rangeExtension: true }],
+  viommus: [{ vm: 'vm1', segment: 0, layout: 'A', rangeExtension: true, pasBit: 0, pss: 19, registers: REGS }],
   devices: [{ vm: 'vm1', bdf: DEV, segment: 0, pasidBits: 20 }],
   pasids: [{ pasid: 1, vm: 'vm1', allocatedAt: T }, { pasid: 2, vm: 'vm1', allocatedAt: T }, { pasid: 3, vm: null, allocatedAt: T }, { pasid: 4, vm: 'vm2', allocatedAt: T }],
   bindings: [{ pasid: 1, vm: 'vm1', bdf: DEV, boundAt: T }],
   meta: [{ key: 'admin.tokenHash', value: 'x' }],
+  events: [{ seq: 6, at: T, type: 'alloc', vm: 'vm1', body: '{"type":"alloc","vm":"vm1","pasids":[1,2]}' }, { seq: 7, at: T, type: 'bind', vm: 'vm1', body: '{}' }],
+  lastSeq: 7,
 };
 
 const DEFECTS: Defect[] = [
   { name: 'PASID 0', table: 'pasids', edit: (s) => { s.pasids.push({ pasid: 0, vm: 'vm2', allocatedAt: T }); } },
   { name: 'PASID above 0xFFFFF', table: 'pasids', edit: (s) => { s.pasids.push({ pasid: 0x100000, vm: 'vm2', allocatedAt: T }); } },
   { name: 'PASID owned by an unknown VM', table: 'pasids', edit: (s) => { s.pasids.push({ pasid: 9, vm: 'ghost', allocatedAt: T }); } },
-  { name: 'VM holding more PASIDs than its quota', table: 'pasids', edit: (s) => { s.vms[0]!['quota'] = 1; } },
+  { name: 'two VMs with the same token hash', table: 'vms', sqlite: false, edit: (s) => { s.vms[1]!['tokenHash'] = s.vms[0]!['tokenHash']; } },
+  { name: 'an empty token hash', table: 'vms', edit: (s) => { s.vms[1]!['tokenHash'] = ''; } },
+  { name: 'vIOMMU registers that are not JSON', table: 'viommus', edit: (s) => { s.viommus[0]!['registers'] = '{not json'; } },
+  { name: 'vIOMMU PSS 20', table: 'viommus', edit: (s) => { s.viommus[0]!['pss'] = 20; } },
+  { name: 'an event whose body is not JSON', table: 'events', edit: (s) => { s.events[0]!['body'] = 'nope'; } },
+  { name: 'event seq 0', table: 'events', edit: (s) => { s.events.unshift({ seq: 0, at: T, type: 'alloc', vm: null, body: '{}' }); } },
   { name: 'duplicate PASID', table: 'pasids', sqlite: false, edit: (s) => { s.pasids.push({ pasid: 4, vm: 'vm1', allocatedAt: T }); } },
   { name: 'allocation time not an integer', table: 'pasids', sqlite: false, edit: (s) => { s.pasids[0]!['allocatedAt'] = 1.5; } },
   { name: 'binding to an unknown PASID', table: 'bindings', edit: (s) => { s.bindings.push({ pasid: 77, vm: 'vm1', bdf: DEV, boundAt: T }); } },
@@ -163,12 +179,13 @@ const DEFECTS: Defect[] = [
   { name: 'device on a segment without a vIOMMU', table: 'devices', edit: (s) => { s.devices.push({ vm: 'vm1', bdf: '0000:00:04.0', segment: 5, pasidBits: 8 }); } },
   { name: 'device with a malformed BDF', table: 'devices', edit: (s) => { s.devices.push({ vm: 'vm1', bdf: '0000:00:2.0', segment: 0, pasidBits: 8 }); } },
   { name: 'device with 21 PASID bits', table: 'devices', edit: (s) => { s.devices[0]!['pasidBits'] = 21; } },
-  { name: 'vIOMMU of an unknown VM', table: 'viommus', edit: (s) => { s.viommus.push({ vm: 'ghost', segment: 1, layout: 'A', rangeExtension: false }); } },
+  { name: 'vIOMMU of an unknown VM', table: 'viommus', edit: (s) => { s.viommus.push({ vm: 'ghost', segment: 1, layout: 'A', rangeExtension: false, pasBit: 0, pss: 19, registers: null }); } },
   { name: 'vIOMMU layout C', table: 'viommus', edit: (s) => { s.viommus[0]!['layout'] = 'C'; } },
-  { name: 'vIOMMU segment 65536', table: 'viommus', edit: (s) => { s.viommus.push({ vm: 'vm2', segment: 65536, layout: 'A', rangeExtension: false }); } },
+  { name: 'vIOMMU segment 65536', table: 'viommus', edit: (s) => { s.viommus.push({ vm: 'vm2', segment: 65536, layout: 'A', rangeExtension: false, pasBit: 0, pss: 19, registers: null }); } },
   { name: 'rangeExtension neither true nor false', table: 'viommus', edit: (s) => { s.viommus[0]!['rangeExtension'] = 2; } },
   { name: 'negative quota', table: 'vms', edit: (s) => { s.vms[1]!['quota'] = -1; } },
-  { name: 'VM id with a space', table: 'vms', edit: (s) => { s.vms.push({ id: 'vm 3', name: '', quota: 0, tokenHash: '', createdAt: T }); } },
+  { name: 'VM id with a space', table: 'vms', edit: (s) => { s.vms.push({ id: 'vm 3', quota: 0, tokenHash: hash('3'), createdAt: T }); } },
+  { name: 'VM id of 64 characters', table: 'vms', edit: (s) => { s.vms.push({ id: 'v'.repeat(64), quota: 0, tokenHash: hash('4'), createdAt: T }); } },
   { name: 'reserved meta key', table: 'meta', sqlite: false, edit: (s) => { s.meta.push({ key: 'store.schema', value: '1' }); } },
 ];
 
@@ -197,17 +214,20 @@ for (const b of BACKENDS) {
     it('every row kind round-trips across close and open, replaced rows included', async () => {
       const { loc, store } = await fresh(b, WORLD);
       await store.apply([
-        { op: 'putViommu', row: { vm: 'vm1', segment: 0x12, layout: 'A', rangeExtension: true } },
+        { op: 'putViommu', row: { vm: 'vm1', segment: 0x12, layout: 'A', rangeExtension: true, pasBit: 1, pss: 9, registers: null } },
         { op: 'putDevice', row: { vm: 'vm1', bdf: 'ffff:ff:1f.7', segment: 0x12, pasidBits: 1 } },
         { op: 'putMeta', row: { key: 'admin.tokenHash', value: 'sha256:ab' } },
         { op: 'putMeta', row: { key: 'ünïcödé ✓', value: 'value with\nnewline and emoji 🦀' } },
         { op: 'insertPasid', row: { pasid: PASID_MAX, vm: 'vm2', allocatedAt: 0 } },
         { op: 'putBinding', row: { pasid: 2, vm: 'vm1', bdf: 'ffff:ff:1f.7', boundAt: Number.MAX_SAFE_INTEGER } },
       ]);
-      // replace: a VM's name/quota/token, a vIOMMU's layout, a device's bits, a binding's time, a meta value
+      // replace: a VM's quota/token, a vIOMMU's layout and registers, a device's bits, a binding's time, a meta value
       await store.apply([
-        { op: 'putVm', row: { id: 'vm2', name: 'renamed', quota: 5, tokenHash: 'rotated', createdAt: T + 1 } },
-        { op: 'putViommu', row: { vm: 'vm2', segment: 1, layout: 'A', rangeExtension: true } },
+        { op: 'putVm', row: { id: 'vm2', quota: 5, tokenHash: hash('rotated'), createdAt: T + 1 } },
+        { op: 'putViommu', row: { vm: 'vm2', segment: 1, layout: 'A', rangeExtension: true, pasBit: 0, pss: 19, registers: null } },
+        { op: 'setRegisters', vm: 'vm1', segment: 0x12, registers: REGS },
+        { op: 'setTokenHash', vm: 'vm1', tokenHash: hash('vm1 again') },
+        { op: 'appendEvents', events: [{ at: T, type: 'alloc', vm: 'vm2', body: '{"type":"alloc","vm":"vm2","pasids":[1048575]}' }, { at: T + 1, type: 'free', vm: null, body: '{"type":"free","vm":null,"pasids":[3]}' }] },
         { op: 'putDevice', row: { vm: 'vm1', bdf: DEV, segment: 0, pasidBits: 8 } },
         { op: 'putBinding', row: { pasid: 1, vm: 'vm1', bdf: DEV, boundAt: 42 } },
         { op: 'putMeta', row: { key: 'admin.tokenHash', value: 'sha256:cd' } },
@@ -215,13 +235,13 @@ for (const b of BACKENDS) {
       const { store: again, state } = await restart(loc, store);
       assert.deepEqual(state, {
         vms: [
-          { id: 'vm1', name: 'name of vm1', quota: 2, tokenHash: 'hash-vm1', createdAt: T },
-          { id: 'vm2', name: 'renamed', quota: 5, tokenHash: 'rotated', createdAt: T + 1 },
+          { id: 'vm1', quota: 2, tokenHash: hash('vm1 again'), createdAt: T },
+          { id: 'vm2', quota: 5, tokenHash: hash('rotated'), createdAt: T + 1 },
         ],
         viommus: [
-          { vm: 'vm1', segment: 0, layout: 'B', rangeExtension: false },
-          { vm: 'vm1', segment: 0x12, layout: 'A', rangeExtension: true },
-          { vm: 'vm2', segment: 1, layout: 'A', rangeExtension: true },
+          { vm: 'vm1', segment: 0, layout: 'B', rangeExtension: false, pasBit: 0, pss: 19, registers: null },
+          { vm: 'vm1', segment: 0x12, layout: 'A', rangeExtension: true, pasBit: 1, pss: 9, registers: REGS },
+          { vm: 'vm2', segment: 1, layout: 'A', rangeExtension: true, pasBit: 0, pss: 19, registers: null },
         ],
         devices: [
           { vm: 'vm1', bdf: DEV, segment: 0, pasidBits: 8 },
@@ -242,6 +262,11 @@ for (const b of BACKENDS) {
           { key: 'admin.tokenHash', value: 'sha256:cd' },
           { key: 'ünïcödé ✓', value: 'value with\nnewline and emoji 🦀' },
         ],
+        events: [
+          { seq: 1, at: T, type: 'alloc', vm: 'vm2', body: '{"type":"alloc","vm":"vm2","pasids":[1048575]}' },
+          { seq: 2, at: T + 1, type: 'free', vm: null, body: '{"type":"free","vm":null,"pasids":[3]}' },
+        ],
+        lastSeq: 2,
       });
       assert.ok(Object.isFrozen(state.pasids) && Object.isFrozen(state.pasids[0]), 'the loaded state is read-only');
       await again.close();
@@ -254,8 +279,9 @@ for (const b of BACKENDS) {
       await assert.rejects(s.apply([pasid(10, 'vm2'), { op: 'putMeta', row: { key: 'k', value: 'v' } }, pasid(1, 'vm2'), pasid(11, 'vm2')]), code('EEXIST', 2));
       await assert.rejects(s.apply([unbind(1), free(1, 'vm1'), free(99, 'vm1')]), code('ENOENT', 2));
       await assert.rejects(s.apply([free(4, 'vm2'), { op: 'deleteViommu', vm: 'vm2', segment: 1 }, { op: 'deleteViommu', vm: 'vm2', segment: 1 }]), code('ENOENT', 2));
-      await assert.rejects(s.apply([free(4, 'vm2'), { op: 'deleteVm', id: 'vm2' }, pasid(4, 'vm2')]), code('ENOENT', 2));
+      await assert.rejects(s.apply([free(4, 'vm2'), { op: 'deleteViommu', vm: 'vm2', segment: 1 }, { op: 'deleteVm', id: 'vm2' }, pasid(4, 'vm2')]), code('ENOENT', 3));
       await assert.rejects(s.apply([vm('vm1', 7), { op: 'putMeta', row: { key: 'admin.tokenHash', value: 'new' } }, { op: 'deleteMeta', key: 'nope' }]), code('ENOENT', 2));
+      await assert.rejects(s.apply([event('alloc', 'vm2'), { op: 'setRegisters', vm: 'vm1', segment: 0, registers: REGS }, { op: 'setRegisters', vm: 'vm1', segment: 9, registers: REGS }]), code('ENOENT', 2));
       await assert.rejects(s.apply([vm('vm3'), viommu('vm3'), device('vm3', DEV), pasid(12, 'vm3'), bind(12, 'vm3'), bind(12, 'vm3', '0000:00:09.0')]), code('ENOENT', 5));
       const { store: again, state } = await restart(loc, s);
       assert.deepEqual(state, before.state);
@@ -275,12 +301,14 @@ for (const b of BACKENDS) {
       await again.close();
     });
 
-    it('deletePasid: ENOENT if absent, EACCES unless the owner (host = null) asks, EBUSY while bound', async () => {
+    // The row is named by PASID and owner: a delete that names another owner finds no row. (Who
+    // may free which PASID is the host's ownership rule, EACCES there.)
+    it('deletePasid: ENOENT unless that PASID with that owner (host = null) exists, EBUSY while bound', async () => {
       const { loc, store } = await fresh(b, WORLD);
       await assert.rejects(store.apply([free(50, 'vm1')]), code('ENOENT'));
-      await assert.rejects(store.apply([free(2, 'vm2')]), code('EACCES'));
-      await assert.rejects(store.apply([free(2, null)]), code('EACCES'));
-      await assert.rejects(store.apply([free(3, 'vm1')]), code('EACCES'));
+      await assert.rejects(store.apply([free(2, 'vm2')]), (e) => code('ENOENT')(e) && (e as IoasidError).details['owner'] === 'vm1');
+      await assert.rejects(store.apply([free(2, null)]), code('ENOENT'));
+      await assert.rejects(store.apply([free(3, 'vm1')]), code('ENOENT'));
       await assert.rejects(store.apply([free(1, 'vm1')]), code('EBUSY'));
       await store.apply([free(2, 'vm1'), free(3, null), unbind(1), free(1, 'vm1')]);
       const { store: again, state } = await restart(loc, store);
@@ -289,12 +317,14 @@ for (const b of BACKENDS) {
       await again.close();
     });
 
-    it('a VM holding PASIDs cannot be deleted (EBUSY); once empty its vIOMMUs and devices go with it', async () => {
+    it('a VM that PASID, device or vIOMMU rows refer to cannot be deleted (EBUSY): children go first', async () => {
       const { loc, store } = await fresh(b, WORLD);
       await assert.rejects(store.apply([{ op: 'deleteVm', id: 'vm1' }]), code('EBUSY'));
       await assert.rejects(store.apply([{ op: 'deleteVm', id: 'nope' }]), code('ENOENT'));
       await assert.rejects(store.apply([unbind(1), free(1, 'vm1'), { op: 'deleteVm', id: 'vm1' }]), code('EBUSY', 2));
-      await store.apply([unbind(1), free(1, 'vm1'), free(2, 'vm1'), { op: 'deleteVm', id: 'vm1' }]);
+      await assert.rejects(store.apply([unbind(1), free(1, 'vm1'), free(2, 'vm1'), { op: 'deleteVm', id: 'vm1' }]), code('EBUSY', 3));
+      await assert.rejects(store.apply([unbind(1), free(1, 'vm1'), free(2, 'vm1'), { op: 'deleteDevice', vm: 'vm1', bdf: DEV }, { op: 'deleteVm', id: 'vm1' }]), code('EBUSY', 4));
+      await store.apply([unbind(1), free(1, 'vm1'), free(2, 'vm1'), { op: 'deleteDevice', vm: 'vm1', bdf: DEV }, { op: 'deleteViommu', vm: 'vm1', segment: 0 }, { op: 'deleteVm', id: 'vm1' }]);
       const { store: again, state } = await restart(loc, store);
       assert.deepEqual(state.vms.map((v) => v.id), ['vm2']);
       assert.deepEqual(state.viommus.map((v) => v.vm), ['vm2']);
@@ -303,7 +333,7 @@ for (const b of BACKENDS) {
       await again.close();
     });
 
-    it('references are checked: ENOENT for missing parents, EACCES across owners, EBUSY for children', async () => {
+    it('references are checked: ENOENT for missing parents (a binding\'s PASID must be its VM\'s), EBUSY for children', async () => {
       const { store } = await fresh(b, WORLD);
       const cases: [Mutation[], string][] = [
         [[pasid(30, 'ghost')], 'ENOENT'],
@@ -311,8 +341,8 @@ for (const b of BACKENDS) {
         [[device('ghost')], 'ENOENT'],
         [[device('vm1', '0000:00:05.0', 7)], 'ENOENT'],
         [[bind(31, 'vm1')], 'ENOENT'],
-        [[bind(4, 'vm1')], 'EACCES'],
-        [[bind(3, 'vm1')], 'EACCES'],
+        [[bind(4, 'vm1')], 'ENOENT'],
+        [[bind(3, 'vm1')], 'ENOENT'],
         [[bind(2, 'vm1', '0000:00:07.0')], 'ENOENT'],
         [[bind(4, 'vm2')], 'ENOENT'],
         [[{ op: 'deleteDevice', vm: 'vm1', bdf: DEV }], 'EBUSY'],
@@ -327,20 +357,57 @@ for (const b of BACKENDS) {
       await store.close();
     });
 
-    it('quotas: EDQUOT beyond the quota, 0 is unlimited, a quota cannot drop below what is held', async () => {
+    it('token hashes are unique: a token never acts as two VMs (EEXIST), on create and on replace', async () => {
       const { loc, store } = await fresh(b, WORLD);
-      await assert.rejects(store.apply([pasid(5, 'vm1')]), code('EDQUOT'));
-      await assert.rejects(store.apply([free(2, 'vm1'), pasid(5, 'vm1'), pasid(6, 'vm1')]), code('EDQUOT', 2));
-      await store.apply([free(2, 'vm1'), pasid(5, 'vm1')]);
-      await store.apply(Array.from({ length: 300 }, (_, i) => pasid(100 + i, 'vm2')));
-      await assert.rejects(store.apply([vm('vm2', 300)]), code('EDQUOT'));
-      await store.apply([vm('vm2', 301)]);
-      await assert.rejects(store.apply([pasid(99, 'vm2')]), code('EDQUOT'));
-      await store.apply([vm('vm1', 0), pasid(6, 'vm1'), pasid(7, 'vm1')]);
+      await assert.rejects(store.apply([{ op: 'putVm', row: { id: 'vm3', quota: 0, tokenHash: hash('vm1'), createdAt: T } }]), (e) => code('EEXIST', 0)(e) && (e as IoasidError).details['other'] === 'vm1');
+      await assert.rejects(store.apply([{ op: 'setTokenHash', vm: 'vm2', tokenHash: hash('vm1') }]), code('EEXIST', 0));
+      await assert.rejects(store.apply([{ op: 'setTokenHash', vm: 'ghost', tokenHash: hash('ghost') }]), code('ENOENT', 0));
+      // Replacing a VM's own hash, and taking a hash its owner just gave up, in one batch.
+      await store.apply([{ op: 'setTokenHash', vm: 'vm1', tokenHash: hash('new1') }, { op: 'setTokenHash', vm: 'vm2', tokenHash: hash('vm1') }]);
+      await assert.rejects(store.apply([vm('vm1', 2)]), code('EEXIST'), 'vm2 holds vm1\'s old hash now');
       const { store: again, state } = await restart(loc, store);
-      assert.equal(state.pasids.filter((p) => p.vm === 'vm2').length, 301);
+      assert.deepEqual(state.vms.map((v) => [v.id, v.tokenHash]), [['vm1', hash('new1')], ['vm2', hash('vm1')]]);
+      await again.close();
+    });
+
+    it('quotas are not the store\'s: rows beyond a VM\'s quota commit (the host refuses them before)', async () => {
+      const { loc, store } = await fresh(b, WORLD);
+      await store.apply([pasid(5, 'vm1'), pasid(6, 'vm1')]);
+      const { store: again, state } = await restart(loc, store);
       assert.equal(state.pasids.filter((p) => p.vm === 'vm1').length, 4);
       await again.close();
+    });
+
+    it('events are numbered by the store: one seq per event, in commit order, none for a failed batch, never going back', async () => {
+      const { loc, store } = await fresh(b, [vm('vm1')]);
+      assert.deepEqual(await store.apply([event('a', 'vm1'), { op: 'appendEvents', events: [{ at: T, type: 'b', vm: null, body: '{}' }, { at: T, type: 'c', vm: null, body: '{}' }] }]), { seq: 1 });
+      assert.deepEqual(await store.apply([pasid(1, 'vm1')]), { seq: 4 }, 'a batch without events gets the next seq');
+      await assert.rejects(store.apply([event('lost', 'vm1'), pasid(1, 'vm1')]), code('EEXIST', 1));
+      const same = await Promise.all([store.apply([event('d', 'vm1')]), store.apply([event('e', null), pasid(1, 'vm1')]).catch((e: IoasidError) => e.code), store.apply([event('f', null)])]);
+      assert.deepEqual(same, [{ seq: 4 }, 'EEXIST', { seq: 5 }], 'same-tick batches: the failed one takes no number');
+      const { store: again, state } = await restart(loc, store);
+      assert.deepEqual(state.events.map((e) => [e.seq, e.type]), [[1, 'a'], [2, 'b'], [3, 'c'], [4, 'd'], [5, 'f']]);
+      assert.equal(state.lastSeq, 5);
+      assert.deepEqual(await again.apply([event('g', null)]), { seq: 6 }, 'numbering goes on after a restart');
+      await again.close();
+    });
+
+    it('malformed events and registers are refused with EINVAL', async () => {
+      const { store } = await fresh(b, WORLD);
+      const bad: unknown[] = [
+        [{ op: 'appendEvents', events: [] }],
+        [{ op: 'appendEvents', events: [{ at: T, type: 'x', vm: 'vm1', body: 'not json' }] }],
+        [{ op: 'appendEvents', events: [{ at: T, type: 'x', vm: 'vm1', body: '[1]' }] }],
+        [{ op: 'appendEvents', events: [{ at: T, type: '', vm: 'vm1', body: '{}' }] }],
+        [{ op: 'appendEvents', events: [{ at: -1, type: 'x', vm: 'vm1', body: '{}' }] }],
+        [{ op: 'appendEvents', events: [{ seq: 9, at: T, type: 'x', vm: 'vm1', body: '{}' }] }],
+        [{ op: 'setRegisters', vm: 'vm1', segment: 0, registers: '{' }],
+        [{ op: 'setRegisters', vm: 'vm1', segment: 0, registers: `{"x":"${'y'.repeat(2000)}"}` }],
+        [{ op: 'setTokenHash', vm: 'vm1', tokenHash: 'ABC' }],
+        [{ op: 'putViommu', row: { vm: 'vm1', segment: 3, layout: 'B', rangeExtension: false, pasBit: 2, pss: 19, registers: null } }],
+      ];
+      for (const batch of bad) await assert.rejects(store.apply(batch as Mutation[]), code('EINVAL'), JSON.stringify(batch).slice(0, 120));
+      await store.close();
     });
 
     it('malformed mutations are refused with EINVAL (reserved meta keys: EPERM) before anything is applied', async () => {
@@ -354,12 +421,16 @@ for (const b of BACKENDS) {
         [[{ op: 'deletePasid', pasid: 8 }], 'EINVAL'],
         [[vm('vm 1')], 'EINVAL'],
         [[vm('')], 'EINVAL'],
-        [[vm('x'.repeat(129))], 'EINVAL'],
+        [[vm('x'.repeat(64))], 'EINVAL'],
+        [[vm('-x')], 'EINVAL'],
         [[vm('vm9', -1)], 'EINVAL'],
-        [[{ op: 'putVm', row: { id: 'vm9', name: 'n', quota: 0, tokenHash: 'h', createdAt: -1 } }], 'EINVAL'],
-        [[{ op: 'putViommu', row: { vm: 'vm1', segment: 65536, layout: 'A', rangeExtension: false } }], 'EINVAL'],
-        [[{ op: 'putViommu', row: { vm: 'vm1', segment: 1, layout: 'C', rangeExtension: false } }], 'EINVAL'],
-        [[{ op: 'putViommu', row: { vm: 'vm1', segment: 1, layout: 'A', rangeExtension: 1 } }], 'EINVAL'],
+        [[{ op: 'putVm', row: { id: 'vm9', quota: 0, tokenHash: hash('9'), createdAt: -1 } }], 'EINVAL'],
+        [[{ op: 'putVm', row: { id: 'vm9', quota: 0, tokenHash: 'h', createdAt: T } }], 'EINVAL'],
+        [[{ op: 'putVm', row: { id: 'vm9', name: 'n', quota: 0, tokenHash: hash('9'), createdAt: T } }], 'EINVAL'],
+        [[{ op: 'putViommu', row: { vm: 'vm1', segment: 65536, layout: 'A', rangeExtension: false, pasBit: 0, pss: 19, registers: null } }], 'EINVAL'],
+        [[{ op: 'putViommu', row: { vm: 'vm1', segment: 1, layout: 'C', rangeExtension: false, pasBit: 0, pss: 19, registers: null } }], 'EINVAL'],
+        [[{ op: 'putViommu', row: { vm: 'vm1', segment: 1, layout: 'A', rangeExtension: 1, pasBit: 0, pss: 19, registers: null } }], 'EINVAL'],
+        [[{ op: 'putViommu', row: { vm: 'vm1', segment: 1, layout: 'A', rangeExtension: false } }], 'EINVAL'],
         [[{ op: 'putDevice', row: { vm: 'vm1', bdf: '0000:00:02.0', segment: 0, pasidBits: 21 } }], 'EINVAL'],
         [[{ op: 'putDevice', row: { vm: 'vm1', bdf: '0000:00:02.0', segment: 0, pasidBits: 0 } }], 'EINVAL'],
         [[device('vm1', '0000:00:20.0')], 'EINVAL'],
@@ -402,16 +473,16 @@ for (const b of BACKENDS) {
       const { loc, store } = await fresh(b, [vm('vm1', 0), vm('vm2', 10)]);
       const order: number[] = [];
       const calls = Array.from({ length: 64 }, (_, i) => {
-        // call 17 fails on its second mutation (PASID 1000 exists by then); call 40 exceeds vm2's quota
+        // call 17 fails on its second mutation (PASID 1000 exists by then); call 40 on its last (no PASID 9)
         const batch = i === 17 ? [pasid(2000, 'vm1'), pasid(1000, 'vm1')]
-          : i === 40 ? Array.from({ length: 11 }, (_, j) => pasid(3000 + j, 'vm2'))
+          : i === 40 ? [...Array.from({ length: 11 }, (_, j) => pasid(3000 + j, 'vm2')), free(9, 'vm2')]
             : [pasid(1000 + i, 'vm1'), { op: 'putMeta', row: { key: `k${i}`, value: String(i) } } as Mutation];
         return store.apply(batch).then(() => { order.push(i); return 'ok'; }, (e: unknown) => { order.push(i); return (e as IoasidError).code; });
       });
       const outcomes = await Promise.all(calls);
       assert.deepEqual(order, [...Array(64).keys()], 'promises settle in call order');
       assert.equal(outcomes[17], 'EEXIST');
-      assert.equal(outcomes[40], 'EDQUOT');
+      assert.equal(outcomes[40], 'ENOENT');
       assert.equal(outcomes.filter((o) => o === 'ok').length, 62);
       const stats = store.stats();
       assert.equal(stats.batches, 63); // 62 + the setup batch

@@ -5,12 +5,14 @@
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { createHash } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { IoasidError } from '../src/core/index.ts';
 import { SQLITE_SCHEMA_VERSION, SqliteStore, openStore, type Mutation } from '../src/store/index.ts';
+import { PasidAuthority } from '../src/service/index.ts';
 
 const root = mkdtempSync(join(tmpdir(), 'ioasid-store-sqlite-'));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -18,15 +20,16 @@ let seq = 0;
 const newPath = () => join(root, `case-${++seq}`, 'state.db');
 
 const T = 1_700_000_000_000;
+const hash = (name: string): string => createHash('sha256').update(name).digest('hex');
 const DEV = '0000:00:02.0';
 const WORLD: Mutation[] = [
-  { op: 'putVm', row: { id: 'vm1', name: 'one', quota: 3, tokenHash: 'h1', createdAt: T } },
-  { op: 'putViommu', row: { vm: 'vm1', segment: 0, layout: 'A', rangeExtension: false } },
+  { op: 'putVm', row: { id: 'vm1', quota: 3, tokenHash: hash('h1'), createdAt: T } },
+  { op: 'putViommu', row: { vm: 'vm1', segment: 0, layout: 'A', rangeExtension: false, pasBit: 0, pss: 19, registers: null } },
   { op: 'putDevice', row: { vm: 'vm1', bdf: DEV, segment: 0, pasidBits: 20 } },
   { op: 'insertPasid', row: { pasid: 1, vm: 'vm1', allocatedAt: T } },
   { op: 'insertPasid', row: { pasid: 2, vm: 'vm1', allocatedAt: T } },
   { op: 'putBinding', row: { pasid: 1, vm: 'vm1', bdf: DEV, boundAt: T } },
-  { op: 'putVm', row: { id: 'vm2', name: 'two', quota: 0, tokenHash: 'h2', createdAt: T } },
+  { op: 'putVm', row: { id: 'vm2', quota: 0, tokenHash: hash('h2'), createdAt: T } },
   { op: 'insertPasid', row: { pasid: 7, vm: 'vm2', allocatedAt: T } },
   { op: 'insertPasid', row: { pasid: 9, vm: null, allocatedAt: T } },
 ];
@@ -160,8 +163,8 @@ describe('sqlite store: refusal at open', () => {
 
   it('a wrong or missing schema version: EINVAL naming meta', async () => {
     const p1 = await written();
-    tamper(p1, "UPDATE meta SET value = '2' WHERE key = 'store.schema'");
-    await assert.rejects(openStore(`sqlite:${p1}`).open(), refused('meta', /unknown schema version "2"/));
+    tamper(p1, "UPDATE meta SET value = '3' WHERE key = 'store.schema'");
+    await assert.rejects(openStore(`sqlite:${p1}`).open(), refused('meta', /unknown schema version "3"/));
     const p2 = await written();
     tamper(p2, "DELETE FROM meta WHERE key = 'store.schema'");
     await assert.rejects(openStore(`sqlite:${p2}`).open(), refused('meta', /unknown schema version null/));
@@ -188,10 +191,15 @@ describe('sqlite store: refusal at open', () => {
     await assert.rejects(openStore(`sqlite:${path}`).open(), refused('pasids', /owner VM "vm2" does not exist/));
   });
 
-  it('a VM above its quota: EINVAL naming pasids', async () => {
+  // Quotas are the host's rule, not the store's: the rows are consistent, and the service, which
+  // rebuilds its host from them by the host's rules, refuses them at start.
+  it('a VM above its quota: the store opens it, the service refuses to start on it (EINVAL, the quota named)', async () => {
     const path = await written();
     tamper(path, "UPDATE vms SET quota = 1 WHERE id = 'vm1'");
-    await assert.rejects(openStore(`sqlite:${path}`).open(), refused('pasids', /quota/));
+    const s = openStore(`sqlite:${path}`);
+    assert.equal((await s.open()).pasids.length, 4);
+    await s.close();
+    await assert.rejects(PasidAuthority.open({ store: openStore(`sqlite:${path}`) }), refused(undefined, /quota of 1/));
   });
 
   it("a binding moved to another VM's PASID (foreign keys off): EINVAL naming bindings", async () => {
@@ -216,7 +224,7 @@ describe('sqlite store: refusal at open', () => {
     const path = newPath();
     const s = openStore(`sqlite:${path}`);
     await s.open();
-    await s.apply([{ op: 'putVm', row: { id: 'vm1', name: 'one', quota: 0, tokenHash: 'h', createdAt: T } }]);
+    await s.apply([{ op: 'putVm', row: { id: 'vm1', quota: 0, tokenHash: hash('h'), createdAt: T } }]);
     await s.apply(Array.from({ length: 3000 }, (_, i): Mutation => ({ op: 'insertPasid', row: { pasid: i + 1, vm: 'vm1', allocatedAt: T } })));
     await s.close();
     const buf = readFileSync(path);
@@ -227,15 +235,157 @@ describe('sqlite store: refusal at open', () => {
     await assert.rejects(openStore(`sqlite:${path}`).open(), refused(undefined, /corrupt|malformed|integrity/));
   });
 
+  it('an empty file (0 bytes) is refused, not taken for a new namespace, and is left alone', async () => {
+    const path = await written();
+    writeFileSync(path, '');
+    rmSync(`${path}-wal`, { force: true });
+    await assert.rejects(openStore(`sqlite:${path}`).open(), refused(undefined, /empty.*delete the file/s));
+    assert.equal(statSync(path).size, 0);
+  });
+
+  it('an SQLite database with no tables is refused (not an ioasid store)', async () => {
+    const path = newPath();
+    const s0 = openStore(`sqlite:${path}`);
+    await s0.open();
+    await s0.close();
+    rmSync(path);
+    const db = new Database(path);
+    db.pragma('user_version = 1');
+    db.close();
+    await assert.rejects(openStore(`sqlite:${path}`).open(), refused(undefined, /no tables/));
+  });
+
   it('a truncated file: EINVAL', async () => {
     const path = newPath();
     const s = openStore(`sqlite:${path}`);
     await s.open();
-    await s.apply([{ op: 'putVm', row: { id: 'vm1', name: 'one', quota: 0, tokenHash: 'h', createdAt: T } }]);
+    await s.apply([{ op: 'putVm', row: { id: 'vm1', quota: 0, tokenHash: hash('h'), createdAt: T } }]);
     await s.apply(Array.from({ length: 3000 }, (_, i): Mutation => ({ op: 'insertPasid', row: { pasid: i + 1, vm: 'vm1', allocatedAt: T } })));
     await s.close();
     const buf = readFileSync(path);
     writeFileSync(path, buf.subarray(0, Math.floor(buf.length / 4096 / 2) * 4096));
     await assert.rejects(openStore(`sqlite:${path}`).open(), refused());
+  });
+});
+
+describe('sqlite store: schema version 1', () => {
+  /** The version 1 schema as it was shipped (kept here verbatim to make old files). */
+  const V1 = [
+    `CREATE TABLE meta (
+  key TEXT NOT NULL PRIMARY KEY CHECK (length(key) BETWEEN 1 AND 256),
+  value TEXT NOT NULL
+) STRICT, WITHOUT ROWID`,
+    `CREATE TABLE vms (
+  id TEXT NOT NULL PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 128 AND id NOT GLOB '*[^!-~]*'),
+  name TEXT NOT NULL,
+  quota INTEGER NOT NULL CHECK (quota >= 0),
+  token_hash TEXT NOT NULL,
+  created_at INTEGER NOT NULL CHECK (created_at >= 0)
+) STRICT, WITHOUT ROWID`,
+    `CREATE TABLE viommus (
+  vm TEXT NOT NULL REFERENCES vms (id) ON DELETE RESTRICT,
+  segment INTEGER NOT NULL CHECK (segment BETWEEN 0 AND 65535),
+  layout TEXT NOT NULL CHECK (layout IN ('A', 'B')),
+  range_extension INTEGER NOT NULL CHECK (range_extension IN (0, 1)),
+  PRIMARY KEY (vm, segment)
+) STRICT, WITHOUT ROWID`,
+    `CREATE TABLE devices (
+  vm TEXT NOT NULL,
+  bdf TEXT NOT NULL CHECK (length(bdf) = 12 AND bdf GLOB '[0-9a-f][0-9a-f][0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:[01][0-9a-f].[0-7]'),
+  segment INTEGER NOT NULL CHECK (segment BETWEEN 0 AND 65535),
+  pasid_bits INTEGER NOT NULL CHECK (pasid_bits BETWEEN 1 AND 20),
+  PRIMARY KEY (vm, bdf),
+  FOREIGN KEY (vm, segment) REFERENCES viommus (vm, segment) ON DELETE RESTRICT
+) STRICT, WITHOUT ROWID`,
+    `CREATE INDEX devices_by_viommu ON devices (vm, segment)`,
+  // One row per PASID; the rowid is the PASID, so "exists?" and create-if-absent are one B-tree probe.
+    `CREATE TABLE pasids (
+  pasid INTEGER PRIMARY KEY CHECK (pasid BETWEEN 1 AND 1048575),
+  vm TEXT REFERENCES vms (id) ON DELETE RESTRICT,
+  allocated_at INTEGER NOT NULL CHECK (allocated_at >= 0)
+) STRICT`,
+  // Counts per VM (quota) and the parent key of bindings (pasid, vm): a binding's VM is its PASID's owner.
+    `CREATE UNIQUE INDEX pasids_by_vm ON pasids (vm, pasid)`,
+    `CREATE TABLE bindings (
+  pasid INTEGER NOT NULL,
+  vm TEXT NOT NULL,
+  bdf TEXT NOT NULL,
+  bound_at INTEGER NOT NULL CHECK (bound_at >= 0),
+  PRIMARY KEY (pasid, bdf),
+  FOREIGN KEY (pasid, vm) REFERENCES pasids (pasid, vm) ON DELETE RESTRICT,
+  FOREIGN KEY (vm, bdf) REFERENCES devices (vm, bdf) ON DELETE RESTRICT
+) STRICT, WITHOUT ROWID`,
+    `CREATE INDEX bindings_by_device ON bindings (vm, bdf)`,
+  ];
+
+  function v1File(rows: string[]): string {
+    const path = newPath();
+    mkdirSync(dirname(path), { recursive: true });
+    const db = new Database(path);
+    db.pragma('journal_mode = WAL');
+    db.pragma('application_id = 1768907123');
+    for (const ddl of V1) db.exec(ddl);
+    db.exec("INSERT INTO meta VALUES ('store.schema', '1'), ('admin.tokenHash', 'x')");
+    for (const r of rows) db.exec(r);
+    db.close();
+    return path;
+  }
+
+  it('a version 1 file is migrated at open: every row kept, new columns at their defaults, then it is version 2', async () => {
+    const path = v1File([
+      `INSERT INTO vms VALUES ('vm1', 'vm1', 4, '${hash('a')}', ${T})`,
+      `INSERT INTO viommus VALUES ('vm1', 0, 'A', 1)`,
+      `INSERT INTO devices VALUES ('vm1', '${DEV}', 0, 10)`,
+      `INSERT INTO pasids VALUES (5, 'vm1', ${T}), (6, NULL, ${T})`,
+      `INSERT INTO bindings VALUES (5, 'vm1', '${DEV}', ${T})`,
+    ]);
+    const s = openStore(`sqlite:${path}`);
+    const state = await s.open();
+    assert.deepEqual(state.vms, [{ id: 'vm1', quota: 4, tokenHash: hash('a'), createdAt: T }]);
+    assert.deepEqual(state.viommus, [{ vm: 'vm1', segment: 0, layout: 'A', rangeExtension: true, pasBit: 0, pss: 19, registers: null }]);
+    assert.deepEqual(state.pasids.map((p) => [p.pasid, p.vm]), [[5, 'vm1'], [6, null]]);
+    assert.equal(state.bindings.length, 1);
+    assert.deepEqual(state.meta, [{ key: 'admin.tokenHash', value: 'x' }]);
+    assert.deepEqual([state.events, state.lastSeq], [[], 0]);
+    await s.apply([{ op: 'appendEvents', events: [{ at: T, type: 'x', vm: null, body: '{}' }] }]);
+    await s.close();
+    const db = new Database(path, { readonly: true });
+    assert.equal(db.prepare("SELECT value FROM meta WHERE key = 'store.schema'").pluck().get(), '2');
+    db.close();
+    const again = openStore(`sqlite:${path}`);
+    assert.equal((await again.open()).lastSeq, 1, 'the migrated file opens as version 2');
+    await again.close();
+  });
+
+  it('a version 1 row the version 2 rules refuse stops the migration, and the file is left as it was', async () => {
+    // '-vm1' was a valid id in version 1 (printable ASCII) but is not in version 2 (starts with '-').
+    const path = v1File([`INSERT INTO vms VALUES ('-vm1', '-vm1', 4, '${hash('a')}', ${T})`]);
+    await assert.rejects(openStore(`sqlite:${path}`).open(), refused(undefined, /cannot migrate schema version 1.*unchanged/s));
+    const db = new Database(path, { readonly: true });
+    assert.equal(db.prepare("SELECT value FROM meta WHERE key = 'store.schema'").pluck().get(), '1');
+    assert.equal(db.prepare('SELECT count(*) FROM vms').pluck().get(), 1);
+    db.close();
+  });
+});
+
+describe('sqlite store: event retention', () => {
+  it('keeps the newest events within the retention, prunes the rest as it goes, and never loses count', async () => {
+    const path = newPath();
+    const s = openStore(`sqlite:${path}`, { eventRetention: 10 });
+    await s.open();
+    for (let i = 0; i < 30; i++) {
+      await s.apply([{ op: 'appendEvents', events: Array.from({ length: 100 }, (_, j) => ({ at: T, type: 't', vm: null, body: `{"n":${i * 100 + j}}` })) }]);
+    }
+    await s.close();
+    const db = new Database(path, { readonly: true });
+    const kept = db.prepare('SELECT count(*) FROM events').pluck().get() as number;
+    db.close();
+    assert.ok(kept < 2000, `pruned as it went: ${kept} rows kept of 3000`);
+    const again = openStore(`sqlite:${path}`, { eventRetention: 10 });
+    const state = await again.open();
+    assert.deepEqual(state.events.map((e) => e.seq), Array.from({ length: 10 }, (_, i) => 2991 + i));
+    assert.equal(state.lastSeq, 3000);
+    assert.deepEqual(await again.apply([{ op: 'appendEvents', events: [{ at: T, type: 't', vm: null, body: '{}' }] }]), { seq: 3001 });
+    await again.close();
   });
 });

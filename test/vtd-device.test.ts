@@ -525,7 +525,11 @@ describe('VCMD device: snapshot and restore', () => {
     const bad: unknown[] = [
       null, 42, 'x', [], {},
       mutate((s) => { s.kind = 'other'; }),
-      mutate((s) => { s.version = 2; }),
+      mutate((s) => { s.version = 3; }),
+      mutate((s) => { s.version = 1; }), // version 1 has no writer key
+      mutate((s) => { s.writer = { id: '', seq: 1 }; }),
+      mutate((s) => { s.writer = { id: 'w', seq: -1 }; }),
+      mutate((s) => { s.writer = 'w'; }),
       mutate((s) => { s.extra = 1; }),
       mutate((s) => { delete s.stats; }),
       mutate((s) => { s.config.layout = 'Z'; }),
@@ -543,7 +547,7 @@ describe('VCMD device: snapshot and restore', () => {
       mutate((s) => { s.nextSeq = -1; }),
       mutate((s) => { s.nextSeq = 0; }), // log entry seq 0 must be below nextSeq
       mutate((s) => { s.log = {}; }),
-      mutate((s) => { s.log[0].status = null; }),
+      mutate((s) => { s.log[0].status = null; s.log[0].completedAt = null; }),
       mutate((s) => { s.log[0].result = 0x100000; }),
       mutate((s) => { s.log[0].issuedAt = 'now'; }),
       mutate((s) => { s.log[0].range = { min: 1 }; }),

@@ -10,10 +10,15 @@ import { fmtTime, h, hex } from './dom.ts';
 
 const KEEP = 200;
 
+function pasidList(ps: readonly number[]): string {
+  if (ps.length === 1) return `PASID ${hex(ps[0] as number)}`;
+  return `${ps.length} PASIDs ${hex(Math.min(...ps))}-${hex(Math.max(...ps))}`;
+}
+
 export function describeEvent(e: AuthorityEvent): string {
   switch (e.type) {
-    case 'alloc': return `PASID ${hex(e.pasid)} allocated to ${e.vm ?? 'the host'}`;
-    case 'free': return `PASID ${hex(e.pasid)} freed by ${e.vm ?? 'the host'}`;
+    case 'alloc': return `${pasidList(e.pasids)} allocated to ${e.vm ?? 'the host'}`;
+    case 'free': return `${pasidList(e.pasids)} freed by ${e.vm ?? 'the host'}`;
     case 'bind': return `${e.vm}: device ${e.bdf} bound to PASID ${hex(e.pasid)}`;
     case 'unbind': return `${e.vm}: device ${e.bdf} unbound from PASID ${hex(e.pasid)}`;
     case 'vm-created': return `VM ${e.vm} created, quota ${e.quota === 0 ? 'none' : e.quota}`;

@@ -152,11 +152,13 @@ export class NamespaceModel {
     const changed: number[] = [];
     switch (e.type) {
       case 'alloc':
-        this.#set(e.pasid, this.owner(e.vm).index, changed);
+        for (const p of e.pasids) this.#set(p, this.owner(e.vm).index, changed);
         break;
       case 'free':
-        this.#set(e.pasid, FREE, changed);
-        this.bound.delete(e.pasid);
+        for (const p of e.pasids) {
+          this.#set(p, FREE, changed);
+          this.bound.delete(p);
+        }
         break;
       case 'bind':
         this.#bind(e.pasid, e.bdf);

@@ -135,9 +135,9 @@ export function describeEvent(e: AuthorityEvent): string {
     case 'device-removed':
       return `device ${e.bdf} removed from VM ${e.vm}`;
     case 'alloc':
-      return `PASID ${fmtPasid(e.pasid)} allocated to ${vm(e.vm)}`;
+      return `${e.pasids.length === 1 ? `PASID ${fmtPasid(e.pasids[0] as number)}` : `${plural(e.pasids.length, 'PASID')} (${runs(e.pasids)})`} allocated to ${vm(e.vm)}`;
     case 'free':
-      return `PASID ${fmtPasid(e.pasid)} freed by ${vm(e.vm)}`;
+      return `${e.pasids.length === 1 ? `PASID ${fmtPasid(e.pasids[0] as number)}` : `${plural(e.pasids.length, 'PASID')} (${runs(e.pasids)})`} freed by ${vm(e.vm)}`;
     case 'bind':
       return `device ${e.bdf} of VM ${e.vm} bound to PASID ${fmtPasid(e.pasid)}`;
     case 'unbind':

@@ -1,8 +1,7 @@
 /**
  * `src/cluster`: one PASID namespace across many hosts on etcd (a migration domain), with live
- * migration of VMs. The service's PasidAuthority uses the coordinator when its store is etcd;
- * the etcd backend itself is in src/store (etcd-*.ts). See docs/cluster.md.
+ * migration of VMs. The service's PasidAuthority commits through the role's etcd journal when its
+ * store is etcd; the etcd backend itself is in src/store (etcd-*.ts). See docs/cluster.md.
  */
-export { ClusterCoordinator } from './coordinator.ts';
-export type { ClusterLogFn, ClusterModelPort, ClusterOptions, ClusterStatus, MigrateResult } from './coordinator.ts';
+export type { ClusterRole, ClusterStatus, MigrateResult } from './role.ts';
 export type { ReclaimReport } from '../store/index.ts';

@@ -8,6 +8,7 @@
 export const ERRNO = {
   EPERM: 1,
   ENOENT: 2,
+  EIO: 5,
   EAGAIN: 11,
   ENOMEM: 12,
   EACCES: 13,
@@ -55,6 +56,22 @@ export class IoasidError extends Error {
   toJSON(): { code: IoasidErrorCode; errno: number; message: string; details: ErrorDetails } {
     return { code: this.code, errno: this.errno, message: this.message, details: this.details };
   }
+}
+
+/**
+ * A change that could not be made durable (the store or the cluster failed, not a rule): nothing
+ * of it took effect, so the caller may retry it. Its code is the cause's (EIO, ENOSPC for a full
+ * disk, ENODEV for an unreachable or fenced store, ...). A refusal by a rule is a plain
+ * IoasidError: the refusal itself is the outcome.
+ */
+export class CommitError extends IoasidError {
+  constructor(code: IoasidErrorCode, message: string, details: ErrorDetails = {}, options?: { cause?: unknown }) {
+    super(code, message, { ...details, committed: false }, options);
+  }
+}
+
+export function isCommitError(e: unknown): e is CommitError {
+  return e instanceof CommitError;
 }
 
 /** A broken internal invariant: a bug in this library, not a caller error. */

@@ -42,6 +42,17 @@ export function checkRange(min: unknown, max: unknown): { min: number; max: numb
   return { min: lo, max: hi };
 }
 
+/** True for a PCIe PASID that can be allocated: an integer in [PASID_MIN, PASID_MAX]. */
+export function isPasid(x: unknown): x is number {
+  return typeof x === 'number' && Number.isInteger(x) && x >= PASID_MIN && x <= PASID_MAX;
+}
+
+/** Validate a PASID argument (EINVAL naming it): 0 is reserved, 20 bits at most. */
+export function checkPasid(x: unknown, what = 'PASID'): number {
+  if (!isPasid(x)) throw new IoasidError('EINVAL', `${what} must be an integer in [1, 0xfffff], got ${fmtId(x)}`, { [what === 'PASID' ? 'pasid' : what]: x });
+  return x;
+}
+
 /** Kernel 5.18 `pasid_valid()`: anything but INVALID_IOASID. */
 export function pasidValid(id: number): boolean {
   return id !== INVALID_IOASID;

@@ -2,10 +2,15 @@
  * `ioasid/core`: the IOASID framework (drivers/iommu/ioasid.c), its ID engine, sets, errors and
  * events. Pure: no I/O, no clock. Knows nothing of VT-d: drivers plug in through AllocatorOps.
  */
-export { ERRNO, IOASID_ERROR_CODES, IoasidError, IoasidBugError, isIoasidError, isIoasidErrorCode, fmtId } from './errors.ts';
+export { ERRNO, IOASID_ERROR_CODES, IoasidError, IoasidBugError, CommitError, isCommitError, isIoasidError, isIoasidErrorCode, fmtId } from './errors.ts';
 export type { IoasidErrorCode, ErrorDetails } from './errors.ts';
-export { INVALID_IOASID, IOASID_MAX, PASID_MIN, PASID_MAX, PASID_BITS, asIoasid, checkId, checkRange, isIdValue, pasidValid } from './ids.ts';
+export { INVALID_IOASID, IOASID_MAX, PASID_MIN, PASID_MAX, PASID_BITS, asIoasid, checkId, checkPasid, checkRange, isIdValue, isPasid, pasidValid } from './ids.ts';
 export type { Ioasid } from './ids.ts';
+export {
+  VM_ID_SYNTAX, HOST_ID_SYNTAX, VM_ID_PATTERN, HOST_ID_PATTERN, BDF_PATTERN, BDF_SQL_GLOB, BDF_LENGTH, SEGMENT_MIN, SEGMENT_MAX,
+  namePattern, nameSqlCheck, isVmId, checkVmId, checkSegment, parseBdf, isCanonicalBdf,
+} from './names.ts';
+export type { NameSyntax } from './names.ts';
 export { IdEngine, ALLOC_POLICIES } from './id-engine.ts';
 export type { AllocPolicy, IdEngineOptions } from './id-engine.ts';
 export { IoasidSet } from './set.ts';

@@ -1,16 +1,14 @@
 /**
- * A guest kernel: its own IoasidSpace with the VT-d driver over the VM's vIOMMUs, and the SVA code
- * (sva.ts) that binds devices to address spaces, the host's PASID entries programmed in process.
- * A guest can host VMs of its own (nesting): `startHost()` makes a Host whose space is this
- * guest's space, so every L2 allocation goes L2 -> L1 space -> VCMD -> L0: one namespace at every
- * depth.
+ * A guest in the host's process: the guest kernel (guest-kernel.ts) over the VM's vIOMMUs, its
+ * host-side PASID entries programmed by calling the VM directly. A guest can host VMs of its own
+ * (nesting): `startHost()` makes a Host whose space is this guest's space, so every L2 allocation
+ * goes L2 -> L1 space -> VCMD -> L0: one namespace at every depth.
  */
-import { IoasidError, fmtId, type IoasidSpace, type LogFn, type Profile } from '../core/index.ts';
-import { IoasidSpace as Space } from '../core/index.ts';
-import { VtdGuestDriver, type GuestViommu, type Layout, type MmioAccessor, type PasBit, type UnplugReport } from '../vtd/index.ts';
+import { IoasidError, type IoasidSpace, type LogFn, type Profile } from '../core/index.ts';
+import type { GuestViommu, Layout, MmioAccessor, PasBit, UnplugReport, VtdGuestDriver } from '../vtd/index.ts';
 import type { Vm, Viommu } from './vm.ts';
 import type { PciDevice } from './device.ts';
-import { GuestSva } from './sva.ts';
+import { GuestKernel } from './guest-kernel.ts';
 import { Host, type HostOptions } from './host.ts';
 
 export interface GuestOptions {
@@ -30,10 +28,7 @@ export interface GuestOptions {
 
 export class Guest {
   readonly vm: Vm;
-  readonly space: IoasidSpace;
-  readonly driver: VtdGuestDriver;
-  readonly #units = new Map<number, GuestViommu>();
-  readonly #sva: GuestSva;
+  readonly kernel: GuestKernel;
   #host: Host | null = null;
   #dead = false;
   readonly #hostOptions: Pick<HostOptions, 'now' | 'log'>;
@@ -45,27 +40,33 @@ export class Guest {
     this.#hostOptions = hostOptions;
     const wrap = opts.wrapMmio;
     this.#mmioOf = wrap === undefined ? (v) => v.device : (v) => wrap(v, v.device);
-    const log = opts.log;
-    this.space = new Space({ profile: opts.profile ?? 'strict', ...(log ? { log } : {}) });
-    const layout = opts.layout ?? vm.viommus()[0]?.device.config.layout ?? 'B';
-    this.driver = new VtdGuestDriver(this.space, {
-      layout,
-      // In process, the host answers within a few turns of the event loop: poll by yielding, not
-      // with a 1 ms timer (the deadline still counts virtual time per poll).
-      sleep: () => new Promise<void>((resolve) => setImmediate(resolve)),
-      ...(opts.pasBit !== undefined ? { pasBit: opts.pasBit } : {}),
-      ...(opts.rangeExtension !== undefined ? { rangeExtension: opts.rangeExtension } : {}),
-      ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
-      ...(log ? { log } : {}),
-    });
-    const viommus = vm.viommus();
-    const units = this.driver.init(viommus.map((v) => ({ mmio: this.#mmioOf(v), name: v.name })));
-    viommus.forEach((v, i) => this.#units.set(v.segment, units[i] as GuestViommu));
-    this.#sva = new GuestSva(this.space, () => this.driver.pasidMaxId, {
-      device: (bdf) => vm.device(bdf),
-      bind: (bdf, pasid) => vm.bind(bdf, pasid),
-      unbind: (bdf, pasid) => vm.unbind(bdf, pasid),
-    });
+    this.kernel = new GuestKernel(
+      vm.viommus().map((v) => ({ segment: v.segment, name: v.name, mmio: this.#mmioOf(v) })),
+      {
+        device: (bdf) => vm.device(bdf),
+        bind: (bdf, pasid) => vm.bind(bdf, pasid),
+        unbind: (bdf, pasid) => vm.unbind(bdf, pasid),
+      },
+      {
+        layout: opts.layout ?? vm.viommus()[0]?.device.config.layout ?? 'B',
+        // In process, the host answers within a few turns of the event loop: poll by yielding, not
+        // with a 1 ms timer (the deadline still counts virtual time per poll).
+        sleep: () => new Promise<void>((resolve) => setImmediate(resolve)),
+        ...(opts.profile !== undefined ? { profile: opts.profile } : {}),
+        ...(opts.pasBit !== undefined ? { pasBit: opts.pasBit } : {}),
+        ...(opts.rangeExtension !== undefined ? { rangeExtension: opts.rangeExtension } : {}),
+        ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+        ...(opts.log ? { log: opts.log } : {}),
+      },
+    );
+  }
+
+  get space(): IoasidSpace {
+    return this.kernel.space;
+  }
+
+  get driver(): VtdGuestDriver {
+    return this.kernel.driver;
   }
 
   get dead(): boolean {
@@ -78,51 +79,40 @@ export class Guest {
 
   /** The guest's view of a vIOMMU. */
   unit(segment: number): GuestViommu {
-    const u = this.#units.get(segment);
-    if (u === undefined) throw new IoasidError('ENOENT', `guest of VM ${this.vm.id} has no vIOMMU on segment ${fmtId(segment)}`, { segment });
-    return u;
+    return this.kernel.unit(segment);
   }
 
   /** PASIDs this guest kernel holds (its space's active table). */
   pasids(): number[] {
-    return this.#dead ? [] : this.space.ids();
+    return this.#dead ? [] : this.kernel.pasids();
   }
-
-  // ------------------------------------------------------------------ raw allocation
 
   /** Allocate a PASID with no device (e.g. for a nested VM or a test). */
   async alloc(min = 1, max = this.driver.pasidMaxId - 1, data: unknown = null): Promise<number> {
     this.#alive();
-    return this.space.alloc(null, min, max, data);
+    return this.kernel.alloc(min, max, data);
   }
 
   async free(pasid: number): Promise<void> {
     this.#alive();
-    // The guest kernel frees only its own PASIDs: those of the VMs it hosts belong to their sets.
-    const owner = this.space.ownerOf(pasid);
-    if (owner !== null) {
-      throw new IoasidError('EACCES', `PASID ${pasid} belongs to nested VM ${owner.name}; it is freed through that VM`, { pasid, owner: owner.name });
-    }
-    await this.space.free(pasid);
+    await this.kernel.free(pasid);
   }
-
-  // ------------------------------------------------------------------ SVA
 
   /** Bind a device to an address space; returns the PASID (see sva.ts). */
   async svaBind(bdf: string, mm: string): Promise<number> {
     this.#alive();
-    return this.#sva.bind(bdf, mm);
+    return this.kernel.svaBind(bdf, mm);
   }
 
   /** Unbind; the last device's unbind clears the data, then frees the PASID. */
   async svaUnbind(bdf: string, mm: string): Promise<void> {
     this.#alive();
-    return this.#sva.unbind(bdf, mm);
+    return this.kernel.svaUnbind(bdf, mm);
   }
 
   /** Address spaces bound, as { mm, pasid, devices }. */
   bindings(): { mm: string; pasid: number; devices: string[] }[] {
-    return this.#sva.list();
+    return this.kernel.bindings();
   }
 
   // ------------------------------------------------------------------ hot-plug, as the host tells it
@@ -130,14 +120,13 @@ export class Guest {
   /** @internal the host plugged a vIOMMU */
   viommuAdded(v: Viommu): void {
     if (this.#dead) return;
-    this.#units.set(v.segment, this.driver.hotplug(this.#mmioOf(v), v.name));
+    this.kernel.hotplug({ segment: v.segment, name: v.name, mmio: this.#mmioOf(v) });
   }
 
   /** @internal the host is about to remove a vIOMMU */
   async viommuRemoving(v: Viommu): Promise<UnplugReport | null> {
-    if (this.#dead) return null;
-    const u = this.#units.get(v.segment);
-    if (u === undefined) return null;
+    if (this.#dead || !this.kernel.hasUnit(v.segment)) return null;
+    const u = this.kernel.unit(v.segment);
     // The last vIOMMU is this guest's only way to the host: while nested VMs hold PASIDs through
     // it, it cannot go (their guests would keep PASIDs the host had taken back).
     const others = this.driver.units.filter((x) => x !== u && x.registered);
@@ -145,15 +134,13 @@ export class Guest {
     if (u.registered && others.length === 0 && nested.length > 0) {
       throw new IoasidError('EBUSY', `vIOMMU ${v.name} is the last way to the host for nested VMs ${nested.join(', ')}, which hold PASIDs`, { viommu: v.name, nested });
     }
-    const report = await this.driver.unplug(u);
-    this.#units.delete(v.segment);
-    return report;
+    return this.kernel.unplug(v.segment);
   }
 
   /** @internal the host is about to remove a device: unbind every address space from it */
   async deviceRemoving(device: PciDevice): Promise<void> {
     if (this.#dead) return;
-    await this.#sva.releaseDevice(device.bdf);
+    await this.kernel.releaseDevice(device.bdf);
   }
 
   // ------------------------------------------------------------------ nesting
@@ -175,6 +162,6 @@ export class Guest {
     if (this.#dead) return;
     if (this.#host !== null) await this.#host.shutdown();
     this.#dead = true;
-    this.#sva.forget();
+    this.kernel.forget();
   }
 }

@@ -20,6 +20,7 @@ export const HTTP_STATUS: Readonly<Record<IoasidErrorCode, number>> = {
   EBUSY: 409,
   ERANGE: 409,
   ENOMEM: 503,
+  EIO: 503,
   EFAULT: 500,
   EDEADLK: 500,
   ENOTSUPP: 500,

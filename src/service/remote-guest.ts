@@ -1,8 +1,8 @@
 /**
- * A remote guest: the guest kernel of a VM hosted by a PASID authority service in another process
- * (DESIGN 5 `Guest`, across a network). Its own strict `IoasidSpace`, the VT-d guest driver over one
- * synchronous remote MMIO accessor per vIOMMU (segments and layouts from `GET /v1/vms/:vm`), and the
- * SVA code of `src/host/guest.ts`, with the host's PASID-entry programming done over HTTP:
+ * A remote guest: the guest kernel of a VM hosted by a PASID authority service in another process.
+ * The same guest kernel as in process (src/host/guest-kernel.ts: its own `IoasidSpace`, the VT-d
+ * guest driver, the SVA code), with other ports: one synchronous remote MMIO accessor per vIOMMU
+ * (segments and layouts from `GET /v1/vms/:vm`) and the host's PASID-entry programming over HTTP:
  *
  *  - `svaBind(bdf, mm)`: a new address space allocates a PASID through VCMD in
  *    `[1, min(device max, intel_pasid_max_id - 1)]` (the driver: trapped VCMD write, VCRSP polled
@@ -19,9 +19,9 @@
  * The guest thread blocks on each register access (see remote-mmio.ts): never run a RemoteGuest in
  * the thread that runs the service it talks to.
  */
-import { IoasidError, IoasidSpace, fmtId, type LogFn, type Profile } from '../core/index.ts';
-import { VtdGuestDriver, type GuestViommu, type Layout, type MmioAccessor, type PasBit, type UnplugReport } from '../vtd/index.ts';
-import { GuestSva, parseDevice, type PciDevice } from '../host/index.ts';
+import { IoasidError, fmtId, type IoasidSpace, type LogFn, type Profile } from '../core/index.ts';
+import type { GuestViommu, Layout, MmioAccessor, PasBit, UnplugReport, VtdGuestDriver } from '../vtd/index.ts';
+import { GuestKernel, parseDevice, type PciDevice } from '../host/index.ts';
 import type { VmInfo } from './authority.ts';
 import { IoasidClient } from './client.ts';
 import { RemoteMmio, SyncServiceChannel, type ChannelStats } from './remote-mmio.ts';
@@ -44,7 +44,10 @@ export interface RemoteGuestOptions {
   readonly timeoutMs?: number;
   /** Pause between two VCRSP reads while IP is set, ms (default 1). */
   readonly pollIntervalMs?: number;
-  /** Longest wait for one trapped access, ms (default 30 000). */
+  /**
+   * Longest wait for one trapped access, ms (default 30 000). While the service cannot be reached
+   * (a restart), the access is sent again until this much time has passed.
+   */
   readonly mmioTimeoutMs?: number;
   readonly log?: LogFn;
   /** Observe or alter the register accesses (tracing, fault injection). */
@@ -57,16 +60,13 @@ export class RemoteGuest {
   readonly vm: string;
   /** The guest driver's register layout. */
   readonly layout: Layout;
-  readonly space: IoasidSpace;
-  readonly driver: VtdGuestDriver;
+  readonly kernel: GuestKernel;
   /** The typed client, with the VM's token (bindings, VM info). */
   readonly client: IoasidClient;
   /** The synchronous channel every vIOMMU's register accesses go through. */
   readonly channel: SyncServiceChannel;
-  readonly #units = new Map<number, GuestViommu>();
   readonly #mmios = new Map<number, RemoteMmio>();
   readonly #devices = new Map<string, PciDevice>();
-  readonly #sva: GuestSva;
   readonly #wrap: RemoteGuestOptions['wrapMmio'];
   #closed = false;
 
@@ -75,31 +75,30 @@ export class RemoteGuest {
     this.client = client;
     this.channel = channel;
     this.#wrap = opts.wrapMmio;
-    const log = opts.log;
-    this.space = new IoasidSpace({ profile: opts.profile ?? 'strict', ...(log ? { log } : {}) });
     const layout = opts.layout ?? info.viommus[0]?.layout ?? 'B';
     this.layout = layout;
-    this.driver = new VtdGuestDriver(this.space, {
-      layout,
-      ...(opts.pasBit !== undefined ? { pasBit: opts.pasBit } : {}),
-      ...(opts.rangeExtension !== undefined ? { rangeExtension: opts.rangeExtension } : {}),
-      ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
-      ...(opts.pollIntervalMs !== undefined ? { pollIntervalMs: opts.pollIntervalMs } : {}),
-      // The deadline is wall-clock time: each poll costs a round trip, not only the pause.
-      now: () => performance.now(),
-      ...(log ? { log } : {}),
-    });
     this.#learnDevices(info);
-    const segments = [...info.viommus].map((v) => v.segment).sort((a, b) => a - b);
-    const units = this.driver.init(segments.map((s) => ({ mmio: this.#mmioFor(s), name: `${this.vm}/dmar${s}` })));
-    segments.forEach((s, i) => this.#units.set(s, units[i] as GuestViommu));
-    this.#sva = new GuestSva(this.space, () => this.driver.pasidMaxId, {
-      device: (bdf) => this.device(bdf),
-      bind: async (bdf, pasid) => {
-        await this.client.bind(this.vm, pasid, bdf);
+    this.kernel = new GuestKernel(
+      info.viommus.map((v) => ({ segment: v.segment, name: `${this.vm}/dmar${v.segment}`, mmio: this.#mmioFor(v.segment) })),
+      {
+        device: (bdf) => this.device(bdf),
+        bind: async (bdf, pasid) => {
+          await this.client.bind(this.vm, pasid, bdf);
+        },
+        unbind: (bdf, pasid) => this.client.unbind(this.vm, pasid, bdf),
       },
-      unbind: (bdf, pasid) => this.client.unbind(this.vm, pasid, bdf),
-    });
+      {
+        layout,
+        // The deadline is wall-clock time: each poll costs a round trip, not only the pause.
+        now: () => performance.now(),
+        ...(opts.profile !== undefined ? { profile: opts.profile } : {}),
+        ...(opts.pasBit !== undefined ? { pasBit: opts.pasBit } : {}),
+        ...(opts.rangeExtension !== undefined ? { rangeExtension: opts.rangeExtension } : {}),
+        ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+        ...(opts.pollIntervalMs !== undefined ? { pollIntervalMs: opts.pollIntervalMs } : {}),
+        ...(opts.log ? { log: opts.log } : {}),
+      },
+    );
   }
 
   /**
@@ -143,13 +142,19 @@ export class RemoteGuest {
     return this.#closed;
   }
 
+  get space(): IoasidSpace {
+    return this.kernel.space;
+  }
+
+  get driver(): VtdGuestDriver {
+    return this.kernel.driver;
+  }
+
   // ------------------------------------------------------------------ what the guest sees
 
   /** The guest's view of a vIOMMU. */
   unit(segment: number): GuestViommu {
-    const u = this.#units.get(segment);
-    if (u === undefined) throw new IoasidError('ENOENT', `guest of VM ${this.vm} has no vIOMMU on segment ${fmtId(segment)}`, { segment });
-    return u;
+    return this.kernel.unit(segment);
   }
 
   /** The raw register page of a vIOMMU (unwrapped): for tracing and register-level tests. */
@@ -161,7 +166,7 @@ export class RemoteGuest {
 
   /** Segments with a vIOMMU, ascending. */
   segments(): number[] {
-    return [...this.#units.keys()].sort((a, b) => a - b);
+    return this.kernel.segments();
   }
 
   devices(): PciDevice[] {
@@ -176,12 +181,12 @@ export class RemoteGuest {
 
   /** PASIDs this guest kernel holds (its space's active table). */
   pasids(): number[] {
-    return this.#closed ? [] : this.space.ids();
+    return this.#closed ? [] : this.kernel.pasids();
   }
 
   /** Address spaces bound, as { mm, pasid, devices }. */
   bindings(): { mm: string; pasid: number; devices: string[] }[] {
-    return this.#sva.list();
+    return this.kernel.bindings();
   }
 
   /** Round-trip figures of the trapped register accesses. */
@@ -203,14 +208,14 @@ export class RemoteGuest {
     const added: number[] = [];
     const removed: UnplugReport[] = [];
     for (const s of [...now].sort((a, b) => a - b)) {
-      if (this.#units.has(s)) continue;
-      this.#units.set(s, this.driver.hotplug(this.#mmioFor(s), `${this.vm}/dmar${s}`));
+      if (this.kernel.hasUnit(s)) continue;
+      this.kernel.hotplug({ segment: s, name: `${this.vm}/dmar${s}`, mmio: this.#mmioFor(s) });
       added.push(s);
     }
-    for (const [s, u] of [...this.#units]) {
+    for (const s of this.kernel.segments()) {
       if (now.has(s)) continue;
-      removed.push(await this.driver.unplug(u));
-      this.#units.delete(s);
+      const report = await this.kernel.unplug(s);
+      if (report !== null) removed.push(report);
       this.#mmios.delete(s);
     }
     return { added, removed };
@@ -221,13 +226,13 @@ export class RemoteGuest {
   /** Allocate a PASID with no device (through VCMD). */
   async alloc(min = 1, max = this.driver.pasidMaxId - 1, data: unknown = null): Promise<number> {
     this.#alive();
-    return this.space.alloc(null, min, max, data);
+    return this.kernel.alloc(min, max, data);
   }
 
   /** Free a PASID allocated with `alloc` (through VCMD). */
   async free(pasid: number): Promise<void> {
     this.#alive();
-    await this.space.free(pasid);
+    await this.kernel.free(pasid);
   }
 
   // ------------------------------------------------------------------ SVA
@@ -235,25 +240,19 @@ export class RemoteGuest {
   /** Bind a device to an address space; returns the PASID (see src/host/sva.ts). */
   async svaBind(bdf: string, mm: string): Promise<number> {
     this.#alive();
-    return this.#sva.bind(bdf, mm);
+    return this.kernel.svaBind(bdf, mm);
   }
 
   /** Unbind; the last device's unbind clears the data, then frees the PASID through VCMD. */
   async svaUnbind(bdf: string, mm: string): Promise<void> {
     this.#alive();
-    return this.#sva.unbind(bdf, mm);
+    return this.kernel.svaUnbind(bdf, mm);
   }
 
   /** Unbind every address space from every device and free every PASID (a clean guest shutdown). */
   async releaseAll(): Promise<{ unbound: number; freed: number[] }> {
     this.#alive();
-    const unbound = await this.#sva.releaseAll();
-    const freed: number[] = [];
-    for (const id of this.space.ids()) {
-      await this.space.free(id);
-      freed.push(id);
-    }
-    return { unbound, freed };
+    return this.kernel.releaseAll();
   }
 
   /**
@@ -263,7 +262,7 @@ export class RemoteGuest {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    for (const u of this.#units.values()) await u.idle().catch(() => {});
+    await this.kernel.idle();
     await this.channel.close();
   }
 }

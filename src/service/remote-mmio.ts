@@ -23,7 +23,13 @@
  *  3. Never call it from the thread that runs the service: that thread's event loop is blocked, so
  *     the request cannot be served and the call ends in ETIMEDOUT (not a hang).
  *  4. The worker is unref'd: an idle channel does not keep the process alive. `close()` ends it.
+ *  5. A VMM outlives a restart of the service: an access that cannot reach the service, or that it
+ *     answers 503 (not committed, or shutting down), is sent again after a short pause until
+ *     `timeoutMs` has passed. Reads have no side effect; writes are numbered (this channel's writer
+ *     id and a sequence number), and the device applies a numbered write once, so a write whose
+ *     answer was lost to a crash is not applied twice when it is sent again.
  */
+import { randomUUID } from 'node:crypto';
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { IoasidError, isIoasidErrorCode } from '../core/index.ts';
 import type { AccessSize, MmioAccessor } from '../vtd/index.ts';
@@ -145,6 +151,10 @@ export class SyncServiceChannel {
   #maxMs = 0;
   #closed = false;
   #failure: string | null = null;
+  /** This channel's writer id, and the number of its last write (rule 5). */
+  readonly writerId = randomUUID();
+  #writeSeq = 0;
+  readonly #pause = new Int32Array(new SharedArrayBuffer(4));
 
   constructor(opts: SyncChannelOptions) {
     if (typeof opts?.url !== 'string' || !/^https?:\/\//.test(opts.url)) {
@@ -187,27 +197,17 @@ export class SyncServiceChannel {
   request<T = unknown>(method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown, idempotent = method === 'GET'): T {
     if (this.#closed) throw new IoasidError('ENODEV', `the MMIO channel to ${this.url} is closed`, { url: this.url });
     if (this.#failure !== null) throw new IoasidError('ENODEV', `the MMIO channel to ${this.url} is broken: ${this.#failure}`, { url: this.url });
-    const seq = ++this.#seq;
     const t0 = performance.now();
-    let gen = Atomics.load(this.#state, 0);
-    this.#port.postMessage({ seq, method, path, idempotent, body: body === undefined ? undefined : JSON.stringify(body) });
     const deadline = t0 + this.timeoutMs;
-    let a: Answer | null = null;
-    for (;;) {
-      for (let m = receiveMessageOnPort(this.#port); m !== undefined; m = receiveMessageOnPort(this.#port)) {
-        const got = m.message as Answer;
-        if (got.seq === seq) a = got;
-        // else: the late answer of a request that timed out; dropped.
-      }
-      if (a !== null) break;
+    const text = body === undefined ? undefined : JSON.stringify(body);
+    let a: Answer;
+    for (let pause = 20; ; pause = Math.min(500, pause * 2)) {
+      a = this.#once(method, path, text, idempotent, deadline);
+      // Rule 5: the service is away (restarting) or could not commit: send the same access again.
+      if (!idempotent || (a.status !== 0 && a.status !== 503)) break;
       const left = deadline - performance.now();
-      if (left <= 0) {
-        this.#timeouts++;
-        this.#errors++;
-        throw new IoasidError('ETIMEDOUT', `no answer from ${this.url} to ${method} ${path} within ${this.timeoutMs} ms${this.#failure !== null ? ` (${this.#failure})` : ''}`, { url: this.url, path, timeoutMs: this.timeoutMs });
-      }
-      Atomics.wait(this.#state, 0, gen, left);
-      gen = Atomics.load(this.#state, 0);
+      if (left <= pause) break;
+      Atomics.wait(this.#pause, 0, 0, pause);
     }
     this.#record(performance.now() - t0);
     if (a.status < 200 || a.status >= 300) {
@@ -221,6 +221,33 @@ export class SyncServiceChannel {
       this.#errors++;
       throw new IoasidError('EFAULT', `the service at ${this.url} answered ${method} ${path} with a body that is not JSON`, { url: this.url, path });
     }
+  }
+
+  /** One round trip; ETIMEDOUT past the deadline. */
+  #once(method: string, path: string, body: string | undefined, idempotent: boolean, deadline: number): Answer {
+    const seq = ++this.#seq;
+    let gen = Atomics.load(this.#state, 0);
+    this.#port.postMessage({ seq, method, path, idempotent, body });
+    for (;;) {
+      for (let m = receiveMessageOnPort(this.#port); m !== undefined; m = receiveMessageOnPort(this.#port)) {
+        const got = m.message as Answer;
+        if (got.seq === seq) return got;
+        // else: the late answer of a request that timed out; dropped.
+      }
+      const left = deadline - performance.now();
+      if (left <= 0) {
+        this.#timeouts++;
+        this.#errors++;
+        throw new IoasidError('ETIMEDOUT', `no answer from ${this.url} to ${method} ${path} within ${this.timeoutMs} ms${this.#failure !== null ? ` (${this.#failure})` : ''}`, { url: this.url, path, timeoutMs: this.timeoutMs });
+      }
+      Atomics.wait(this.#state, 0, gen, left);
+      gen = Atomics.load(this.#state, 0);
+    }
+  }
+
+  /** The writer and number of the next numbered write (rule 5). */
+  nextWrite(): { id: string; seq: number } {
+    return { id: this.writerId, seq: ++this.#writeSeq };
   }
 
   #record(ms: number): void {
@@ -303,6 +330,7 @@ export class RemoteMmio implements MmioAccessor {
   }
 
   write(offset: number, value: bigint, size: AccessSize): void {
-    this.channel.request('POST', this.#path, { op: 'write', offset, size, value: hex64(value) }, false);
+    // Numbered: safe to send again (rule 5).
+    this.channel.request('POST', this.#path, { op: 'write', offset, size, value: hex64(value), writer: this.channel.nextWrite() }, true);
   }
 }

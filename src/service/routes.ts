@@ -168,11 +168,7 @@ export const ROUTES: readonly RouteDef[] = [
   {
     method: 'GET', url: '/v1/vms/:vm/pasids/:pasid', auth: 'vm', tag: 'pasids', operationId: 'getVmPasid', summary: "Inspect one of the VM's PASIDs (403 if another VM's).",
     schema: { params: pasidParams, response: { type: 'object', properties: { pasid: { type: 'integer' }, owner: { type: ['string', 'null'] }, bindings: { type: 'array', items: { type: 'string' } }, history: { type: 'array', items: EVENT } } } },
-    handler: (a, req) => {
-      const pasid = int(req.params.pasid, 'pasid');
-      a.host.space.find(a.vm(vmOf(req)).set, pasid);
-      return a.pasidInfo(pasid);
-    },
+    handler: (a, req) => a.vmPasidInfo(vmOf(req), int(req.params.pasid, 'pasid')),
   },
   {
     method: 'DELETE', url: '/v1/vms/:vm/pasids/:pasid', auth: 'vm', tag: 'pasids', operationId: 'freePasid', status: 204,
@@ -209,15 +205,21 @@ export const ROUTES: readonly RouteDef[] = [
       params: segParams,
       body: {
         type: 'object', additionalProperties: false, required: ['op', 'offset', 'size'],
-        properties: { op: { type: 'string', enum: ['read', 'write'] }, offset: { type: 'integer', minimum: 0, maximum: 0xfff }, size: { type: 'integer', enum: [4, 8] }, value: HEX64 },
+        properties: {
+          op: { type: 'string', enum: ['read', 'write'] }, offset: { type: 'integer', minimum: 0, maximum: 0xfff }, size: { type: 'integer', enum: [4, 8] }, value: HEX64,
+          // A numbered write is applied once, however often it is sent (a VMM resending after a crash).
+          writer: { type: 'object', additionalProperties: false, required: ['id', 'seq'], properties: { id: { type: 'string', pattern: '^[\\x21-\\x7e]{1,64}$' }, seq: { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER } } },
+        },
       },
       response: { type: 'object', properties: { value: HEX64 } },
     },
-    handler: (a, req) => {
-      const b = req.body as { op: 'read' | 'write'; offset: number; size: 4 | 8; value?: string };
+    handler: async (a, req) => {
+      const b = req.body as { op: 'read' | 'write'; offset: number; size: 4 | 8; value?: string; writer?: { id: string; seq: number } };
       if (b.op === 'write' && b.value === undefined) throw new IoasidError('EINVAL', 'a write needs a value', { op: b.op });
-      if (b.op === 'read' && b.value !== undefined) throw new IoasidError('EINVAL', 'a read takes no value', { op: b.op });
-      const v = a.mmio(vmOf(req), int(req.params.segment, 'segment'), { op: b.op, offset: b.offset, size: b.size, ...(b.value !== undefined ? { value: BigInt(b.value) } : {}) });
+      if (b.op === 'read' && (b.value !== undefined || b.writer !== undefined)) throw new IoasidError('EINVAL', 'a read takes no value and no writer', { op: b.op });
+      const v = await a.mmio(vmOf(req), int(req.params.segment, 'segment'), {
+        op: b.op, offset: b.offset, size: b.size, ...(b.value !== undefined ? { value: BigInt(b.value) } : {}), ...(b.writer !== undefined ? { writer: b.writer } : {}),
+      });
       return v === null ? {} : { value: `0x${v.toString(16)}` };
     },
   },

@@ -7,7 +7,6 @@ import { dirname, join, resolve } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { IoasidError } from '../core/index.ts';
 import { EtcdStore, openStore } from '../store/index.ts';
-import { ClusterCoordinator } from '../cluster/index.ts';
 import { PasidAuthority } from './authority.ts';
 import { buildApp } from './app.ts';
 import { registerDashboard } from './dashboard.ts';
@@ -71,9 +70,10 @@ export async function startServer(opts: ServeOptions = {}): Promise<RunningServe
     ...(opts.domain !== undefined ? { domain: opts.domain } : {}),
     ...(spec.startsWith('etcd') ? { log: clusterLog } : {}),
   });
-  // Cluster mode (docs/cluster.md): the authority shares one namespace with the domain's hosts.
-  const cluster = store instanceof EtcdStore ? new ClusterCoordinator({ store, log: clusterLog }) : null;
-  const authority = await PasidAuthority.open({ store, ...(cluster !== null ? { cluster } : {}) });
+  // Cluster mode (docs/cluster.md): interim, while its journal is rewritten.
+  if (store instanceof EtcdStore) throw new IoasidError('EOPNOTSUPP', 'cluster mode is being reworked onto the host journal', { store: spec });
+  void clusterLog;
+  const authority = await PasidAuthority.open({ store });
   const stateDir = resolve(opts.stateDir ?? (spec.startsWith('sqlite:') ? dirname(spec.slice('sqlite:'.length)) : './var'));
 
   let adminTokenPath: string | null = null;

@@ -21,8 +21,8 @@
  * from what the checker observes, and are only ever trusted after a confirming O(1) lookup in the
  * real state, so a stale entry can hide nothing: it is replaced the next time the PASID is seen.
  */
-import type { Host } from '../host/index.ts';
-import type { Vm } from '../host/index.ts';
+import type { HostView as Host } from '../host/index.ts';
+import type { VmView as Vm } from '../host/index.ts';
 import type { Guest } from '../host/index.ts';
 import type { InvariantName, Violation } from './invariants.ts';
 

@@ -9,8 +9,8 @@
  *  5. destroyed-vm: nothing is left of a destroyed VM (no set, no PASID, no binding, no device).
  * The checker reports violations; it never repairs anything.
  */
-import type { Host } from '../host/index.ts';
-import type { Vm } from '../host/index.ts';
+import type { HostView as Host } from '../host/index.ts';
+import type { VmView as Vm } from '../host/index.ts';
 
 export const INVARIANTS = ['single-owner', 'guest-subset', 'quota', 'binding-ownership', 'destroyed-vm'] as const;
 export type InvariantName = (typeof INVARIANTS)[number];

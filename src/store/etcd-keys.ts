@@ -225,20 +225,23 @@ export function decodeVm(raw: string, key: string, mod: number): VmRecord {
   const o = obj(raw, key);
   const state = str(o, 'state', key);
   if (!(VM_STATES as readonly string[]).includes(state)) throw new IoasidError('EINVAL', `etcd key ${key}: unknown VM state ${JSON.stringify(state)}`, { key, state });
-  const row: VmRow = { id: str(o, 'id', key), name: str(o, 'name', key), quota: int(o, 'quota', key), tokenHash: str(o, 'tokenHash', key), createdAt: int(o, 'createdAt', key) };
+  const row: VmRow = { id: str(o, 'id', key), quota: int(o, 'quota', key), tokenHash: str(o, 'tokenHash', key), createdAt: int(o, 'createdAt', key) };
   const by = o.by;
   return { row, host: str(o, 'host', key), state: state as VmState, mod, nonce: optStr(o, 'n'), ...(typeof by === 'string' ? { by } : {}) };
 }
 
 export function encodeViommu(row: ViommuRow): string {
-  return JSON.stringify({ layout: row.layout, rangeExtension: row.rangeExtension });
+  return JSON.stringify({ layout: row.layout, rangeExtension: row.rangeExtension, pasBit: row.pasBit, pss: row.pss, registers: row.registers });
 }
 
 export function decodeViommu(raw: string, key: string, vm: string, segment: number): ViommuRow {
   const o = obj(raw, key);
   const layout = str(o, 'layout', key);
   if (!(VIOMMU_LAYOUTS as readonly string[]).includes(layout)) throw new IoasidError('EINVAL', `etcd key ${key}: unknown layout`, { key });
-  return { vm, segment, layout: layout as ViommuLayout, rangeExtension: o.rangeExtension === true };
+  return {
+    vm, segment, layout: layout as ViommuLayout, rangeExtension: o.rangeExtension === true,
+    pasBit: o.pasBit === 1 ? 1 : 0, pss: typeof o.pss === 'number' ? o.pss : 19, registers: typeof o.registers === 'string' ? o.registers : null,
+  };
 }
 
 export function encodeDevice(row: DeviceRow): string {

@@ -28,7 +28,7 @@ import type { Etcd3, IWatchResponse, Lease, Watcher } from 'etcd3';
 import { IoasidError, PASID_MAX, fmtId, isIoasidError } from '../core/index.ts';
 import { checkBatch } from './row-check.ts';
 import type {
-  BindingRow, DeviceRow, MetaRow, Mutation, PasidRow, Store, StoreStats, StoredState, ViommuRow, VmRow,
+  Applied, BindingRow, DeviceRow, MetaRow, Mutation, PasidRow, Store, StoreStats, StoredState, ViommuRow, VmRow,
 } from './rows.ts';
 import { RESERVED_META_PREFIX } from './rows.ts';
 import { validateStoredState } from './state-check.ts';
@@ -518,7 +518,8 @@ export class EtcdStore implements Store {
 
   // ------------------------------------------------------------------ Store.apply
 
-  async apply(batch: readonly Mutation[]): Promise<void> {
+  // Interim: events, registers and token replacement are not kept in etcd yet (cluster journal rework).
+  async apply(batch: readonly Mutation[]): Promise<Applied> {
     let ok = false;
     try {
       const checked = checkBatch(batch);
@@ -532,6 +533,7 @@ export class EtcdStore implements Store {
       if (ok) this.#batches++;
       else this.#failedBatches++;
     }
+    return { seq: 0 };
   }
 
   /** The revision of the VM key this host may write under, or the error why not. */

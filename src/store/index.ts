@@ -1,15 +1,16 @@
 /**
- * `src/store`: the durable state of the PASID authority service (DESIGN section 6). One `Store`
+ * `src/store`: the durable state of the PASID authority service. One `Store`
  * interface (async, backend-neutral), a memory backend (the reference), an SQLite backend
  * (the embedded default) and an etcd backend (a migration domain shared by many hosts). See
  * docs/store.md and docs/cluster.md.
  */
 export {
-  STORE_KINDS, STORE_TABLES, STORE_LIMITS, MUTATION_OPS, VIOMMU_LAYOUTS, RESERVED_META_PREFIX, emptyState,
+  STORE_KINDS, STORE_TABLES, STORE_LIMITS, MUTATION_OPS, VIOMMU_LAYOUTS, RESERVED_META_PREFIX, TOKEN_HASH_PATTERN,
+  DEFAULT_EVENT_RETENTION, emptyState,
 } from './rows.ts';
 export type {
-  Store, StoreKind, StoreStats, StoreTable, StoredState, Mutation, MutationOp,
-  VmRow, ViommuRow, ViommuLayout, DeviceRow, PasidRow, BindingRow, MetaRow,
+  Applied, Store, StoreKind, StoreStats, StoreTable, StoredState, Mutation, MutationOp,
+  VmRow, ViommuRow, ViommuLayout, DeviceRow, PasidRow, BindingRow, MetaRow, EventRow, NewEventRow,
 } from './rows.ts';
 export { validateStoredState } from './state-check.ts';
 export { MemoryStore } from './memory-store.ts';
@@ -17,6 +18,7 @@ export type { MemoryStoreOptions } from './memory-store.ts';
 export { SqliteStore, SQLITE_SYNC_MODES } from './sqlite-store.ts';
 export type { SqliteStoreOptions, SqliteSyncMode } from './sqlite-store.ts';
 export { SQLITE_SCHEMA_VERSION } from './sqlite-schema.ts';
+export { checkRetention } from './memory-store.ts';
 export { openStore } from './open-store.ts';
 export type { OpenStoreOptions } from './open-store.ts';
 export { EtcdStore, DEFAULT_BLOCK_SIZE, DEFAULT_LEASE_TTL_SEC, DEFAULT_MAX_TXN_OPS } from './etcd-store.ts';

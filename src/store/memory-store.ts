@@ -6,8 +6,10 @@
 import { IoasidError } from '../core/index.ts';
 import { applyMutation, type StateTx } from './mutation-rules.ts';
 import { checkBatch } from './row-check.ts';
-import type {
-  BindingRow, DeviceRow, MetaRow, Mutation, PasidRow, Store, StoreStats, StoredState, ViommuRow, VmRow,
+import {
+  DEFAULT_EVENT_RETENTION,
+  type Applied, type BindingRow, type DeviceRow, type EventRow, type MetaRow, type Mutation, type NewEventRow, type PasidRow, type Store,
+  type StoreStats, type StoredState, type ViommuRow, type VmRow,
 } from './rows.ts';
 import { pairKey, sortState, validateStoredState } from './state-check.ts';
 
@@ -29,8 +31,19 @@ class MemoryTables implements StateTx {
   readonly #devicesPerViommu = new Map<string, number>();
   readonly #bindingsPerDevice = new Map<string, number>();
   readonly #bindingsPerPasid = new Map<number, number>();
+  readonly #vmByHash = new Map<string, string>();
+  readonly #viommusPerVm = new Map<string, number>();
+  readonly #devicesPerVm = new Map<string, number>();
+  /** Events kept, oldest first (the last `retention`). */
+  #events: EventRow[] = [];
+  #lastSeq = 0;
+  readonly #retention: number;
   /** Inverse operations of the batch in progress; null outside a batch and while undoing. */
   #undo: (() => void)[] | null = null;
+
+  constructor(retention: number) {
+    this.#retention = retention;
+  }
 
   getVm(id: string) { return this.#vms.get(id); }
   getViommu(vm: string, segment: number) { return this.#viommus.get(pairKey(vm, segment)); }
@@ -38,9 +51,14 @@ class MemoryTables implements StateTx {
   getPasid(pasid: number) { return this.#pasids.get(pasid); }
   getBinding(pasid: number, bdf: string) { return this.#bindings.get(pairKey(bdf, pasid)); }
   getMeta(key: string) { return this.#meta.get(key); }
+  vmWithTokenHash(hash: string, except: string) {
+    const vm = this.#vmByHash.get(hash);
+    return vm === except ? undefined : vm;
+  }
   countPasidsOf(vm: string) { return this.#held.get(vm) ?? 0; }
-  viommusOf(vm: string) { return [...this.#viommus.values()].filter((v) => v.vm === vm); }
-  devicesOf(vm: string) { return [...this.#devices.values()].filter((d) => d.vm === vm); }
+  hasViommusOf(vm: string) { return this.#viommusPerVm.has(vm); }
+  hasDevicesOf(vm: string) { return this.#devicesPerVm.has(vm); }
+  get lastSeq(): number { return this.#lastSeq; }
   hasDevicesOn(vm: string, segment: number) { return this.#devicesPerViommu.has(pairKey(vm, segment)); }
   isDeviceBound(vm: string, bdf: string) { return this.#bindingsPerDevice.has(pairKey(vm, bdf)); }
   isPasidBound(pasid: number) { return this.#bindingsPerPasid.has(pasid); }
@@ -52,25 +70,34 @@ class MemoryTables implements StateTx {
   putVm(row: VmRow): void {
     const prev = this.#vms.get(row.id);
     this.#journal(prev ? () => this.putVm(prev) : () => this.deleteVm(row.id));
+    if (prev) this.#vmByHash.delete(prev.tokenHash);
+    this.#vmByHash.set(row.tokenHash, row.id);
     this.#vms.set(row.id, row);
   }
   deleteVm(id: string): void {
     const prev = this.#vms.get(id);
     if (!prev) return;
     this.#journal(() => this.putVm(prev));
+    this.#vmByHash.delete(prev.tokenHash);
     this.#vms.delete(id);
   }
   putViommu(row: ViommuRow): void {
     const k = pairKey(row.vm, row.segment);
     const prev = this.#viommus.get(k);
     this.#journal(prev ? () => this.putViommu(prev) : () => this.deleteViommu(row.vm, row.segment));
+    if (!prev) bump(this.#viommusPerVm, row.vm, 1);
     this.#viommus.set(k, row);
+  }
+  setRegisters(vm: string, segment: number, registers: string): void {
+    const prev = this.#viommus.get(pairKey(vm, segment));
+    if (prev) this.putViommu({ ...prev, registers });
   }
   deleteViommu(vm: string, segment: number): void {
     const k = pairKey(vm, segment);
     const prev = this.#viommus.get(k);
     if (!prev) return;
     this.#journal(() => this.putViommu(prev));
+    bump(this.#viommusPerVm, vm, -1);
     this.#viommus.delete(k);
   }
   putDevice(row: DeviceRow): void {
@@ -78,6 +105,7 @@ class MemoryTables implements StateTx {
     const prev = this.#devices.get(k);
     this.#journal(prev ? () => this.putDevice(prev) : () => this.deleteDevice(row.vm, row.bdf));
     if (prev) bump(this.#devicesPerViommu, pairKey(prev.vm, prev.segment), -1);
+    else bump(this.#devicesPerVm, row.vm, 1);
     bump(this.#devicesPerViommu, pairKey(row.vm, row.segment), 1);
     this.#devices.set(k, row);
   }
@@ -87,6 +115,7 @@ class MemoryTables implements StateTx {
     if (!prev) return;
     this.#journal(() => this.putDevice(prev));
     bump(this.#devicesPerViommu, pairKey(prev.vm, prev.segment), -1);
+    bump(this.#devicesPerVm, vm, -1);
     this.#devices.delete(k);
   }
   insertPasid(row: PasidRow): void {
@@ -133,9 +162,26 @@ class MemoryTables implements StateTx {
     this.#journal(() => this.putMeta(prev));
     this.#meta.delete(key);
   }
+  appendEvents(events: readonly NewEventRow[]): void {
+    const length = this.#events.length;
+    const last = this.#lastSeq;
+    this.#journal(() => {
+      this.#events.length = length;
+      this.#lastSeq = last;
+    });
+    events.forEach((e, i) => this.#events.push({ seq: last + 1 + i, ...e }));
+    this.#lastSeq = last + events.length;
+  }
 
-  /** Apply a batch all-or-nothing. */
-  applyBatch(batch: readonly Mutation[]): void {
+  /** Drop events beyond the retention (between batches: an undo never needs them back). */
+  #prune(): void {
+    const extra = this.#events.length - this.#retention;
+    if (extra > Math.max(1024, this.#retention >> 3)) this.#events.splice(0, extra);
+  }
+
+  /** Apply a batch all-or-nothing; returns the seq its first event got (or the next one). */
+  applyBatch(batch: readonly Mutation[]): Applied {
+    const seq = this.#lastSeq + 1;
     const undo: (() => void)[] = [];
     this.#undo = undo;
     try {
@@ -147,12 +193,17 @@ class MemoryTables implements StateTx {
     } finally {
       this.#undo = null;
     }
+    this.#prune();
+    return { seq };
   }
 
   /** Replace everything with a (validated) state. */
   load(s: StoredState): void {
     for (const m of [this.#vms, this.#viommus, this.#devices, this.#pasids, this.#bindings, this.#meta,
-      this.#held, this.#devicesPerViommu, this.#bindingsPerDevice, this.#bindingsPerPasid]) m.clear();
+      this.#held, this.#devicesPerViommu, this.#bindingsPerDevice, this.#bindingsPerPasid,
+      this.#vmByHash, this.#viommusPerVm, this.#devicesPerVm]) m.clear();
+    this.#events = s.events.slice(-this.#retention);
+    this.#lastSeq = s.lastSeq;
     s.vms.forEach((r) => this.putVm(r));
     s.viommus.forEach((r) => this.putViommu(r));
     s.devices.forEach((r) => this.putDevice(r));
@@ -169,6 +220,8 @@ class MemoryTables implements StateTx {
       pasids: [...this.#pasids.values()],
       bindings: [...this.#bindings.values()],
       meta: [...this.#meta.values()],
+      events: this.#events.slice(-this.#retention),
+      lastSeq: this.#lastSeq,
     });
   }
 }
@@ -176,6 +229,8 @@ class MemoryTables implements StateTx {
 export interface MemoryStoreOptions {
   /** State to start from; validated by the first `open()` like a stored one. */
   readonly initial?: unknown;
+  /** Events kept (default 65,536). */
+  readonly eventRetention?: number;
 }
 
 /**
@@ -185,7 +240,7 @@ export interface MemoryStoreOptions {
 export class MemoryStore implements Store {
   readonly kind = 'memory' as const;
   readonly spec = 'memory';
-  readonly #tables = new MemoryTables();
+  readonly #tables: MemoryTables;
   #initial: unknown;
   #open = false;
   #batches = 0;
@@ -193,6 +248,7 @@ export class MemoryStore implements Store {
 
   constructor(opts: MemoryStoreOptions = {}) {
     this.#initial = opts.initial;
+    this.#tables = new MemoryTables(checkRetention(opts.eventRetention));
   }
 
   async open(): Promise<StoredState> {
@@ -204,16 +260,18 @@ export class MemoryStore implements Store {
     return state;
   }
 
-  async apply(batch: readonly Mutation[]): Promise<void> {
+  async apply(batch: readonly Mutation[]): Promise<Applied> {
+    let applied: Applied;
     try {
       const checked = checkBatch(batch);
       if (!this.#open) throw new IoasidError('EINVAL', 'store memory is not open', { spec: this.spec });
-      this.#tables.applyBatch(checked);
+      applied = this.#tables.applyBatch(checked);
     } catch (e) {
       this.#failed++;
       throw e;
     }
     this.#batches++;
+    return applied;
   }
 
   stats(): StoreStats {
@@ -228,4 +286,13 @@ export class MemoryStore implements Store {
   snapshot(): StoredState {
     return this.#tables.snapshot();
   }
+}
+
+/** Validate an event-retention option (events a store keeps): an integer of at least 1. */
+export function checkRetention(x: unknown): number {
+  if (x === undefined) return DEFAULT_EVENT_RETENTION;
+  if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < 1) {
+    throw new IoasidError('EINVAL', `eventRetention must be a positive integer, got ${String(x)}`, { eventRetention: x });
+  }
+  return x;
 }

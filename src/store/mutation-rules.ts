@@ -1,27 +1,31 @@
 /**
- * The rules of every mutation, written once and run by every backend against its own tables
- * (`StateTx`), so the backends agree by construction and the memory backend is the reference.
+ * The integrity rules of every mutation, written once and run by every backend against its own
+ * tables (`StateTx`), so the backends agree by construction and the memory backend is the
+ * reference. They keep the rows consistent (keys unique, references to existing rows, no row
+ * deleted while another refers to it, token hashes unique); the domain rules (quotas, ownership,
+ * what may be freed or bound) are the host model's, checked before a change reaches the store.
  * A rule that fails throws an `IoasidError`; the backend then undoes the whole batch.
  *
- *  putVm         create or replace; lowering the quota below the PASIDs held: EDQUOT
- *  deleteVm      VM must exist (ENOENT) and hold no PASID (EBUSY); its devices and vIOMMUs go
- *                with it (they cannot be bound: a binding needs a PASID of the VM)
- *  putViommu     VM must exist (ENOENT); create or replace
- *  deleteViommu  must exist (ENOENT); no device of the VM on that segment (EBUSY)
- *  putDevice     VM and the vIOMMU of the device's segment must exist (ENOENT); create or replace
- *  deleteDevice  must exist (ENOENT); not bound to any PASID (EBUSY)
- *  insertPasid   create-if-absent: EEXIST if the PASID exists; owner VM must exist (ENOENT);
- *                the owner's quota (0 = unlimited) must allow one more (EDQUOT)
- *  deletePasid   must exist (ENOENT) and belong to `vm` (null = host) (EACCES); not bound (EBUSY)
- *  putBinding    PASID must exist (ENOENT) and be owned by the binding's VM (EACCES); the device
- *                must exist in that VM (ENOENT); create or replace
+ *  putVm         create or replace; its token hash is no other VM's (EEXIST)
+ *  setTokenHash  the VM exists (ENOENT); the hash is no other VM's (EEXIST)
+ *  deleteVm      must exist (ENOENT); no vIOMMU, device or PASID refers to it (EBUSY)
+ *  putViommu     its VM exists (ENOENT); create or replace (the saved registers with it)
+ *  setRegisters  the vIOMMU exists (ENOENT)
+ *  deleteViommu  must exist (ENOENT); no device sits on it (EBUSY)
+ *  putDevice     its VM and the vIOMMU of its segment exist (ENOENT); create or replace
+ *  deleteDevice  must exist (ENOENT); no binding refers to it (EBUSY)
+ *  insertPasid   create-if-absent (EEXIST); its owner VM, if any, exists (ENOENT)
+ *  deletePasid   the PASID with that owner must exist (ENOENT); no binding refers to it (EBUSY)
+ *  putBinding    the PASID with the binding's VM as owner exists, and the device in that VM
+ *                (ENOENT); create or replace
  *  deleteBinding must exist (ENOENT)
  *  putMeta       create or replace (reserved `store.*` keys: EPERM, checked in row-check.ts)
  *  deleteMeta    must exist (ENOENT)
+ *  appendEvents  the events get the next sequence numbers (the backend numbers them)
  */
 import { IoasidError, fmtId } from '../core/index.ts';
 import type { ErrorDetails, IoasidErrorCode } from '../core/index.ts';
-import type { BindingRow, DeviceRow, MetaRow, Mutation, PasidRow, ViommuRow, VmRow } from './rows.ts';
+import type { BindingRow, DeviceRow, MetaRow, Mutation, NewEventRow, PasidRow, ViommuRow, VmRow } from './rows.ts';
 
 /** What the rules need of a backend's tables, inside its open transaction. Synchronous. */
 export interface StateTx {
@@ -31,9 +35,11 @@ export interface StateTx {
   getPasid(pasid: number): PasidRow | undefined;
   getBinding(pasid: number, bdf: string): BindingRow | undefined;
   getMeta(key: string): MetaRow | undefined;
+  /** The VM, other than `except`, whose token hash this is. */
+  vmWithTokenHash(hash: string, except: string): string | undefined;
   countPasidsOf(vm: string): number;
-  viommusOf(vm: string): ViommuRow[];
-  devicesOf(vm: string): DeviceRow[];
+  hasViommusOf(vm: string): boolean;
+  hasDevicesOf(vm: string): boolean;
   hasDevicesOn(vm: string, segment: number): boolean;
   isDeviceBound(vm: string, bdf: string): boolean;
   isPasidBound(pasid: number): boolean;
@@ -41,6 +47,7 @@ export interface StateTx {
   putVm(row: VmRow): void;
   deleteVm(id: string): void;
   putViommu(row: ViommuRow): void;
+  setRegisters(vm: string, segment: number, registers: string): void;
   deleteViommu(vm: string, segment: number): void;
   putDevice(row: DeviceRow): void;
   deleteDevice(vm: string, bdf: string): void;
@@ -50,6 +57,7 @@ export interface StateTx {
   deleteBinding(pasid: number, bdf: string): void;
   putMeta(row: MetaRow): void;
   deleteMeta(key: string): void;
+  appendEvents(events: readonly NewEventRow[]): void;
 }
 
 function refuse(code: IoasidErrorCode, m: Mutation, index: number, reason: string, details: ErrorDetails): IoasidError {
@@ -62,26 +70,28 @@ const q = (s: string) => JSON.stringify(s);
 export function applyMutation(tx: StateTx, m: Mutation, index: number): void {
   switch (m.op) {
     case 'putVm': {
-      const { id, quota } = m.row;
-      const held = tx.countPasidsOf(id);
-      if (quota !== 0 && held > quota) {
-        throw refuse('EDQUOT', m, index, `VM ${q(id)} holds ${held} PASIDs, more than the new quota ${quota}`, { vm: id, held, quota });
-      }
+      const { id, tokenHash } = m.row;
+      const other = tx.vmWithTokenHash(tokenHash, id);
+      if (other !== undefined) throw refuse('EEXIST', m, index, `VM ${q(other)} already has this token hash`, { vm: id, other });
       tx.putVm(m.row);
+      return;
+    }
+    case 'setTokenHash': {
+      const { vm, tokenHash } = m;
+      const row = tx.getVm(vm);
+      if (row === undefined) throw refuse('ENOENT', m, index, `VM ${q(vm)} does not exist`, { vm });
+      const other = tx.vmWithTokenHash(tokenHash, vm);
+      if (other !== undefined) throw refuse('EEXIST', m, index, `VM ${q(other)} already has this token hash`, { vm, other });
+      tx.putVm({ ...row, tokenHash });
       return;
     }
     case 'deleteVm': {
       const { id } = m;
       if (tx.getVm(id) === undefined) throw refuse('ENOENT', m, index, `VM ${q(id)} does not exist`, { vm: id });
       const held = tx.countPasidsOf(id);
-      if (held > 0) throw refuse('EBUSY', m, index, `VM ${q(id)} still holds ${held} PASIDs`, { vm: id, held });
-      for (const d of tx.devicesOf(id)) {
-        if (tx.isDeviceBound(d.vm, d.bdf)) {
-          throw refuse('EBUSY', m, index, `device ${d.bdf} of VM ${q(id)} is still bound`, { vm: id, bdf: d.bdf });
-        }
-        tx.deleteDevice(d.vm, d.bdf);
-      }
-      for (const v of tx.viommusOf(id)) tx.deleteViommu(v.vm, v.segment);
+      if (held > 0) throw refuse('EBUSY', m, index, `VM ${q(id)} still owns ${held} PASID rows`, { vm: id, held });
+      if (tx.hasDevicesOf(id)) throw refuse('EBUSY', m, index, `VM ${q(id)} still has device rows`, { vm: id });
+      if (tx.hasViommusOf(id)) throw refuse('EBUSY', m, index, `VM ${q(id)} still has vIOMMU rows`, { vm: id });
       tx.deleteVm(id);
       return;
     }
@@ -89,6 +99,12 @@ export function applyMutation(tx: StateTx, m: Mutation, index: number): void {
       const { vm, segment } = m.row;
       if (tx.getVm(vm) === undefined) throw refuse('ENOENT', m, index, `VM ${q(vm)} does not exist`, { vm, segment });
       tx.putViommu(m.row);
+      return;
+    }
+    case 'setRegisters': {
+      const { vm, segment } = m;
+      if (tx.getViommu(vm, segment) === undefined) throw refuse('ENOENT', m, index, `VM ${q(vm)} has no vIOMMU on segment ${segment}`, { vm, segment });
+      tx.setRegisters(vm, segment, m.registers);
       return;
     }
     case 'deleteViommu': {
@@ -124,26 +140,16 @@ export function applyMutation(tx: StateTx, m: Mutation, index: number): void {
       if (have !== undefined) {
         throw refuse('EEXIST', m, index, `PASID ${fmtId(pasid)} already exists`, { pasid, owner: have.vm });
       }
-      if (vm !== null) {
-        const v = tx.getVm(vm);
-        if (v === undefined) throw refuse('ENOENT', m, index, `VM ${q(vm)} does not exist`, { pasid, vm });
-        if (v.quota !== 0) {
-          const held = tx.countPasidsOf(vm);
-          if (held >= v.quota) {
-            throw refuse('EDQUOT', m, index, `VM ${q(vm)} already holds its quota of ${v.quota} PASIDs`, { pasid, vm, held, quota: v.quota });
-          }
-        }
-      }
+      if (vm !== null && tx.getVm(vm) === undefined) throw refuse('ENOENT', m, index, `VM ${q(vm)} does not exist`, { pasid, vm });
       tx.insertPasid(m.row);
       return;
     }
     case 'deletePasid': {
       const { pasid, vm } = m;
       const have = tx.getPasid(pasid);
-      if (have === undefined) throw refuse('ENOENT', m, index, `PASID ${fmtId(pasid)} does not exist`, { pasid, vm });
-      if (have.vm !== vm) {
-        const who = (o: string | null) => (o === null ? 'the host' : `VM ${q(o)}`);
-        throw refuse('EACCES', m, index, `PASID ${fmtId(pasid)} belongs to ${who(have.vm)}, not to ${who(vm)}`, { pasid, vm, owner: have.vm });
+      if (have === undefined || have.vm !== vm) {
+        const who = vm === null ? 'the host' : `VM ${q(vm)}`;
+        throw refuse('ENOENT', m, index, `no PASID ${fmtId(pasid)} of ${who}`, { pasid, vm, owner: have?.vm ?? null });
       }
       if (tx.isPasidBound(pasid)) throw refuse('EBUSY', m, index, `PASID ${fmtId(pasid)} is still bound`, { pasid, vm });
       tx.deletePasid(pasid);
@@ -152,10 +158,7 @@ export function applyMutation(tx: StateTx, m: Mutation, index: number): void {
     case 'putBinding': {
       const { pasid, vm, bdf } = m.row;
       const have = tx.getPasid(pasid);
-      if (have === undefined) throw refuse('ENOENT', m, index, `PASID ${fmtId(pasid)} does not exist`, { pasid, vm, bdf });
-      if (have.vm !== vm) {
-        throw refuse('EACCES', m, index, `PASID ${fmtId(pasid)} is not owned by VM ${q(vm)}`, { pasid, vm, bdf, owner: have.vm });
-      }
+      if (have === undefined || have.vm !== vm) throw refuse('ENOENT', m, index, `no PASID ${fmtId(pasid)} of VM ${q(vm)}`, { pasid, vm, bdf, owner: have?.vm ?? null });
       if (tx.getDevice(vm, bdf) === undefined) throw refuse('ENOENT', m, index, `VM ${q(vm)} has no device ${bdf}`, { pasid, vm, bdf });
       tx.putBinding(m.row);
       return;
@@ -176,5 +179,8 @@ export function applyMutation(tx: StateTx, m: Mutation, index: number): void {
       tx.deleteMeta(m.key);
       return;
     }
+    case 'appendEvents':
+      tx.appendEvents(m.events);
+      return;
   }
 }

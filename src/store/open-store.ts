@@ -20,19 +20,23 @@ export function openStore(spec: string, opts: OpenStoreOptions = {}): Store {
   if (typeof spec !== 'string') {
     throw new IoasidError('EINVAL', `store spec must be a string, got ${typeof spec}`, { spec });
   }
-  if (spec === 'memory') return new MemoryStore();
+  if (spec === 'memory') return new MemoryStore(opts.eventRetention !== undefined ? { eventRetention: opts.eventRetention } : {});
   if (spec.startsWith('sqlite:')) {
     const path = spec.slice('sqlite:'.length);
     if (path.length === 0) throw new IoasidError('EINVAL', 'store spec "sqlite:" needs a path, as in sqlite:/var/lib/ioasid/state.db', { spec });
     return new SqliteStore(path, sqliteOptions(opts));
   }
   if (spec.startsWith('etcd://') || spec.startsWith('etcds://')) {
-    const { synchronous: _sync, lockTimeoutMs: _lock, ...etcd } = opts;
+    const { synchronous: _sync, lockTimeoutMs: _lock, eventRetention: _events, ...etcd } = opts;
     return new EtcdStore({ ...etcd, endpoints: parseEtcdSpec(spec), spec });
   }
   throw new IoasidError('EINVAL', `unknown store spec ${JSON.stringify(spec)} (expected memory, sqlite:PATH or etcd://...)`, { spec });
 }
 
 function sqliteOptions(o: OpenStoreOptions): SqliteStoreOptions {
-  return { ...(o.synchronous !== undefined ? { synchronous: o.synchronous } : {}), ...(o.lockTimeoutMs !== undefined ? { lockTimeoutMs: o.lockTimeoutMs } : {}) };
+  return {
+    ...(o.synchronous !== undefined ? { synchronous: o.synchronous } : {}),
+    ...(o.lockTimeoutMs !== undefined ? { lockTimeoutMs: o.lockTimeoutMs } : {}),
+    ...(o.eventRetention !== undefined ? { eventRetention: o.eventRetention } : {}),
+  };
 }

@@ -3,11 +3,11 @@
  * through here, and comes out as a fresh frozen copy with exactly the known fields. A bad value
  * is an `EINVAL` whose details name where it was (`where`), the field and the value.
  */
-import { IoasidError, fmtId } from '../core/index.ts';
+import { IoasidError, VM_ID_SYNTAX, fmtId, isCanonicalBdf, isVmId } from '../core/index.ts';
 import type { ErrorDetails } from '../core/index.ts';
 import {
-  MUTATION_OPS, RESERVED_META_PREFIX, STORE_LIMITS, VIOMMU_LAYOUTS,
-  type BindingRow, type DeviceRow, type MetaRow, type Mutation, type MutationOp, type PasidRow,
+  MUTATION_OPS, RESERVED_META_PREFIX, STORE_LIMITS, TOKEN_HASH_PATTERN, VIOMMU_LAYOUTS,
+  type BindingRow, type DeviceRow, type EventRow, type MetaRow, type Mutation, type MutationOp, type NewEventRow, type PasidRow,
   type ViommuLayout, type ViommuRow, type VmRow,
 } from './rows.ts';
 
@@ -17,10 +17,7 @@ export interface Where {
   readonly details: ErrorDetails;
 }
 
-/** Canonical BDF: segment (domain) : bus : device (0-0x1f) . function (0-7), lowercase hex. */
-const BDF_RE = /^[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]$/;
-/** VM ids: printable ASCII without spaces, so they are safe as keys in every backend. */
-const VM_ID_RE = /^[\x21-\x7e]+$/;
+const TOKEN_HASH_RE = new RegExp(TOKEN_HASH_PATTERN);
 
 function bad(where: Where, field: string, value: unknown, expected: string): never {
   throw new IoasidError('EINVAL', `${where.label}: ${field} must be ${expected}, got ${fmtId(value)}`, {
@@ -65,9 +62,7 @@ function str(x: unknown, where: Where, field: string): string {
 }
 
 export function checkVmId(x: unknown, where: Where, field: string): string {
-  if (typeof x !== 'string' || x.length > STORE_LIMITS.vmIdMaxLength || !VM_ID_RE.test(x)) {
-    bad(where, field, x, `a VM id (1-${STORE_LIMITS.vmIdMaxLength} printable ASCII characters, no spaces)`);
-  }
+  if (!isVmId(x)) bad(where, field, x, `a VM id (${VM_ID_SYNTAX.description})`);
   return x;
 }
 
@@ -80,8 +75,31 @@ function segment(x: unknown, where: Where, field: string): number {
 }
 
 function bdf(x: unknown, where: Where, field: string): string {
-  if (typeof x !== 'string' || !BDF_RE.test(x)) bad(where, field, x, 'a canonical BDF like "0000:00:02.0"');
+  if (!isCanonicalBdf(x)) bad(where, field, x, 'a canonical BDF like "0000:00:02.0"');
   return x;
+}
+
+function tokenHash(x: unknown, where: Where, field: string): string {
+  if (typeof x !== 'string' || !TOKEN_HASH_RE.test(x)) bad(where, field, x, 'a token hash (64 lowercase hex digits)');
+  return x;
+}
+
+function text(x: unknown, max: number, where: Where, field: string): string {
+  if (typeof x !== 'string' || x.length === 0 || x.length > max) bad(where, field, typeof x === 'string' ? `${x.slice(0, 40)}...` : x, `a string of 1-${max} characters`);
+  return x;
+}
+
+/** JSON text of an object (a vIOMMU's registers, an event): parsed once to be sure. */
+function jsonObject(x: unknown, max: number, where: Where, field: string): string {
+  const t = text(x, max, where, field);
+  let v: unknown;
+  try {
+    v = JSON.parse(t);
+  } catch {
+    bad(where, field, `${t.slice(0, 40)}...`, 'JSON text');
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) bad(where, field, `${t.slice(0, 40)}...`, 'the JSON text of an object');
+  return t;
 }
 
 function owner(x: unknown, where: Where, field: string): string | null {
@@ -111,24 +129,47 @@ function bool(x: unknown, where: Where, field: string): boolean {
 }
 
 export function checkVmRow(x: unknown, where: Where, field = 'row'): VmRow {
-  const r = record(x, where, field, ['id', 'name', 'quota', 'tokenHash', 'createdAt']);
+  const r = record(x, where, field, ['id', 'quota', 'tokenHash', 'createdAt']);
   return Object.freeze({
     id: checkVmId(r['id'], where, `${field}.id`),
-    name: str(r['name'], where, `${field}.name`),
-    quota: int(r['quota'], 0, Number.MAX_SAFE_INTEGER, where, `${field}.quota`),
-    tokenHash: str(r['tokenHash'], where, `${field}.tokenHash`),
+    quota: int(r['quota'], 0, STORE_LIMITS.pasidMax, where, `${field}.quota`),
+    tokenHash: tokenHash(r['tokenHash'], where, `${field}.tokenHash`),
     createdAt: time(r['createdAt'], where, `${field}.createdAt`),
   });
 }
 
 export function checkViommuRow(x: unknown, where: Where, field = 'row'): ViommuRow {
-  const r = record(x, where, field, ['vm', 'segment', 'layout', 'rangeExtension']);
+  const r = record(x, where, field, ['vm', 'segment', 'layout', 'rangeExtension', 'pasBit', 'pss', 'registers']);
   return Object.freeze({
     vm: checkVmId(r['vm'], where, `${field}.vm`),
     segment: segment(r['segment'], where, `${field}.segment`),
     layout: layout(r['layout'], where, `${field}.layout`),
     rangeExtension: bool(r['rangeExtension'], where, `${field}.rangeExtension`),
+    pasBit: int(r['pasBit'], 0, 1, where, `${field}.pasBit`),
+    pss: int(r['pss'], 0, STORE_LIMITS.pasidBitsMax - 1, where, `${field}.pss`),
+    registers: r['registers'] === null ? null : jsonObject(r['registers'], STORE_LIMITS.registersMaxLength, where, `${field}.registers`),
   });
+}
+
+function eventFields(r: Record<string, unknown>, where: Where, field: string): NewEventRow {
+  return {
+    at: time(r['at'], where, `${field}.at`),
+    type: text(r['type'], 64, where, `${field}.type`),
+    vm: owner(r['vm'], where, `${field}.vm`),
+    body: jsonObject(r['body'], STORE_LIMITS.eventMaxLength, where, `${field}.body`),
+  };
+}
+
+export function checkNewEventRow(x: unknown, where: Where, field = 'event'): NewEventRow {
+  const r = record(x, where, field, ['at', 'type', 'vm', 'body']);
+  if (!('vm' in r)) bad(where, `${field}.vm`, undefined, 'a VM id or null');
+  return Object.freeze(eventFields(r, where, field));
+}
+
+export function checkEventRow(x: unknown, where: Where, field = 'row'): EventRow {
+  const r = record(x, where, field, ['seq', 'at', 'type', 'vm', 'body']);
+  if (!('vm' in r)) bad(where, `${field}.vm`, undefined, 'a VM id or null');
+  return Object.freeze({ seq: int(r['seq'], 1, Number.MAX_SAFE_INTEGER, where, `${field}.seq`), ...eventFields(r, where, field) });
 }
 
 export function checkDeviceRow(x: unknown, where: Where, field = 'row'): DeviceRow {
@@ -190,6 +231,23 @@ export function checkMutation(x: unknown, index: number): Mutation {
     case 'deleteVm': {
       const r = only(['id']);
       return Object.freeze({ op: o, id: checkVmId(r['id'], where, 'id') });
+    }
+    case 'setTokenHash': {
+      const r = only(['vm', 'tokenHash']);
+      return Object.freeze({ op: o, vm: checkVmId(r['vm'], where, 'vm'), tokenHash: tokenHash(r['tokenHash'], where, 'tokenHash') });
+    }
+    case 'setRegisters': {
+      const r = only(['vm', 'segment', 'registers']);
+      return Object.freeze({
+        op: o, vm: checkVmId(r['vm'], where, 'vm'), segment: segment(r['segment'], where, 'segment'),
+        registers: jsonObject(r['registers'], STORE_LIMITS.registersMaxLength, where, 'registers'),
+      });
+    }
+    case 'appendEvents': {
+      const r = only(['events']);
+      const events = r['events'];
+      if (!Array.isArray(events) || events.length === 0) bad(where, 'events', events, 'a non-empty array of events');
+      return Object.freeze({ op: o, events: Object.freeze(events.map((e, i) => checkNewEventRow(e, where, `events[${i}]`))) });
     }
     case 'deleteViommu': {
       const r = only(['vm', 'segment']);

@@ -4,22 +4,24 @@
  * `apply` accepted, `open` accepts, and a tampered or corrupt state is refused with `EINVAL`
  * (details: `table`, `row` index, `key`, `reason`) instead of handing a PASID out twice.
  *
- * Rules:
+ * Rules (integrity only: the domain rules, quotas among them, are checked again by the host model
+ * when the service rebuilds it from these rows):
  *  1. every row is well-typed and in range (row-check.ts); no unknown fields or tables;
- *  2. keys are unique: vm id, (vm, segment), (vm, bdf), pasid, (pasid, bdf), meta key;
+ *  2. keys are unique: vm id, (vm, segment), (vm, bdf), pasid, (pasid, bdf), meta key, event seq;
  *  3. a vIOMMU's and a device's VM exists; a device's segment has a vIOMMU in its VM;
  *  4. a PASID is host-owned (vm null) or owned by an existing VM;
- *  5. a VM holds no more PASIDs than its quota (quota 0 = unlimited);
+ *  5. token hashes are unique among VMs (one token must never act as two VMs);
  *  6. a binding's PASID exists and is owned by the binding's VM; its device exists in that VM;
- *  7. no meta key is reserved (`store.*`: those belong to the backend and are not in the state).
+ *  7. no meta key is reserved (`store.*`: those belong to the backend and are not in the state);
+ *  8. events are in ascending `seq`, none above `lastSeq`.
  */
 import { IoasidError, fmtId } from '../core/index.ts';
 import {
-  checkBindingRow, checkDeviceRow, checkMetaRow, checkPasidRow, checkViommuRow, checkVmRow, type Where,
+  checkBindingRow, checkDeviceRow, checkEventRow, checkMetaRow, checkPasidRow, checkViommuRow, checkVmRow, type Where,
 } from './row-check.ts';
 import {
   RESERVED_META_PREFIX, STORE_TABLES,
-  type BindingRow, type DeviceRow, type MetaRow, type PasidRow, type StoreTable, type StoredState,
+  type BindingRow, type DeviceRow, type EventRow, type MetaRow, type PasidRow, type StoreTable, type StoredState,
   type ViommuRow, type VmRow,
 } from './rows.ts';
 
@@ -39,6 +41,7 @@ const ORDER = {
   pasids: (a: PasidRow, b: PasidRow) => a.pasid - b.pasid,
   bindings: (a: BindingRow, b: BindingRow) => a.pasid - b.pasid || cmpStr(a.bdf, b.bdf),
   meta: (a: MetaRow, b: MetaRow) => cmpStr(a.key, b.key),
+  events: (a: EventRow, b: EventRow) => a.seq - b.seq,
 } as const;
 
 /** Put rows in canonical order (see `StoredState`), freezing the arrays. */
@@ -50,6 +53,8 @@ export function sortState(s: StoredState): StoredState {
     pasids: Object.freeze([...s.pasids].sort(ORDER.pasids)),
     bindings: Object.freeze([...s.bindings].sort(ORDER.bindings)),
     meta: Object.freeze([...s.meta].sort(ORDER.meta)),
+    events: Object.freeze([...s.events].sort(ORDER.events)),
+    lastSeq: s.lastSeq,
   });
 }
 
@@ -76,7 +81,7 @@ export function validateStoredState(x: unknown): StoredState {
   }
   const rec = x as Record<string, unknown>;
   for (const k of Object.keys(rec)) {
-    if (!(STORE_TABLES as readonly string[]).includes(k)) {
+    if (!(STORE_TABLES as readonly string[]).includes(k) && k !== 'lastSeq') {
       throw new IoasidError('EINVAL', `stored state refused: unknown table ${JSON.stringify(k)}`, { table: k });
     }
   }
@@ -92,11 +97,20 @@ export function validateStoredState(x: unknown): StoredState {
   const pasids = parse('pasids', (r, w) => checkPasidRow(r, w));
   const bindings = parse('bindings', (r, w) => checkBindingRow(r, w));
   const meta = parse('meta', (r, w) => checkMetaRow(r, w, 'row', true));
+  const events = parse('events', (r, w) => checkEventRow(r, w));
+  const lastSeq = rec['lastSeq'];
+  if (typeof lastSeq !== 'number' || !Number.isSafeInteger(lastSeq) || lastSeq < 0) {
+    throw new IoasidError('EINVAL', `stored state refused: lastSeq must be a non-negative integer, got ${fmtId(lastSeq)}`, { table: 'events' });
+  }
 
   const vmById = new Map<string, VmRow>();
+  const vmByHash = new Map<string, string>();
   vms.forEach((v, i) => {
     if (vmById.has(v.id)) refuse('vms', i, { id: v.id }, 'duplicate VM id');
+    const other = vmByHash.get(v.tokenHash);
+    if (other !== undefined) refuse('vms', i, { id: v.id }, `same token hash as VM ${JSON.stringify(other)}: one token would act as both`);
     vmById.set(v.id, v);
+    vmByHash.set(v.tokenHash, v.id);
   });
 
   const viommuKeys = new Set<string>();
@@ -121,19 +135,10 @@ export function validateStoredState(x: unknown): StoredState {
   });
 
   const ownerOf = new Map<number, string | null>();
-  const held = new Map<string, number>();
   pasids.forEach((p, i) => {
     const key = { pasid: p.pasid };
     if (ownerOf.has(p.pasid)) refuse('pasids', i, key, 'duplicate PASID');
-    if (p.vm !== null) {
-      const vm = vmById.get(p.vm);
-      if (vm === undefined) refuse('pasids', i, key, `owner VM ${JSON.stringify(p.vm)} does not exist`);
-      const n = (held.get(p.vm) ?? 0) + 1;
-      if (vm.quota !== 0 && n > vm.quota) {
-        refuse('pasids', i, key, `VM ${JSON.stringify(p.vm)} holds more PASIDs than its quota ${vm.quota}`);
-      }
-      held.set(p.vm, n);
-    }
+    if (p.vm !== null && !vmById.has(p.vm)) refuse('pasids', i, key, `owner VM ${JSON.stringify(p.vm)} does not exist`);
     ownerOf.set(p.pasid, p.vm);
   });
 
@@ -158,5 +163,12 @@ export function validateStoredState(x: unknown): StoredState {
     metaKeys.add(m.key);
   });
 
-  return sortState({ vms, viommus, devices, pasids, bindings, meta });
+  let prev = 0;
+  events.forEach((e, i) => {
+    if (e.seq <= prev) refuse('events', i, { seq: e.seq }, `seq must ascend (follows ${prev})`);
+    if (e.seq > lastSeq) refuse('events', i, { seq: e.seq }, `seq is above lastSeq ${lastSeq}`);
+    prev = e.seq;
+  });
+
+  return sortState({ vms, viommus, devices, pasids, bindings, meta, events, lastSeq });
 }

@@ -47,13 +47,13 @@ export type {
   VcrspValue,
 } from './registers.ts';
 export type { AccessSize, MmioAccessor } from './mmio.ts';
-export type { VcmdBackend } from './vcmd-backend.ts';
+export type { VcmdBackend, VcmdCommandContext } from './vcmd-backend.ts';
 export { VcmdDevice } from './vcmd-device.ts';
 export type { InternalErrorHandler, VcmdDeviceHooks, VcmdDeviceOptions } from './vcmd-device.ts';
 export { normalizeDeviceConfig, DEFAULT_LOG_SIZE, MAX_LOG_SIZE } from './vcmd-device-config.ts';
 export type { VcmdDeviceConfig, VcmdDeviceConfigInput } from './vcmd-device-config.ts';
-export { parseDeviceSnapshot } from './vcmd-device-snapshot.ts';
-export type { VcmdDeviceSnapshot, VcmdLogEntry, VcmdStats } from './vcmd-device-snapshot.ts';
+export { parseDeviceSnapshot, parseGuestState, parseWriter } from './vcmd-device-snapshot.ts';
+export type { VcmdDeviceSnapshot, VcmdGuestState, VcmdLogEntry, VcmdStats, VcmdWriter } from './vcmd-device-snapshot.ts';
 export { GuestViommu } from './guest-viommu.ts';
 export type { PollClock } from './guest-viommu.ts';
 export { VtdGuestDriver, INTEL_PASID_MAX, DEFAULT_VCMD_TIMEOUT_MS } from './guest-driver.ts';

@@ -36,14 +36,38 @@ export interface VcmdStats {
   readonly internalErrors: number;
 }
 
+/** The last write applied from a writer that numbers its writes (a remote guest's channel). */
+export interface VcmdWriter {
+  /** Who writes (one id per channel; a new channel starts afresh). */
+  readonly id: string;
+  /** The writer's sequence number of the write, increasing. */
+  readonly seq: number;
+}
+
+/**
+ * Everything of a device a guest can observe, and nothing else: what a durable host commits with
+ * each change a command makes, so that a guest polling after a crash reads what was committed.
+ * The command log and the counters are not part of it (they are for people, not guests).
+ */
+export interface VcmdGuestState {
+  /** 64-bit register values as `0x`-prefixed lowercase hex strings. */
+  readonly registers: { readonly VCMD_REG: string; readonly VCMD_EO_REG: string; readonly VCRSP_REG: string };
+  /** Which dwords of a 32-bit VCMD_REG write pair have arrived. */
+  readonly pendingHalves: { readonly low: boolean; readonly high: boolean };
+  /** The last numbered write applied (a retried write with this writer and seq is not applied again). */
+  readonly writer: VcmdWriter | null;
+}
+
 export interface VcmdDeviceSnapshot {
   readonly kind: 'ioasid/vcmd-device';
-  readonly version: 1;
+  /** 2 adds `writer`; version 1 snapshots are read with no writer. */
+  readonly version: 2;
   readonly config: VcmdDeviceConfig;
   /** 64-bit register values as `0x`-prefixed lowercase hex strings. */
   readonly registers: { readonly VCMD_REG: string; readonly VCMD_EO_REG: string; readonly VCRSP_REG: string };
   /** Which dwords of a 32-bit VCMD_REG write pair have arrived. */
   readonly pendingHalves: { readonly low: boolean; readonly high: boolean };
+  readonly writer: VcmdWriter | null;
   readonly nextSeq: number;
   readonly log: readonly VcmdLogEntry[];
   readonly stats: VcmdStats;
@@ -121,11 +145,44 @@ function entry(x: unknown, path: string): VcmdLogEntry {
   };
 }
 
+const WRITER_ID = /^[\x21-\x7e]{1,64}$/;
+
+/** Validate a writer (untrusted: it comes with a guest's write); EINVAL naming the bad path. */
+export function parseWriter(x: unknown, path = 'writer'): VcmdWriter {
+  const w = obj(x, path, ['id', 'seq']);
+  if (typeof w.id !== 'string' || !WRITER_ID.test(w.id)) fail(`${path}.id`, 'must be 1-64 printable ASCII characters', w.id);
+  return { id: w.id, seq: uint(w.seq, `${path}.seq`) };
+}
+
+/**
+ * Validate untrusted guest-visible state (from a store); EINVAL naming the first bad path. The
+ * register values are checked against the device's layout by `VcmdDevice.restoreGuestState`.
+ */
+export function parseGuestState(x: unknown): VcmdGuestState {
+  const r = obj(x, 'state', ['registers', 'pendingHalves', 'writer']);
+  const regs = obj(r.registers, 'state.registers', ['VCMD_REG', 'VCMD_EO_REG', 'VCRSP_REG']);
+  const halves = obj(r.pendingHalves, 'state.pendingHalves', ['low', 'high']);
+  const low = bool(halves.low, 'state.pendingHalves.low');
+  const high = bool(halves.high, 'state.pendingHalves.high');
+  if (low && high) fail('state.pendingHalves', 'cannot have both halves pending (the pair would have fired)', halves);
+  return {
+    registers: {
+      VCMD_REG: hex64(regs.VCMD_REG, 'state.registers.VCMD_REG'),
+      VCMD_EO_REG: hex64(regs.VCMD_EO_REG, 'state.registers.VCMD_EO_REG'),
+      VCRSP_REG: hex64(regs.VCRSP_REG, 'state.registers.VCRSP_REG'),
+    },
+    pendingHalves: { low, high },
+    writer: r.writer === null ? null : parseWriter(r.writer, 'state.writer'),
+  };
+}
+
 /** Validate untrusted snapshot data; EINVAL naming the first bad path. */
 export function parseDeviceSnapshot(x: unknown): VcmdDeviceSnapshot {
-  const r = obj(x, 'snapshot', ['kind', 'version', 'config', 'registers', 'pendingHalves', 'nextSeq', 'log', 'stats']);
+  const version = typeof x === 'object' && x !== null ? (x as { version?: unknown }).version : undefined;
+  if (version !== 1 && version !== 2) fail('snapshot.version', 'must be 1 or 2', version);
+  const keys = ['kind', 'version', 'config', 'registers', 'pendingHalves', 'nextSeq', 'log', 'stats'];
+  const r = obj(x, 'snapshot', version === 2 ? [...keys, 'writer'] : keys);
   if (r.kind !== 'ioasid/vcmd-device') fail('snapshot.kind', "must be 'ioasid/vcmd-device'", r.kind);
-  if (r.version !== 1) fail('snapshot.version', 'must be 1', r.version);
   const config = parseDeviceConfig(r.config);
   const regs = obj(r.registers, 'snapshot.registers', ['VCMD_REG', 'VCMD_EO_REG', 'VCRSP_REG']);
   const halves = obj(r.pendingHalves, 'snapshot.pendingHalves', ['low', 'high']);
@@ -138,12 +195,13 @@ export function parseDeviceSnapshot(x: unknown): VcmdDeviceSnapshot {
   const nextSeq = uint(r.nextSeq, 'snapshot.nextSeq');
   for (const [i, e] of log.entries()) {
     if (e.seq >= nextSeq) fail(`snapshot.log[${i}].seq`, 'must be below nextSeq', e.seq);
-    if (e.status === null) fail(`snapshot.log[${i}].status`, 'must be set: no command is in progress in a snapshot');
+    // A command taken back (not committed) has no status but is complete.
+    if (e.status === null && e.completedAt === null) fail(`snapshot.log[${i}].status`, 'must be set: no command is in progress in a snapshot');
   }
   const st = obj(r.stats, 'snapshot.stats', ['commands', 'droppedWrites', 'undefinedCommands', 'internalErrors']);
   return {
     kind: 'ioasid/vcmd-device',
-    version: 1,
+    version: 2,
     config,
     registers: {
       VCMD_REG: hex64(regs.VCMD_REG, 'snapshot.registers.VCMD_REG'),
@@ -151,6 +209,7 @@ export function parseDeviceSnapshot(x: unknown): VcmdDeviceSnapshot {
       VCRSP_REG: hex64(regs.VCRSP_REG, 'snapshot.registers.VCRSP_REG'),
     },
     pendingHalves: { low, high },
+    writer: r.writer === undefined || r.writer === null ? null : parseWriter(r.writer, 'snapshot.writer'),
     nextSeq,
     log,
     stats: {

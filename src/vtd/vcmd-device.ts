@@ -26,10 +26,21 @@
  * 6. Range extension (ours, DESIGN 4.4, layout B): with VCCAP.RX, Allocate carries min in OA
  *    bits 35:16 and max in VCMD_EO bits 19:0; min = max = 0 means "any PASID"; min 0 reads as 1.
  *
+ * 7. Durable hosts (the backend has `persist`): every change a guest can observe is committed
+ *    before the write that made it is complete: a command's outcome by the backend together with
+ *    the allocation or free it reports (`guestStateAfter`), anything else through `persist`. A
+ *    `CommitError` takes the write back (registers, halves and writer as before it arrived), and
+ *    `writeDurable` rejects with it, so the writer can send it again. While such a commit is
+ *    outstanding, further writes are dropped, as while IP is set.
+ * 8. Numbered writes: a write may name its writer and sequence number; a write whose number is
+ *    not above the last one applied from that writer is a retry of an applied write and is not
+ *    applied again (a remote guest resending a write after losing the answer to a crash).
+ *
  * State is a serialisable snapshot (`snapshot()` / `VcmdDevice.restore()`), refused with EBUSY
- * while a backend call is outstanding.
+ * while a backend call is outstanding; the guest-visible part alone is `guestState()` /
+ * `restoreGuestState()`.
  */
-import { IoasidError, PASID_MAX, PASID_MIN, isIoasidError } from '../core/index.ts';
+import { IoasidError, PASID_MAX, PASID_MIN, isCommitError, isIoasidError } from '../core/index.ts';
 import type { AccessSize, MmioAccessor } from './mmio.ts';
 import {
   VCMD_CMD,
@@ -43,11 +54,27 @@ import {
   type FieldSpec,
   type RegisterMap,
 } from './registers.ts';
-import type { VcmdBackend } from './vcmd-backend.ts';
+import type { VcmdBackend, VcmdCommandContext } from './vcmd-backend.ts';
 import { normalizeDeviceConfig, type VcmdDeviceConfig, type VcmdDeviceConfigInput } from './vcmd-device-config.ts';
-import { parseDeviceSnapshot, type VcmdDeviceSnapshot, type VcmdLogEntry, type VcmdStats } from './vcmd-device-snapshot.ts';
+import {
+  parseDeviceSnapshot, parseGuestState, parseWriter,
+  type VcmdDeviceSnapshot, type VcmdGuestState, type VcmdLogEntry, type VcmdStats, type VcmdWriter,
+} from './vcmd-device-snapshot.ts';
 
-export type { VcmdLogEntry, VcmdStats, VcmdDeviceSnapshot } from './vcmd-device-snapshot.ts';
+export type { VcmdLogEntry, VcmdStats, VcmdDeviceSnapshot, VcmdGuestState, VcmdWriter } from './vcmd-device-snapshot.ts';
+
+/** The guest-visible state before a write, kept to take the write back if it cannot be committed. */
+interface Saved {
+  readonly vcmd: bigint;
+  readonly vcmdEo: bigint;
+  readonly vcrsp: bigint;
+  readonly halfLow: boolean;
+  readonly halfHigh: boolean;
+  readonly writerId: string | null;
+  readonly writerSeq: number;
+}
+
+const noop = (): void => {};
 
 /** How the device reports an internal error (after the guest-visible status is written). */
 export type InternalErrorHandler = (error: unknown, entry: VcmdLogEntry) => void;
@@ -115,7 +142,7 @@ function freezeEntry(e: MutableEntry): VcmdLogEntry {
   return Object.freeze({ ...e, range: e.range === null ? null : Object.freeze({ ...e.range }) });
 }
 
-export class VcmdDevice implements MmioAccessor {
+export class VcmdDevice implements MmioAccessor, VcmdCommandContext {
   readonly config: VcmdDeviceConfig;
   readonly map: RegisterMap;
   /** CAP_REG, ECAP_REG and VCCAP_REG as advertised (VCCAP reads as 0 when ECAP.VCS is clear). */
@@ -149,6 +176,12 @@ export class VcmdDevice implements MmioAccessor {
   #vcrsp = 0n;
   #halfLow = false;
   #halfHigh = false;
+  #writerId: string | null = null;
+  #writerSeq = 0;
+  /** Durable backend: guest-visible changes are committed (rule 7). */
+  readonly #durable: boolean;
+  /** The commit failure that took back the last write (for `writeDurable`). */
+  #failure: unknown = null;
 
   #seq = 0;
   /** Ring of the last `logSize` entries: #logStart is the oldest, #log.length <= logSize. */
@@ -162,6 +195,7 @@ export class VcmdDevice implements MmioAccessor {
     const { backend, now, onInternalError, ...rest } = options;
     this.config = normalizeDeviceConfig(rest);
     this.#backend = checkBackend(backend);
+    this.#durable = typeof this.#backend.persist === 'function';
     this.#now = now ?? (() => this.#seq);
     this.#onInternalError = onInternalError;
     this.#stats = { commands: 0, droppedWrites: 0, undefinedCommands: 0, internalErrors: 0 };
@@ -212,29 +246,81 @@ export class VcmdDevice implements MmioAccessor {
   static restore(snapshot: unknown, backend: VcmdBackend, hooks: VcmdDeviceHooks = {}): VcmdDevice {
     const s = parseDeviceSnapshot(snapshot);
     const dev = new VcmdDevice({ ...s.config, backend, ...hooks });
-    dev.#vcmd = BigInt(s.registers.VCMD_REG) & dev.#vcmdWritable;
-    dev.#vcmdEo = dev.#offVcmdEo < 0 ? 0n : BigInt(s.registers.VCMD_EO_REG);
-    const vcrsp = BigInt(s.registers.VCRSP_REG);
-    if ((vcrsp & IP) !== 0n) {
-      throw new IoasidError('EINVAL', 'snapshot VCRSP_REG has IP set: a command cannot be in progress in a snapshot', { VCRSP_REG: s.registers.VCRSP_REG });
-    }
-    if ((vcrsp & ~registerSpec(dev.map, 'VCRSP_REG').definedMask) !== 0n) {
-      throw new IoasidError('EINVAL', 'snapshot VCRSP_REG has reserved bits set', { VCRSP_REG: s.registers.VCRSP_REG });
-    }
-    if ((BigInt(s.registers.VCMD_REG) & ~dev.#vcmdWritable) !== 0n) {
-      throw new IoasidError('EINVAL', 'snapshot VCMD_REG has reserved bits set', { VCMD_REG: s.registers.VCMD_REG });
-    }
-    if (dev.#offVcmdEo < 0 && s.registers.VCMD_EO_REG !== '0x0') {
-      throw new IoasidError('EINVAL', 'layout A has no VCMD_EO_REG, but the snapshot gives it a value', { VCMD_EO_REG: s.registers.VCMD_EO_REG });
-    }
-    dev.#vcrsp = vcrsp;
-    dev.#halfLow = s.pendingHalves.low;
-    dev.#halfHigh = s.pendingHalves.high;
+    dev.#setGuestState(s, 'snapshot');
     dev.#seq = s.nextSeq;
     const kept = dev.config.logSize === 0 ? [] : s.log.slice(-dev.config.logSize);
     dev.#log = kept.map((e) => ({ ...e, range: e.range === null ? null : { ...e.range } }));
     dev.#stats = { ...s.stats };
     return dev;
+  }
+
+  /** The guest-visible state (rule 7): what a durable host commits. */
+  guestState(): VcmdGuestState {
+    return this.#stateOf(this.#vcrsp);
+  }
+
+  /**
+   * Put back the guest-visible state a durable host committed (untrusted input: EINVAL on anything
+   * malformed or not possible for this device's layout; EBUSY while a command is outstanding).
+   */
+  restoreGuestState(state: unknown): void {
+    if (this.busy || this.#pending !== null) throw new IoasidError('EBUSY', 'cannot restore the registers of a VCMD device while a command is in progress', {});
+    this.#setGuestState(parseGuestState(state), 'state');
+  }
+
+  #setGuestState(s: Pick<VcmdGuestState, 'registers' | 'pendingHalves'> & { readonly writer?: VcmdWriter | null }, what: string): void {
+    const vcrsp = BigInt(s.registers.VCRSP_REG);
+    if ((vcrsp & IP) !== 0n) {
+      throw new IoasidError('EINVAL', `${what} VCRSP_REG has IP set: a command cannot be in progress in a ${what}`, { VCRSP_REG: s.registers.VCRSP_REG });
+    }
+    if ((vcrsp & ~registerSpec(this.map, 'VCRSP_REG').definedMask) !== 0n) {
+      throw new IoasidError('EINVAL', `${what} VCRSP_REG has reserved bits set`, { VCRSP_REG: s.registers.VCRSP_REG });
+    }
+    if ((BigInt(s.registers.VCMD_REG) & ~this.#vcmdWritable) !== 0n) {
+      throw new IoasidError('EINVAL', `${what} VCMD_REG has reserved bits set`, { VCMD_REG: s.registers.VCMD_REG });
+    }
+    if (this.#offVcmdEo < 0 && s.registers.VCMD_EO_REG !== '0x0') {
+      throw new IoasidError('EINVAL', `layout A has no VCMD_EO_REG, but the ${what} gives it a value`, { VCMD_EO_REG: s.registers.VCMD_EO_REG });
+    }
+    this.#vcmd = BigInt(s.registers.VCMD_REG);
+    this.#vcmdEo = this.#offVcmdEo < 0 ? 0n : BigInt(s.registers.VCMD_EO_REG);
+    this.#vcrsp = vcrsp;
+    this.#halfLow = s.pendingHalves.low;
+    this.#halfHigh = s.pendingHalves.high;
+    this.#writerId = s.writer?.id ?? null;
+    this.#writerSeq = s.writer?.seq ?? 0;
+  }
+
+  #stateOf(vcrsp: bigint): VcmdGuestState {
+    return {
+      registers: { VCMD_REG: hex(this.#vcmd), VCMD_EO_REG: hex(this.#vcmdEo), VCRSP_REG: hex(vcrsp) },
+      pendingHalves: { low: this.#halfLow, high: this.#halfHigh },
+      writer: this.#writerId === null ? null : { id: this.#writerId, seq: this.#writerSeq },
+    };
+  }
+
+  /**
+   * The command in progress, as a backend sees it (rule 7): the guest-visible state once it
+   * completes with `result` (a PASID or anything for success, `null` for its failure status).
+   */
+  guestStateAfter(result: number | null): VcmdGuestState {
+    const cmd = bits(this.#vcmd, this.#cmd);
+    const sc = result === null ? (cmd === VCMD_CMD.ALLOCATE ? this.map.status.NO_PASID : this.map.status.INVALID_PASID) : this.map.status.SUCCESS;
+    // The command fired (its halves are clear); only VCRSP will differ from now.
+    return this.#stateOf(this.#vcrspFor(sc, cmd === VCMD_CMD.ALLOCATE && result !== null ? result : 0));
+  }
+
+  /**
+   * Write, then wait until the write and the command it fires are complete and (on a durable host)
+   * committed. Rejects with the commit failure when the write was taken back (rule 7).
+   */
+  async writeDurable(offset: number, value: bigint, size: AccessSize, writer?: VcmdWriter): Promise<void> {
+    this.#failure = null;
+    this.write(offset, value, size, writer);
+    await this.settled();
+    const f = this.#failure;
+    this.#failure = null;
+    if (f !== null) throw f;
   }
 
   /** True while a command is in progress (VCRSP.IP set). */
@@ -268,27 +354,35 @@ export class VcmdDevice implements MmioAccessor {
     return (offset & 4) !== 0 ? v >> 32n : v & MASK32;
   }
 
-  write(offset: number, value: bigint, size: AccessSize): void {
+  write(offset: number, value: bigint, size: AccessSize, writer?: VcmdWriter): void {
     if (typeof value !== 'bigint') return;
     const base = alignedBase(offset, size);
     if (base < 0 || !this.config.virtualCommands) return;
     const isVcmd = base === this.#offVcmd;
     if (!isVcmd && base !== this.#offVcmdEo) return; // read-only or unknown: ignored
-    if (this.#inProgress()) {
+    const w = writer === undefined ? null : parseWriter(writer);
+    if (w !== null && w.id === this.#writerId && w.seq <= this.#writerSeq) return; // a retry of an applied write (rule 8)
+    if (this.#inProgress() || (this.#durable && this.#pending !== null)) {
       this.#stats.droppedWrites++;
       return;
+    }
+    const before = this.#durable ? this.#save() : null;
+    if (w !== null) {
+      this.#writerId = w.id;
+      this.#writerSeq = w.seq;
     }
     if (!isVcmd) {
       if (size === 8) this.#vcmdEo = BigInt.asUintN(64, value);
       else if ((offset & 4) === 0) this.#vcmdEo = (this.#vcmdEo & HIGH32) | BigInt.asUintN(32, value);
       else this.#vcmdEo = (this.#vcmdEo & MASK32) | (BigInt.asUintN(32, value) << 32n);
+      this.#persist(before, null);
       return;
     }
     if (size === 8) {
       this.#vcmd = value & this.#vcmdWritable;
       this.#halfLow = false;
       this.#halfHigh = false;
-      this.#fire();
+      this.#fire(before);
       return;
     }
     const v32 = BigInt.asUintN(32, value);
@@ -302,8 +396,47 @@ export class VcmdDevice implements MmioAccessor {
     if (this.#halfLow && this.#halfHigh) {
       this.#halfLow = false;
       this.#halfHigh = false;
-      this.#fire();
+      this.#fire(before);
+    } else {
+      this.#persist(before, null);
     }
+  }
+
+  #save(): Saved {
+    return { vcmd: this.#vcmd, vcmdEo: this.#vcmdEo, vcrsp: this.#vcrsp, halfLow: this.#halfLow, halfHigh: this.#halfHigh, writerId: this.#writerId, writerSeq: this.#writerSeq };
+  }
+
+  /** Commit a guest-visible change no backend call reported (rule 7); take it back on failure. */
+  #persist(before: Saved | null, entry: MutableEntry | null): void {
+    if (before === null) return;
+    let r: void | Promise<void>;
+    try {
+      r = (this.#backend.persist as (state: VcmdGuestState) => void | Promise<void>).call(this.#backend, this.guestState());
+    } catch (e) {
+      this.#takeBack(before, entry, e);
+      return;
+    }
+    if (isThenable(r)) this.#wait(Promise.resolve(r).then(noop, (e: unknown) => this.#takeBack(before, entry, e)));
+  }
+
+  /** The write could not be committed: the device is as before it arrived (rule 7). */
+  #takeBack(before: Saved, entry: MutableEntry | null, e: unknown): void {
+    this.#vcmd = before.vcmd;
+    this.#vcmdEo = before.vcmdEo;
+    this.#vcrsp = before.vcrsp;
+    this.#halfLow = before.halfLow;
+    this.#halfHigh = before.halfHigh;
+    this.#writerId = before.writerId;
+    this.#writerSeq = before.writerSeq;
+    this.#failure = e;
+    if (entry !== null) {
+      entry.status = null;
+      entry.statusName = null;
+      entry.result = null;
+      entry.completedAt = this.#now();
+      entry.error = `not committed, taken back: ${errorText(e)}`;
+    }
+    if (!isCommitError(e)) this.#internalError(entry ?? blankEntry(), e);
   }
 
   #reg64(base: number): bigint {
@@ -324,7 +457,7 @@ export class VcmdDevice implements MmioAccessor {
     return this.#vcrsp <= MAX_SAFE ? Number(this.#vcrsp) % 2 === 1 : (this.#vcrsp & IP) !== 0n;
   }
 
-  #fire(): void {
+  #fire(before: Saved | null): void {
     this.#vcrsp = IP; // clears VCRSP and sets IP (edge 56)
     this.#stats.commands++;
     const cmd = bits(this.#vcmd, this.#cmd);
@@ -343,14 +476,16 @@ export class VcmdDevice implements MmioAccessor {
     if (this.#advertised[cmd] !== true) {
       this.#stats.undefinedCommands++;
       this.#complete(entry, this.map.status.UNDEFINED_COMMAND, 0);
+      this.#persist(before, entry);
       return;
     }
     if (cmd === VCMD_CMD.NULL) {
       this.#complete(entry, this.map.status.SUCCESS, 0);
+      this.#persist(before, entry);
     } else if (cmd === VCMD_CMD.ALLOCATE) {
-      this.#allocate(entry);
+      this.#allocate(entry, before);
     } else {
-      this.#free(entry);
+      this.#free(entry, before);
     }
   }
 
@@ -377,7 +512,7 @@ export class VcmdDevice implements MmioAccessor {
     return this.#logStart === 0 ? this.#log : [...this.#log.slice(this.#logStart), ...this.#log.slice(0, this.#logStart)];
   }
 
-  #allocate(entry: MutableEntry): void {
+  #allocate(entry: MutableEntry, before: Saved | null): void {
     let range: { min: number; max: number } | undefined;
     if (this.#rangeMax !== null && this.#rangeAdvertised) {
       const min = bits(this.#vcmd, this.#operand);
@@ -387,25 +522,26 @@ export class VcmdDevice implements MmioAccessor {
         entry.range = { ...range };
         if (range.min > range.max) {
           this.#complete(entry, this.map.status.NO_PASID, 0);
+          this.#persist(before, entry);
           return;
         }
       }
     }
     let r: number | Promise<number>;
     try {
-      r = range === undefined ? this.#backend.allocate() : this.#backend.allocate(range);
+      r = this.#backend.allocate(range, this);
     } catch (e) {
-      this.#allocateFailed(entry, e);
+      this.#allocateFailed(entry, e, before);
       return;
     }
     if (isThenable(r)) {
-      this.#wait(Promise.resolve(r).then((v) => this.#allocated(entry, v, range), (e: unknown) => this.#allocateFailed(entry, e)));
+      this.#wait(Promise.resolve(r).then((v) => this.#allocated(entry, v, range, before), (e: unknown) => this.#allocateFailed(entry, e, before)));
     } else {
-      this.#allocated(entry, r, range);
+      this.#allocated(entry, r, range, before);
     }
   }
 
-  #allocated(entry: MutableEntry, v: unknown, range: { min: number; max: number } | undefined): void {
+  #allocated(entry: MutableEntry, v: unknown, range: { min: number; max: number } | undefined, before: Saved | null): void {
     const lo = range?.min ?? PASID_MIN;
     const hi = range?.max ?? PASID_MAX;
     if (typeof v === 'number' && Number.isInteger(v) && v >= lo && v <= hi && v <= PASID_MAX) {
@@ -414,11 +550,12 @@ export class VcmdDevice implements MmioAccessor {
     }
     // A backend bug: the guest sees "no PASID available"; a real PASID is handed back.
     this.#complete(entry, this.map.status.NO_PASID, 0);
+    this.#persist(before, entry);
     const err = new IoasidError('ERANGE', `VCMD backend returned ${String(v)} for Allocate, outside [${lo}, ${hi}]`, { result: typeof v === 'number' ? v : String(v), min: lo, max: hi });
     this.#internalError(entry, err);
     if (typeof v === 'number' && Number.isInteger(v) && v >= PASID_MIN && v <= PASID_MAX) {
       try {
-        const f = this.#backend.free(v);
+        const f = this.#backend.free(v, this);
         if (isThenable(f)) Promise.resolve(f).catch((e: unknown) => this.#internalError(entry, e));
       } catch (e) {
         this.#internalError(entry, e);
@@ -426,36 +563,47 @@ export class VcmdDevice implements MmioAccessor {
     }
   }
 
-  #allocateFailed(entry: MutableEntry, e: unknown): void {
+  #allocateFailed(entry: MutableEntry, e: unknown, before: Saved | null): void {
+    if (before !== null && isCommitError(e)) {
+      this.#takeBack(before, entry, e);
+      return;
+    }
     this.#complete(entry, this.map.status.NO_PASID, 0);
+    this.#persist(before, entry);
     if (!isIoasidError(e)) this.#internalError(entry, e);
     else entry.error = errorText(e);
   }
 
-  #free(entry: MutableEntry): void {
+  #free(entry: MutableEntry, before: Saved | null): void {
     const pasid = bits(this.#vcmd, this.#operand);
     entry.operand = pasid;
     if (pasid < PASID_MIN) {
       entry.error = 'EINVAL: PASID 0 is reserved for requests without PASID';
       this.#complete(entry, this.map.status.INVALID_PASID, 0);
+      this.#persist(before, entry);
       return;
     }
     let r: void | Promise<void>;
     try {
-      r = this.#backend.free(pasid);
+      r = this.#backend.free(pasid, this);
     } catch (e) {
-      this.#freeFailed(entry, e);
+      this.#freeFailed(entry, e, before);
       return;
     }
     if (isThenable(r)) {
-      this.#wait(Promise.resolve(r).then(() => this.#complete(entry, this.map.status.SUCCESS, 0), (e: unknown) => this.#freeFailed(entry, e)));
+      this.#wait(Promise.resolve(r).then(() => this.#complete(entry, this.map.status.SUCCESS, 0), (e: unknown) => this.#freeFailed(entry, e, before)));
     } else {
       this.#complete(entry, this.map.status.SUCCESS, 0);
     }
   }
 
-  #freeFailed(entry: MutableEntry, e: unknown): void {
+  #freeFailed(entry: MutableEntry, e: unknown, before: Saved | null): void {
+    if (before !== null && isCommitError(e)) {
+      this.#takeBack(before, entry, e);
+      return;
+    }
     this.#complete(entry, this.map.status.INVALID_PASID, 0);
+    this.#persist(before, entry);
     if (!isIoasidError(e)) this.#internalError(entry, e);
     else entry.error = errorText(e);
   }
@@ -469,12 +617,17 @@ export class VcmdDevice implements MmioAccessor {
 
   /** Write the guest-visible status: RSLT only on success, IP cleared. */
   #complete(entry: MutableEntry, sc: number, pasid: number): void {
-    // One BigInt per completion: the status or result is placed with number arithmetic (< 2^53).
-    this.#vcrsp = sc === 0 ? (pasid === 0 ? 0n : BigInt(pasid * this.#resultScale)) : BigInt(sc * this.#scScale);
+    this.#vcrsp = this.#vcrspFor(sc, pasid);
     entry.status = sc;
     entry.statusName = statusName(this.map, entry.cmd, sc);
     entry.result = sc === 0 && entry.cmd === VCMD_CMD.ALLOCATE ? pasid : null;
     entry.completedAt = this.#now();
+  }
+
+  /** VCRSP once a command completes: RSLT only on success, IP clear. */
+  #vcrspFor(sc: number, pasid: number): bigint {
+    // One BigInt per completion: the status or result is placed with number arithmetic (< 2^53).
+    return sc === 0 ? (pasid === 0 ? 0n : BigInt(pasid * this.#resultScale)) : BigInt(sc * this.#scScale);
   }
 
   #internalError(entry: MutableEntry, e: unknown): void {
@@ -499,10 +652,11 @@ export class VcmdDevice implements MmioAccessor {
     }
     return {
       kind: 'ioasid/vcmd-device',
-      version: 1,
+      version: 2,
       config: { ...this.config },
       registers: { VCMD_REG: hex(this.#vcmd), VCMD_EO_REG: hex(this.#vcmdEo), VCRSP_REG: hex(this.#vcrsp) },
       pendingHalves: { low: this.#halfLow, high: this.#halfHigh },
+      writer: this.#writerId === null ? null : { id: this.#writerId, seq: this.#writerSeq },
       nextSeq: this.#seq,
       log: this.#ordered().map((e) => ({ ...e, range: e.range === null ? null : { ...e.range } })),
       stats: { ...this.#stats },
