@@ -221,6 +221,7 @@ describe('etcd over TLS with --client-cert-auth and authentication: a real etcd'
     await etcd.enableAuth('root-pw-0a1b2c3d');
     await etcd.addUser('ioasid', PASSWORD, '/ioasid/');
     await etcd.addUser('nobody', NOBODY_PASSWORD);
+    await etcd.addUser('reader', NOBODY_PASSWORD, '/ioasid/', 'read');
     pw = secretFile('etcd.pw', `${PASSWORD}\n`);
     badPw = secretFile('wrong.pw', 'wrong-password-5e6f\n');
     nobodyPw = secretFile('nobody.pw', `${NOBODY_PASSWORD}\n`);
@@ -276,9 +277,13 @@ describe('etcd over TLS with --client-cert-auth and authentication: a real etcd'
     assert.ok(isErr('EPERM', /refused etcd user "ghost"/, 'password')(u));
   });
 
-  it("a user without permission on the domain's keys: EACCES naming the user and the prefix", async () => {
+  it("a user without permission (or with read only) on the domain's keys: EACCES naming the user and the prefix", async () => {
     const e = await refused({ ...full(), user: 'nobody', passwordFile: nobodyPw }, 'noperm');
     assert.ok(isErr('EACCES', /denied etcd user "nobody" access to the domain's keys \(\/ioasid\/noperm\/, read and write\)/, 'permission')(e));
+    // Read alone is not enough, and is found at start, before anything is written.
+    const r = await refused({ ...full(), user: 'reader', passwordFile: nobodyPw }, 'readonly');
+    assert.ok(isErr('EACCES', /denied etcd user "reader" access/, 'permission')(r));
+    assert.equal((await etcd.etcdctl(['get', '--prefix', '--keys-only', '/ioasid/readonly/'])).stdout.trim(), '', 'nothing written');
   });
 
   it('the right settings: a service on etcds:// with a user allocates and frees PASIDs, also after its auth token expired', async () => {

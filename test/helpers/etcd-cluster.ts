@@ -246,14 +246,14 @@ export class EtcdCluster {
 
   /**
    * Add a user (password null: no password, client-certificate CN only) with a role that may read
-   * and write keys under `prefix` (none: a user without any permission).
+   * and write (or only read) keys under `prefix` (none: a user without any permission).
    */
-  async addUser(name: string, password: string | null, prefix?: string): Promise<void> {
+  async addUser(name: string, password: string | null, prefix?: string, perm: 'readwrite' | 'read' = 'readwrite'): Promise<void> {
     if (password === null) await this.#ctl(['user', 'add', name, '--no-password']);
     else await this.#ctl(['user', 'add', name, '--interactive=false'], `${password}\n`);
     if (prefix !== undefined) {
       await this.#ctl(['role', 'add', `${name}-role`]);
-      await this.#ctl(['role', 'grant-permission', `${name}-role`, '--prefix=true', 'readwrite', prefix]);
+      await this.#ctl(['role', 'grant-permission', `${name}-role`, '--prefix=true', perm, prefix]);
       await this.#ctl(['user', 'grant-role', name, `${name}-role`]);
     }
   }
