@@ -23,6 +23,7 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { inspect } from 'node:util';
@@ -41,6 +42,18 @@ const SKIP = ETCD_SKIP ?? PKI_SKIP ?? false;
 
 const tmp = mkdtempSync(join(tmpdir(), 'ioasid-etcd-tls-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
+
+/** A loopback port nothing listens on (taken, then released). */
+function closedPort(): Promise<number> {
+  return new Promise((done, fail) => {
+    const srv = createServer();
+    srv.on('error', fail);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => done(port));
+    });
+  });
+}
 
 function secretFile(name: string, content: string, mode = 0o600): string {
   const p = join(tmp, name);
@@ -97,6 +110,12 @@ describe('etcd TLS and authentication: the options', () => {
     assertNoSecret(caught, ['hunter2-secret', 'ioasid:']);
     // Plaintext etcd:// takes a user (its password travels in clear: warned about at open).
     assert.ok(openStore('etcd://127.0.0.1:1', { etcdSecurity: { user: 'ioasid', passwordFile: '/pw' } }) instanceof EtcdStore);
+  });
+
+  it('no member answering at start is ETIMEDOUT after the retry budget, naming the members; nothing written', async () => {
+    const dead = await closedPort();
+    const store = openStore(`etcds://127.0.0.1:${dead}`, { hostId: 'h1', retry: { totalMs: 600 } });
+    await assert.rejects(store.open(), isErr('ETIMEDOUT', new RegExp(`no etcd member answered \\(127\\.0\\.0\\.1:${dead}\\) after \\d+ attempts \\(connect ECONNREFUSED`)));
   });
 
   it('etcd options on a memory or SQLite store are EINVAL, not silently unused', async () => {

@@ -31,7 +31,7 @@ import { readFileSync, statSync } from 'node:fs';
 import { inspect } from 'node:util';
 import type { Etcd3, IOptions } from 'etcd3';
 import { IoasidError, type IoasidErrorCode } from '../core/index.ts';
-import { isTransportError, makeClient, nextAttempt, sleep, unavailable, type RetryPolicy } from './etcd-client.ts';
+import { isTransportError, makeClient, nextAttempt, sleep, type RetryPolicy } from './etcd-client.ts';
 
 /** What a host needs to talk to an etcd that uses TLS and/or authentication (file paths only). */
 export interface EtcdSecurityOptions {
@@ -258,8 +258,8 @@ function errorText(e: unknown): string {
   return String(e);
 }
 
-/** The part of a gRPC/TLS message worth showing: the TLS alert or verify error, nothing else. */
-export function tlsDetail(e: unknown): string {
+/** The part of a gRPC/TLS message worth showing: the TLS alert, or the connection's last error. */
+export function failureDetail(e: unknown): string {
   const msg = e instanceof Error ? e.message : String(e);
   const alert = /alert ([a-z ]+?)(?::|\s*$|\n)/i.exec(msg);
   if (alert?.[1] !== undefined) return `TLS alert: ${alert[1].trim()}`;
@@ -304,16 +304,16 @@ export function refusalError(e: unknown, creds: EtcdCredentials, endpoint: strin
   switch (reason) {
     case 'server-certificate':
       details.caFile = creds.caFile;
-      message = `${member} presented a certificate this host does not trust (${tlsDetail(e)}); it was checked against ${creds.caFile !== null ? `the CA in ${creds.caFile}` : "Node's default CA list (no CA file was given)"}`;
+      message = `${member} presented a certificate this host does not trust (${failureDetail(e)}); it was checked against ${creds.caFile !== null ? `the CA in ${creds.caFile}` : "Node's default CA list (no CA file was given)"}`;
       break;
     case 'client-certificate':
       details.certFile = creds.certFile;
       message = creds.hasClientCertificate
-        ? `${member} refused the client certificate in ${creds.certFile ?? '?'} (${tlsDetail(e)}): it accepts only certificates signed by its trusted CA (--trusted-ca-file)`
-        : `${member} requires a client certificate and none was given (${tlsDetail(e)})`;
+        ? `${member} refused the client certificate in ${creds.certFile ?? '?'} (${failureDetail(e)}): it accepts only certificates signed by its trusted CA (--trusted-ca-file)`
+        : `${member} requires a client certificate and none was given (${failureDetail(e)})`;
       break;
     case 'tls-handshake':
-      message = `${member} broke off the TLS handshake (${tlsDetail(e)}): does it serve TLS on this port? (a plaintext member is etcd://)`;
+      message = `${member} broke off the TLS handshake (${failureDetail(e)}): does it serve TLS on this port? (a plaintext member is etcd://)`;
       break;
     case 'password':
       details.user = creds.user;
@@ -420,7 +420,10 @@ async function verifyMembers(endpoints: readonly string[], o: Probing, policy: R
     if (results.some((r) => r.ok)) return;
     const wait = nextAttempt(policy, n, started);
     const last = results.find((r): r is { ok: false; transport: unknown } => !r.ok);
-    if (wait < 0) throw unavailable('a first answer from any member', n, last?.transport);
+    if (wait < 0) {
+      const cause = failureDetail(last?.transport);
+      throw new IoasidError('ETIMEDOUT', `no etcd member answered (${endpoints.join(', ')}) after ${n} attempts (${cause}); nothing was written`, { endpoints: [...endpoints], attempts: n, cause: cause.slice(0, 200) });
+    }
     await sleep(wait);
   }
 }
