@@ -13,6 +13,9 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { IoasidError } from '../src/core/index.ts';
 import { openStore, parseEtcdSpec, EtcdStore } from '../src/store/index.ts';
 import { startServer } from '../src/service/index.ts';
@@ -38,12 +41,15 @@ describe('cluster: the etcd store spec', () => {
 
   it('--host-id and --domain need an etcd store; the cluster routes answer EOPNOTSUPP on a local store', async () => {
     await assert.rejects(startServer({ store: 'memory', hostId: 'h1', port: 0, logLevel: 'silent', dashboard: false, say: () => {} }), (e) => e instanceof IoasidError && e.code === 'EINVAL');
-    const s = await startServer({ store: 'memory', port: 0, logLevel: 'silent', dashboard: false, say: () => {} });
+    // The admin token it creates goes to a temporary folder, not ./var of the checkout.
+    const stateDir = mkdtempSync(join(tmpdir(), 'ioasid-cluster-local-'));
+    const s = await startServer({ store: 'memory', port: 0, logLevel: 'silent', dashboard: false, say: () => {}, stateDir });
     try {
       assert.throws(() => s.authority.clusterStatus(), (e) => e instanceof IoasidError && e.code === 'EOPNOTSUPP');
       await assert.rejects(s.authority.migrateVm('vm1', 'h2'), (e) => e instanceof IoasidError && e.code === 'EOPNOTSUPP');
     } finally {
       await s.close();
+      rmSync(stateDir, { recursive: true, force: true });
     }
   });
 });
