@@ -6,15 +6,17 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import { dirname, join, resolve } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { IoasidError } from '../core/index.ts';
-import { EtcdStore, openStore } from '../store/index.ts';
+import { EtcdStore, openStore, type EtcdSecurityOptions } from '../store/index.ts';
 import { PasidAuthority } from './authority.ts';
 import { buildApp } from './app.ts';
 import { registerDashboard } from './dashboard.ts';
 import { hashToken, newToken } from './tokens.ts';
 
 export interface ServeOptions {
-  /** `memory`, `sqlite:PATH` (default `sqlite:./var/ioasid.db`) or `etcd://HOST:PORT[,...]`. */
+  /** `memory`, `sqlite:PATH` (default `sqlite:./var/ioasid.db`), `etcd://HOST:PORT[,...]` or `etcds://...` (TLS). */
   readonly store?: string;
+  /** Cluster mode (etcd): CA, client certificate and key, etcd user and password file. */
+  readonly etcdSecurity?: EtcdSecurityOptions;
   /** Cluster mode (etcd): this host's name in its migration domain (default: the hostname). */
   readonly hostId?: string;
   /** Cluster mode (etcd): the migration domain (default `default`). */
@@ -68,6 +70,7 @@ export async function startServer(opts: ServeOptions = {}): Promise<RunningServe
     synchronous: opts.sync ?? 'normal',
     ...(opts.hostId !== undefined ? { hostId: opts.hostId } : {}),
     ...(opts.domain !== undefined ? { domain: opts.domain } : {}),
+    ...(opts.etcdSecurity !== undefined ? { etcdSecurity: opts.etcdSecurity } : {}),
     ...(spec.startsWith('etcd') ? { log: clusterLog } : {}),
   });
   // Cluster mode (docs/cluster.md): interim, while its journal is rewritten.

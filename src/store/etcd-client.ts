@@ -1,8 +1,9 @@
 /**
- * The etcd side of the cluster backend, below the domain logic: the `etcd://` spec, the client
- * (every endpoint given, a deadline on every call), bounded retries with backoff, paginated range
- * reads at one revision, and the plain shapes (`Kv`, `Cmp`, `Op`) the rest of the backend uses
- * instead of the client's protobuf objects.
+ * The etcd side of the cluster backend, below the domain logic: the `etcd://` and `etcds://`
+ * spec, the client (every endpoint given, a deadline on every call, TLS and a user when
+ * etcd-security.ts loaded them), bounded retries with backoff, paginated range reads at one
+ * revision, and the plain shapes (`Kv`, `Cmp`, `Op`) the rest of the backend uses instead of the
+ * client's protobuf objects.
  *
  * Retry rules:
  *  1. Only transport failures are retried (unavailable member, deadline, leader change, no
@@ -18,16 +19,23 @@
  */
 import { Etcd3, isRecoverableError, type IKeyValue, type IOptions, type IRequestOp, type ITxnRequest, type ITxnResponse } from 'etcd3';
 import { IoasidError, isIoasidError } from '../core/index.ts';
+import type { EtcdCredentials } from './etcd-security.ts';
 
-/** Parse `etcd://HOST:PORT[,HOST:PORT...]` into `HOST:PORT` endpoints (all of them are used). */
+/** Is `spec` the TLS form, `etcds://`? */
+export function etcdSpecIsTls(spec: string): boolean {
+  return spec.startsWith('etcds://');
+}
+
+/**
+ * Parse `etcd://HOST:PORT[,HOST:PORT...]` (plaintext) or `etcds://...` (TLS to every member) into
+ * `HOST:PORT` endpoints (all of them are used).
+ */
 export function parseEtcdSpec(spec: string): string[] {
-  if (spec.startsWith('etcds://')) {
-    throw new IoasidError('EINVAL', `store ${spec}: TLS to etcd (etcds://) is not supported yet; use etcd:// on a trusted network`, { spec });
-  }
-  if (!spec.startsWith('etcd://')) throw new IoasidError('EINVAL', `not an etcd store spec: ${JSON.stringify(spec)}`, { spec });
-  const list = spec.slice('etcd://'.length).replace(/\/+$/, '');
+  const scheme = etcdSpecIsTls(spec) ? 'etcds://' : 'etcd://';
+  if (!spec.startsWith(scheme)) throw new IoasidError('EINVAL', `not an etcd store spec: ${JSON.stringify(spec)} (expected etcd:// or etcds://)`, { spec });
+  const list = spec.slice(scheme.length).replace(/\/+$/, '');
   const endpoints = list.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
-  if (endpoints.length === 0) throw new IoasidError('EINVAL', `store ${spec}: no endpoint (expected etcd://HOST:PORT[,HOST:PORT...])`, { spec });
+  if (endpoints.length === 0) throw new IoasidError('EINVAL', `store ${spec}: no endpoint (expected ${scheme}HOST:PORT[,HOST:PORT...])`, { spec });
   for (const ep of endpoints) {
     const m = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$/.exec(ep);
     if (m === null || Number(m[2]) < 1 || Number(m[2]) > 65535) {
@@ -106,13 +114,17 @@ export interface EtcdClientOptions {
   /** Deadline of each unary call, ms (default 2000). */
   readonly callTimeoutMs?: number;
   readonly dialTimeoutMs?: number;
+  /** TLS and/or an etcd user (etcd-security.ts); none: plaintext, no user. */
+  readonly credentials?: EtcdCredentials;
 }
 
 /** A client given every endpoint: a dead member is skipped (its circuit opens), not fatal. */
 export function makeClient(endpoints: readonly string[], opts: EtcdClientOptions = {}): Etcd3 {
   const callTimeout = opts.callTimeoutMs ?? 2000;
+  const tls = opts.credentials?.tls === true;
   return new Etcd3({
-    hosts: endpoints.map((e) => `http://${e}`),
+    hosts: endpoints.map((e) => `${tls ? 'https' : 'http'}://${e}`),
+    ...(opts.credentials?.clientOptions() ?? {}),
     dialTimeout: opts.dialTimeoutMs ?? 1000,
     faultHandling: { global: PASS_THROUGH },
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + callTimeout }),

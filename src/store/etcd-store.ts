@@ -33,9 +33,10 @@ import type {
 import { RESERVED_META_PREFIX } from './rows.ts';
 import { validateStoredState } from './state-check.ts';
 import {
-  DEFAULT_RETRY, kvOf, makeClient, readRange, sleep, backoffMs, txn, withRetry,
+  DEFAULT_RETRY, kvOf, readRange, sleep, backoffMs, txn, withRetry,
   type Cmp, type Kv, type Op, type RetryPolicy,
 } from './etcd-client.ts';
+import { checkEtcdSecurityOptions, connectEtcd, type EtcdSecurityOptions } from './etcd-security.ts';
 import { CommitQueue, type CommitBatch, type Reads } from './etcd-commit.ts';
 import {
   DomainKeys, checkClusterName, decodeBinding, decodeBlock, decodeConfig, decodeDevice, decodeFence, decodeHost, decodeMeta,
@@ -56,6 +57,10 @@ export interface EtcdStoreOptions {
   readonly endpoints: readonly string[];
   /** As given to openStore (default built from the endpoints). */
   readonly spec?: string;
+  /** TLS to every member (`etcds://`). */
+  readonly tls?: boolean;
+  /** CA, client certificate and key, etcd user and password file (etcd-security.ts). */
+  readonly etcdSecurity?: EtcdSecurityOptions;
   /** This host's name in the domain (default: the machine's hostname). */
   readonly hostId?: string;
   /** The migration domain (default `default`). */
@@ -190,7 +195,8 @@ export class EtcdStore implements Store {
     if (!Array.isArray(opts.endpoints) || opts.endpoints.length === 0) throw new IoasidError('EINVAL', 'the etcd store needs at least one endpoint', {});
     this.#o = opts;
     this.endpoints = [...opts.endpoints];
-    this.spec = opts.spec ?? `etcd://${this.endpoints.join(',')}`;
+    this.spec = opts.spec ?? `${opts.tls === true ? 'etcds' : 'etcd'}://${this.endpoints.join(',')}`;
+    checkEtcdSecurityOptions(opts.tls === true, opts.etcdSecurity, this.spec);
     this.hostId = checkClusterName('host id', opts.hostId ?? sanitizeHost(hostname()));
     this.keys = new DomainKeys(opts.domain ?? 'default');
     this.#policy = { ...DEFAULT_RETRY, ...(opts.retry ?? {}) };
@@ -246,7 +252,11 @@ export class EtcdStore implements Store {
 
   async open(): Promise<StoredState> {
     if (this.#open) throw new IoasidError('EINVAL', `store ${this.spec} is already open`, { spec: this.spec });
-    const client = makeClient(this.endpoints, this.#o.callTimeoutMs !== undefined ? { callTimeoutMs: this.#o.callTimeoutMs } : {});
+    const client = await connectEtcd(this.endpoints, {
+      tls: this.#o.tls === true, security: this.#o.etcdSecurity, spec: this.spec, policy: this.#policy, callTimeoutMs: this.#o.callTimeoutMs,
+      probe: { prefix: this.keys.prefix, prefixEnd: prefixEnd(this.keys.prefix), writeKey: `${this.keys.prefix}sync/${this.hostId}` },
+      warn: (m, d) => this.#log('warn', m, d),
+    });
     this.#client = client;
     try {
       this.#queue = new CommitQueue({

@@ -25,5 +25,7 @@ export { EtcdStore, DEFAULT_BLOCK_SIZE, DEFAULT_LEASE_TTL_SEC, DEFAULT_MAX_TXN_O
 export type { ClusterChange, ChangeListener, EtcdStoreOptions, EtcdStoreStats, EtcdLogFn, ReclaimReport } from './etcd-store.ts';
 export { DomainKeys, VM_STATES, CLUSTER_NAME_RE } from './etcd-keys.ts';
 export type { BlockRecord, FenceRecord, HostRecord, PasidRecord, VmPlacement, VmRecord, VmState } from './etcd-keys.ts';
-export { parseEtcdSpec, DEFAULT_RETRY } from './etcd-client.ts';
+export { parseEtcdSpec, etcdSpecIsTls, DEFAULT_RETRY } from './etcd-client.ts';
 export type { RetryPolicy } from './etcd-client.ts';
+export { EtcdCredentials, ETCD_REFUSALS, checkEtcdSecurityOptions, plaintextPasswordWarning } from './etcd-security.ts';
+export type { EtcdSecurityOptions, EtcdRefusal } from './etcd-security.ts';

@@ -5,21 +5,25 @@
  *   sqlite:PATH     SQLite file at PATH (parent folders are created); `sqlite::memory:` is not durable
  *   etcd://H:P[,H:P...]  the cluster backend: every etcd member; `hostId` and `domain` name this
  *                   host and its migration domain (docs/cluster.md)
+ *   etcds://H:P[,H:P...] the same over TLS; `etcdSecurity` gives the CA, client certificate and
+ *                   key, and an etcd user with its password file (either scheme takes the user)
  */
 import { IoasidError } from '../core/index.ts';
 import { MemoryStore } from './memory-store.ts';
 import type { Store } from './rows.ts';
 import { SqliteStore, type SqliteStoreOptions } from './sqlite-store.ts';
 import { EtcdStore, type EtcdStoreOptions } from './etcd-store.ts';
-import { parseEtcdSpec } from './etcd-client.ts';
+import { etcdSpecIsTls, parseEtcdSpec } from './etcd-client.ts';
+import { refuseEtcdSecurity } from './etcd-security.ts';
 
-export type OpenStoreOptions = SqliteStoreOptions & Omit<Partial<EtcdStoreOptions>, 'endpoints' | 'spec'>;
+export type OpenStoreOptions = SqliteStoreOptions & Omit<Partial<EtcdStoreOptions>, 'endpoints' | 'spec' | 'tls'>;
 
 /** Make the store a spec names; nothing is read until `open()`. */
 export function openStore(spec: string, opts: OpenStoreOptions = {}): Store {
   if (typeof spec !== 'string') {
     throw new IoasidError('EINVAL', `store spec must be a string, got ${typeof spec}`, { spec });
   }
+  if (!spec.startsWith('etcd://') && !spec.startsWith('etcds://')) refuseEtcdSecurity(spec, opts.etcdSecurity);
   if (spec === 'memory') return new MemoryStore(opts.eventRetention !== undefined ? { eventRetention: opts.eventRetention } : {});
   if (spec.startsWith('sqlite:')) {
     const path = spec.slice('sqlite:'.length);
@@ -28,9 +32,9 @@ export function openStore(spec: string, opts: OpenStoreOptions = {}): Store {
   }
   if (spec.startsWith('etcd://') || spec.startsWith('etcds://')) {
     const { synchronous: _sync, lockTimeoutMs: _lock, eventRetention: _events, ...etcd } = opts;
-    return new EtcdStore({ ...etcd, endpoints: parseEtcdSpec(spec), spec });
+    return new EtcdStore({ ...etcd, endpoints: parseEtcdSpec(spec), spec, tls: etcdSpecIsTls(spec) });
   }
-  throw new IoasidError('EINVAL', `unknown store spec ${JSON.stringify(spec)} (expected memory, sqlite:PATH or etcd://...)`, { spec });
+  throw new IoasidError('EINVAL', `unknown store spec ${JSON.stringify(spec)} (expected memory, sqlite:PATH, etcd://... or etcds://...)`, { spec });
 }
 
 function sqliteOptions(o: OpenStoreOptions): SqliteStoreOptions {

@@ -10,9 +10,15 @@
  *   await etcd.restart(i);
  *   await etcd.stop();
  *
+ * With `tls`, clients speak TLS to the members (`etcds://`, certificates from test/helpers/test-pki.ts;
+ * the peers stay plaintext on loopback), and `clientCertAuth` makes the members require a client
+ * certificate. `enableAuth(rootPassword)` turns etcd authentication on with a root user, and
+ * `addUser(name, password, prefix)` adds a user whose role may read and write one prefix. etcdctl
+ * gets its passwords through its environment or stdin, never its arguments.
+ *
  * `ETCD_SKIP` is a reason to skip (etcd is not installed), or null; `.ci/run` installs it.
  */
-import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -37,6 +43,23 @@ export interface EtcdClusterOptions {
   readonly root?: string;
   /** Pass etcd's own log through to stderr. */
   readonly verbose?: boolean;
+  /** Serve clients over TLS (the store spec becomes etcds://). */
+  readonly tls?: EtcdTlsOptions;
+  /** etcd --auth-token-ttl, seconds (etcd's default 300): how long an auth token lives unused. */
+  readonly authTokenTtlSec?: number;
+}
+
+export interface EtcdTlsOptions {
+  /** The CA that signed the members' certificate (etcdctl's --cacert; the members' --trusted-ca-file). */
+  readonly caFile: string;
+  /** Every member's server certificate and key (subjectAltName 127.0.0.1). */
+  readonly certFile: string;
+  readonly keyFile: string;
+  /** Members require a client certificate signed by `caFile` (etcd --client-cert-auth). */
+  readonly clientCertAuth?: boolean;
+  /** etcdctl's client certificate and key (needed with `clientCertAuth`). */
+  readonly ctlCertFile?: string;
+  readonly ctlKeyFile?: string;
 }
 
 interface Member {
@@ -61,12 +84,19 @@ async function freePort(): Promise<number> {
   });
 }
 
-function run(bin: string, args: readonly string[], timeoutMs = 5000): Promise<{ code: number; stdout: string; stderr: string }> {
+function run(bin: string, args: readonly string[], opts: { timeoutMs?: number; env?: Record<string, string>; input?: string } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(bin, [...args], { timeout: timeoutMs, env: { ...process.env, ETCDCTL_API: '3' } }, (err, stdout, stderr) => {
-      const code = err === null ? 0 : typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1;
-      resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+    const p = spawn(bin, [...args], { env: { ...process.env, ETCDCTL_API: '3', ...(opts.env ?? {}) }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => p.kill('SIGKILL'), opts.timeoutMs ?? 5000);
+    p.once('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? 1, stdout, stderr });
     });
+    p.stdin.end(opts.input ?? '');
   });
 }
 
@@ -83,6 +113,8 @@ export class EtcdCluster {
   readonly #members: Member[];
   readonly #opts: EtcdClusterOptions;
   #stopped = false;
+  /** Set once `enableAuth` ran: etcdctl then acts as root. */
+  #rootPassword: string | null = null;
 
   private constructor(root: string, members: Member[], opts: EtcdClusterOptions) {
     this.root = root;
@@ -132,9 +164,9 @@ export class EtcdCluster {
     return this.#members.map((m) => `127.0.0.1:${m.clientPort}`);
   }
 
-  /** The store spec the service takes: `etcd://` and every endpoint. */
+  /** The store spec the service takes: `etcd://` (or `etcds://` with TLS) and every endpoint. */
   get spec(): string {
-    return `etcd://${this.endpoints.join(',')}`;
+    return `${this.#opts.tls !== undefined ? 'etcds' : 'etcd'}://${this.endpoints.join(',')}`;
   }
 
   endpoint(i: number): string {
@@ -154,11 +186,16 @@ export class EtcdCluster {
   #spawn(i: number, state: 'new' | 'existing'): void {
     const m = this.#member(i);
     const cluster = this.#members.map((x) => `${x.name}=http://127.0.0.1:${x.peerPort}`).join(',');
+    const tls = this.#opts.tls;
+    const scheme = tls !== undefined ? 'https' : 'http';
     const args = [
       '--name', m.name,
       '--data-dir', m.dataDir,
-      '--listen-client-urls', `http://127.0.0.1:${m.clientPort}`,
-      '--advertise-client-urls', `http://127.0.0.1:${m.clientPort}`,
+      '--listen-client-urls', `${scheme}://127.0.0.1:${m.clientPort}`,
+      '--advertise-client-urls', `${scheme}://127.0.0.1:${m.clientPort}`,
+      ...(tls !== undefined ? ['--cert-file', tls.certFile, '--key-file', tls.keyFile, '--trusted-ca-file', tls.caFile] : []),
+      ...(tls?.clientCertAuth === true ? ['--client-cert-auth'] : []),
+      ...(this.#opts.authTokenTtlSec !== undefined ? ['--auth-token-ttl', String(this.#opts.authTokenTtlSec)] : []),
       '--listen-peer-urls', `http://127.0.0.1:${m.peerPort}`,
       '--initial-advertise-peer-urls', `http://127.0.0.1:${m.peerPort}`,
       '--initial-cluster', cluster,
@@ -180,10 +217,45 @@ export class EtcdCluster {
     });
   }
 
-  /** etcdctl against some members (default: the running ones). */
-  async etcdctl(args: readonly string[], members?: readonly number[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    const eps = (members ?? this.#members.map((_, i) => i).filter((i) => this.isRunning(i))).map((i) => `http://${this.endpoint(i)}`);
-    return run(ETCDCTL_BIN, [`--endpoints=${eps.join(',')}`, '--dial-timeout=1s', '--command-timeout=2s', ...args]);
+  /** etcdctl against some members (default: the running ones); as root once auth is enabled. */
+  async etcdctl(args: readonly string[], members?: readonly number[], input?: string): Promise<{ code: number; stdout: string; stderr: string }> {
+    const tls = this.#opts.tls;
+    const eps = (members ?? this.#members.map((_, i) => i).filter((i) => this.isRunning(i))).map((i) => `${tls !== undefined ? 'https' : 'http'}://${this.endpoint(i)}`);
+    // etcdctl reads ETCDCTL_<FLAG> for each global flag: the password stays out of argv.
+    const env: Record<string, string> = {
+      ...(tls !== undefined ? { ETCDCTL_CACERT: tls.caFile } : {}),
+      ...(tls?.ctlCertFile !== undefined && tls.ctlKeyFile !== undefined ? { ETCDCTL_CERT: tls.ctlCertFile, ETCDCTL_KEY: tls.ctlKeyFile } : {}),
+      ...(this.#rootPassword !== null ? { ETCDCTL_USER: 'root', ETCDCTL_PASSWORD: this.#rootPassword } : {}),
+    };
+    return run(ETCDCTL_BIN, [`--endpoints=${eps.join(',')}`, '--dial-timeout=1s', '--command-timeout=2s', ...args], { env, ...(input !== undefined ? { input } : {}) });
+  }
+
+  async #ctl(args: readonly string[], input?: string): Promise<string> {
+    const r = await this.etcdctl(args, undefined, input);
+    if (r.code !== 0) throw new Error(`etcdctl ${args.join(' ')} failed (${r.code}): ${r.stderr.trim()}`);
+    return r.stdout;
+  }
+
+  /** Turn etcd authentication on, with a root user of this password (etcdctl acts as it from now). */
+  async enableAuth(rootPassword: string): Promise<void> {
+    await this.#ctl(['user', 'add', 'root', '--interactive=false'], `${rootPassword}\n`);
+    await this.#ctl(['user', 'grant-role', 'root', 'root']);
+    await this.#ctl(['auth', 'enable']);
+    this.#rootPassword = rootPassword;
+  }
+
+  /**
+   * Add a user (password null: no password, client-certificate CN only) with a role that may read
+   * and write (or only read) keys under `prefix` (none: a user without any permission).
+   */
+  async addUser(name: string, password: string | null, prefix?: string, perm: 'readwrite' | 'read' = 'readwrite'): Promise<void> {
+    if (password === null) await this.#ctl(['user', 'add', name, '--no-password']);
+    else await this.#ctl(['user', 'add', name, '--interactive=false'], `${password}\n`);
+    if (prefix !== undefined) {
+      await this.#ctl(['role', 'add', `${name}-role`]);
+      await this.#ctl(['role', 'grant-permission', `${name}-role`, '--prefix=true', perm, prefix]);
+      await this.#ctl(['user', 'grant-role', name, `${name}-role`]);
+    }
   }
 
   /** Per running member: its member id and the leader id it reports (etcdctl endpoint status). */
