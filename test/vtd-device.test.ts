@@ -5,7 +5,7 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { IoasidError, IoasidSpace, isIoasidError, type IoasidSet } from '../src/core/index.ts';
+import { CommitError, IoasidError, IoasidSpace, isCommitError, isIoasidError, type IoasidSet } from '../src/core/index.ts';
 import {
   LAYOUTS,
   VCMD_CMD,
@@ -16,7 +16,9 @@ import {
   registerOffset,
   type Layout,
   type VcmdBackend,
+  type VcmdCommandContext,
   type VcmdDeviceOptions,
+  type VcmdGuestState,
 } from '../src/vtd/index.ts';
 
 // ------------------------------------------------------------------------------------ helpers
@@ -574,3 +576,166 @@ describe('VCMD device: snapshot and restore', () => {
     assert.deepEqual(registerMap('A'), back.map);
   });
 });
+
+// ------------------------------------------------------------------------------------ durable hosts
+
+/**
+ * A durable backend over a strict space: what it committed (the guest-visible state with each
+ * allocation or free, and each `persist`), and a switch that makes the next commit fail.
+ */
+function durableBackend(async = false) {
+  const { host, vm } = hostWithVm();
+  const committed: { what: string; pasid?: number; state: VcmdGuestState }[] = [];
+  let failNext = false;
+  const commit = <T>(what: string, state: VcmdGuestState, apply: () => T, pasid?: number): T | Promise<T> => {
+    const run = () => {
+      if (failNext) {
+        failNext = false;
+        throw new CommitError('EIO', 'disk away');
+      }
+      const r = apply();
+      committed.push({ what, state, ...(pasid !== undefined ? { pasid } : {}) });
+      return r;
+    };
+    return async ? Promise.resolve().then(run) : run();
+  };
+  const backend: VcmdBackend = {
+    allocate: (range, cmd) => {
+      const p = host.allocSync(vm, range?.min ?? 1, range?.max ?? 0xfffff);
+      const undo = (e: unknown): never => {
+        host.freeSync(p, vm);
+        throw e;
+      };
+      try {
+        const r = commit('alloc', (cmd as VcmdCommandContext).guestStateAfter(p), () => p, p);
+        return typeof r === 'number' ? r : r.catch(undo);
+      } catch (e) {
+        return undo(e);
+      }
+    },
+    free: (p, cmd) => {
+      host.find(vm, p);
+      return commit('free', (cmd as VcmdCommandContext).guestStateAfter(0), () => host.freeSync(p, vm), p);
+    },
+    persist: (state) => commit('persist', state, () => undefined),
+  };
+  return { host, vm, backend, committed, failNextCommit: () => { failNext = true; } };
+}
+
+for (const layout of LAYOUTS) {
+  describe(`VCMD device on a durable host: what a guest observes is committed (layout ${layout})`, () => {
+    it('a command\'s completion state is committed with its allocation or free, and equals what the guest then reads', async () => {
+      for (const async of [false, true]) {
+        const d = durableBackend(async);
+        const dev = device(layout, d.backend);
+        await dev.writeDurable(off(layout, 'VCMD_REG'), encodeVcmd(layout, VCMD_CMD.ALLOCATE), 8);
+        const a = d.committed.at(-1);
+        assert.equal(a?.what, 'alloc');
+        assert.deepEqual(a?.state, dev.guestState(), 'the committed registers are the ones the guest reads');
+        assert.equal(decodeVcrsp(layout, dev.read(off(layout, 'VCRSP_REG'), 8)).pasid, a?.pasid);
+        await dev.writeDurable(off(layout, 'VCMD_REG'), encodeVcmd(layout, VCMD_CMD.FREE, a?.pasid as number), 8);
+        assert.equal(d.committed.at(-1)?.what, 'free');
+        assert.deepEqual(d.committed.at(-1)?.state, dev.guestState());
+        assert.equal(d.committed.length, 2, 'a successful command is one commit, not two');
+      }
+    });
+
+    it('a refused command (quota, foreign PASID, undefined command, Null) commits its failure status through persist', async () => {
+      const d = durableBackend();
+      const dev = device(layout, d.backend);
+      await dev.writeDurable(off(layout, 'VCMD_REG'), encodeVcmd(layout, VCMD_CMD.FREE, 77), 8); // nobody's PASID
+      assert.equal(d.committed.at(-1)?.what, 'persist');
+      assert.deepEqual(d.committed.at(-1)?.state, dev.guestState());
+      assert.equal(decodeVcrsp(layout, dev.read(off(layout, 'VCRSP_REG'), 8)).sc, NO_PASID[layout]);
+      await dev.writeDurable(off(layout, 'VCMD_REG'), 0x7fn, 8); // undefined command 127
+      assert.equal(d.committed.at(-1)?.what, 'persist');
+      assert.deepEqual(d.committed.at(-1)?.state, dev.guestState());
+      assert.equal(d.committed.length, 2);
+    });
+
+    it('a 32-bit half and a VCMD_EO write are committed before they count (the pending half survives)', async () => {
+      const d = durableBackend();
+      const dev = device(layout, d.backend);
+      await dev.writeDurable(off(layout, 'VCMD_REG') + 4, 0n, 4);
+      assert.deepEqual(d.committed.at(-1)?.state.pendingHalves, { low: false, high: true });
+      await dev.writeDurable(off(layout, 'VCMD_REG'), BigInt(VCMD_CMD.ALLOCATE), 4);
+      assert.equal(d.committed.at(-1)?.what, 'alloc', 'the low half completes the pair and fires');
+      if (layout === 'B') {
+        await dev.writeDurable(off(layout, 'VCMD_EO_REG'), 0x1234n, 8);
+        assert.equal(d.committed.at(-1)?.state.registers.VCMD_EO_REG, '0x1234');
+      }
+    });
+
+    it('a commit that fails takes the write back: registers, half and writer as before, and writeDurable rejects', async () => {
+      for (const async of [false, true]) {
+        const d = durableBackend(async);
+        const dev = device(layout, d.backend);
+        await dev.writeDurable(off(layout, 'VCMD_REG'), encodeVcmd(layout, VCMD_CMD.ALLOCATE), 8, { id: 'w', seq: 1 });
+        const before = dev.guestState();
+        const held = d.host.idsOf(d.vm);
+        d.failNextCommit();
+        await assert.rejects(dev.writeDurable(off(layout, 'VCMD_REG'), encodeVcmd(layout, VCMD_CMD.ALLOCATE), 8, { id: 'w', seq: 2 }), (e) => isCommitError(e) && e.code === 'EIO');
+        assert.deepEqual(dev.guestState(), before, 'as if the write never came');
+        assert.equal(dev.busy, false);
+        assert.deepEqual(d.host.idsOf(d.vm), held, 'the reserved PASID went back');
+        assert.match(dev.recentCommands().at(-1)?.error ?? '', /not committed, taken back/);
+        // Sent again with the same number: now applied (it was not before).
+        await dev.writeDurable(off(layout, 'VCMD_REG'), encodeVcmd(layout, VCMD_CMD.ALLOCATE), 8, { id: 'w', seq: 2 });
+        assert.equal(d.host.idsOf(d.vm).length, held.length + 1);
+        d.failNextCommit();
+        await assert.rejects(dev.writeDurable(off(layout, 'VCMD_REG') + 4, 0n, 4), (e) => isCommitError(e));
+        assert.deepEqual(dev.guestState().pendingHalves, { low: false, high: false }, 'a half taken back is not pending');
+      }
+    });
+
+    it('numbered writes are applied once: a resent write is not a second command; another writer starts afresh', async () => {
+      const d = durableBackend();
+      const dev = device(layout, d.backend);
+      const alloc = encodeVcmd(layout, VCMD_CMD.ALLOCATE);
+      await dev.writeDurable(off(layout, 'VCMD_REG'), alloc, 8, { id: 'guest-1', seq: 5 });
+      await dev.writeDurable(off(layout, 'VCMD_REG'), alloc, 8, { id: 'guest-1', seq: 5 });
+      await dev.writeDurable(off(layout, 'VCMD_REG'), alloc, 8, { id: 'guest-1', seq: 4 });
+      assert.equal(d.host.idsOf(d.vm).length, 1, 'seq 5 twice and an older 4: one Allocate');
+      assert.deepEqual(dev.guestState().writer, { id: 'guest-1', seq: 5 });
+      await dev.writeDurable(off(layout, 'VCMD_REG'), alloc, 8, { id: 'guest-2', seq: 1 });
+      assert.equal(d.host.idsOf(d.vm).length, 2);
+      assert.throws(() => dev.write(off(layout, 'VCMD_REG'), alloc, 8, { id: '', seq: 1 }), (e) => isIoasidError(e, 'EINVAL'));
+      assert.throws(() => dev.write(off(layout, 'VCMD_REG'), alloc, 8, { id: 'x', seq: -1 }), (e) => isIoasidError(e, 'EINVAL'));
+    });
+
+    it('while a commit is outstanding, other writes are dropped as while IP is set', async () => {
+      const d = durableBackend(true);
+      const dev = device(layout, d.backend);
+      dev.write(off(layout, 'VCMD_REG') + 4, 0n, 4);
+      dev.write(off(layout, 'VCMD_REG'), encodeVcmd(layout, VCMD_CMD.ALLOCATE), 8);
+      assert.equal(dev.stats.droppedWrites, 1);
+      await dev.settled();
+      assert.deepEqual(dev.guestState().pendingHalves, { low: false, high: true });
+    });
+
+    it('restoreGuestState puts back what was committed, and refuses what no device could show', () => {
+      const d = durableBackend();
+      const dev = device(layout, d.backend);
+      dev.write(off(layout, 'VCMD_REG'), encodeVcmd(layout, VCMD_CMD.ALLOCATE), 8, { id: 'w', seq: 9 });
+      const saved = dev.guestState();
+      const fresh = device(layout, durableBackend().backend);
+      fresh.restoreGuestState(JSON.parse(JSON.stringify(saved)));
+      assert.deepEqual(fresh.guestState(), saved);
+      assert.equal(fresh.read(off(layout, 'VCRSP_REG'), 8), dev.read(off(layout, 'VCRSP_REG'), 8));
+      const bad = (f: (s: Record<string, any>) => void) => {
+        const s = structuredClone(saved) as Record<string, any>;
+        f(s);
+        return s;
+      };
+      for (const s of [
+        bad((s) => { s.registers.VCRSP_REG = '0x1'; }),
+        bad((s) => { s.registers.VCRSP_REG = layout === 'B' ? '0x100' : '0x8'; }), // reserved bits
+        bad((s) => { s.pendingHalves = { low: true, high: true }; }),
+        bad((s) => { s.writer = { id: 'w' }; }),
+        bad((s) => { s.extra = 1; }),
+        null,
+      ]) assert.throws(() => fresh.restoreGuestState(s), (e) => isIoasidError(e, 'EINVAL'), JSON.stringify(s));
+      assert.deepEqual(fresh.guestState(), saved, 'a refused restore changed nothing');
+    });
+  });
+}
