@@ -11,6 +11,7 @@ import { IoasidBugError, IoasidError, parseBdf } from '../core/index.ts';
 import type { Committed, HostEvent, HostEventRecord, HostState, Journal, JournalEntry } from '../host/index.ts';
 import { parseGuestState, type Layout, type PasBit } from '../vtd/index.ts';
 import type { EventRow, Mutation, Store, StoredState } from '../store/index.ts';
+import { failpoint } from './failpoints.ts';
 
 export class StoreJournal implements Journal {
   readonly durable = true;
@@ -25,7 +26,10 @@ export class StoreJournal implements Journal {
 
   async commit(entry: JournalEntry): Promise<Committed> {
     const at = this.#now();
+    const what = `${entry.registers !== undefined ? 'vcmd-' : ''}${entry.events[0]?.type ?? 'registers'}`;
+    failpoint(`before-commit:${what}`);
     const { seq } = await this.store.apply(toMutations(entry, at));
+    failpoint(`after-commit:${what}`);
     return { seq, at };
   }
 }
