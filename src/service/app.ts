@@ -12,6 +12,7 @@ import { ROUTES, type RouteDef } from './routes.ts';
 import { ERROR_SCHEMA, httpStatusOf, type ErrorBody } from './http-errors.ts';
 import { buildOpenApi } from './openapi.ts';
 import { ServiceMetrics } from './metrics.ts';
+import { CLOSE, EventHub, type EventHubOptions } from './event-hub.ts';
 
 export interface AppOptions {
   readonly authority: PasidAuthority;
@@ -21,6 +22,8 @@ export interface AppOptions {
   readonly bodyLimit?: number;
   /** Extra routes (e.g. the dashboard's static files) registered after the API. */
   readonly extend?: (app: FastifyInstance) => void | Promise<void>;
+  /** Bounds of the event stream (event-hub.ts). */
+  readonly events?: EventHubOptions;
 }
 
 declare module 'fastify' {
@@ -46,7 +49,7 @@ function errorBody(e: IoasidError): ErrorBody {
   return { code: e.code, errno: e.errno, message: e.message, details: e.details };
 }
 
-export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { metrics: ServiceMetrics }> {
+export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { metrics: ServiceMetrics; events: EventHub }> {
   const authority = opts.authority;
   const app = Fastify({
     logger: typeof opts.logger === 'object'
@@ -95,6 +98,9 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { me
     metrics.request(req.method, req.routeOptions.url ?? 'unknown', reply.statusCode, reply.elapsedTime / 1000);
   });
 
+  // Before the WebSocket plugin's own close hook: subscribers are told 1001 (going away).
+  const hub = new EventHub(authority, opts.events ?? {});
+  app.addHook('preClose', async () => hub.close());
   await app.register(websocket, { options: { maxPayload: 1024 } });
 
   // ---------------------------------------------------------------- authentication
@@ -157,28 +163,26 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { me
   const openapi = buildOpenApi(ROUTES, ERROR_SCHEMA);
   app.get('/openapi.json', async () => openapi);
 
-  // ---------------------------------------------------------------- event stream
+  // ---------------------------------------------------------------- event stream (event-hub.ts)
   app.get('/v1/events', { websocket: true }, (socket, req) => {
     const token = bearer(req);
     const q = req.query as Record<string, string | undefined>;
-    let scope: string | null;
-    const who = token === null ? null : authority.identify(token);
-    if (who?.admin === true) scope = q.vm ?? null;
-    else if (who !== null && q.vm !== undefined && who.vm === q.vm) scope = q.vm;
-    else {
-      socket.close(4401, 'a valid token is required');
+    const since = q.since === undefined ? undefined : /^\d{1,15}$/.test(q.since) ? Number(q.since) : NaN;
+    if (Number.isNaN(since)) {
+      socket.close(4400, 'since must be an event sequence number');
       return;
     }
-    const off = authority.on((e: AuthorityEvent) => {
-      if (scope !== null && e.vm !== scope) return;
-      // Drop events for a consumer that does not keep up rather than buffer without bound.
-      if (socket.bufferedAmount > 1 << 20) return;
-      socket.send(JSON.stringify(e));
-    });
-    socket.on('close', off);
-    socket.on('error', off);
+    const who = token === null ? null : authority.identify(token);
+    let scope: string | null;
+    if (who?.admin === true) scope = q.vm ?? null;
+    else if (who !== null && who.vm !== null && q.vm !== undefined && who.vm === q.vm) scope = q.vm;
+    else {
+      socket.close(CLOSE.unauthorized, 'a valid token is required');
+      return;
+    }
+    hub.subscribe(socket, { caller: who.admin ? 'admin' : (who.vm as string), vm: scope, ...(since !== undefined ? { since } : {}) });
   });
 
   if (opts.extend) await opts.extend(app);
-  return Object.assign(app, { metrics }) as unknown as FastifyInstance & { metrics: ServiceMetrics };
+  return Object.assign(app, { metrics, events: hub }) as unknown as FastifyInstance & { metrics: ServiceMetrics; events: EventHub };
 }

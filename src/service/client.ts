@@ -118,6 +118,10 @@ export class IoasidClient {
   destroyVm(vm: string): Promise<{ freed: number[]; bindings: number }> {
     return this.request('DELETE', `/v1/vms/${enc(vm)}`);
   }
+  /** A new token for a VM (shown once); the old one stops working at once. */
+  replaceToken(vm: string): Promise<{ vm: string; token: string }> {
+    return this.request('POST', `/v1/vms/${enc(vm)}/token`);
+  }
   addViommu(vm: string, spec: ViommuSpecBody): Promise<VmInfo> {
     return this.request('POST', `/v1/vms/${enc(vm)}/viommus`, spec);
   }
@@ -216,19 +220,28 @@ export class IoasidClient {
   }
 
   /** Stream events; returns a function that stops the stream. */
-  events(onEvent: (e: AuthorityEvent) => void, opts: { vm?: string; onClose?: (code: number, reason: string) => void; onOpen?: () => void } = {}): () => void {
+  /**
+   * Follow the event stream. `since`: first the events after that seq that the service still
+   * keeps (`onGap(from, to)` tells of those it no longer keeps), then the live ones.
+   */
+  events(onEvent: (e: AuthorityEvent) => void, opts: { vm?: string; since?: number; onGap?: (from: number, to: number) => void; onClose?: (code: number, reason: string) => void; onOpen?: () => void } = {}): () => void {
     const WS = this.#WebSocket ?? (globalThis as { WebSocket?: ClientOptions['WebSocket'] }).WebSocket;
     if (WS === undefined) throw new IoasidError('EOPNOTSUPP', 'no WebSocket implementation: pass one in the client options', {});
     const q = new URLSearchParams();
     if (this.#token !== undefined) q.set('token', this.#token);
     if (opts.vm !== undefined) q.set('vm', opts.vm);
+    if (opts.since !== undefined) q.set('since', String(opts.since));
     const ws = new WS(`${this.url.replace(/^http/, 'ws')}/v1/events?${q.toString()}`);
     ws.onmessage = (ev) => {
+      let m: (AuthorityEvent | { type: 'gap'; from: number; to: number }) | undefined;
       try {
-        onEvent(JSON.parse(String(ev.data)) as AuthorityEvent);
+        m = JSON.parse(String(ev.data)) as typeof m;
       } catch {
-        // ignore a malformed frame
+        return; // ignore a malformed frame
       }
+      if (m === undefined) return;
+      if (m.type === 'gap') opts.onGap?.(m.from, m.to);
+      else onEvent(m);
     };
     ws.onclose = (ev) => opts.onClose?.(ev.code, ev.reason);
     ws.onerror = () => {};

@@ -131,6 +131,12 @@ export const ROUTES: readonly RouteDef[] = [
     handler: (a, req) => a.destroyVm(vmOf(req)),
   },
   {
+    method: 'POST', url: '/v1/vms/:vm/token', auth: 'admin', tag: 'vms', operationId: 'replaceToken',
+    summary: "Give a VM a new bearer token (shown once); the old one stops working at once, its event subscriptions end.",
+    schema: { params: vmParams, response: { type: 'object', required: ['vm', 'token'], properties: { vm: { type: 'string' }, token: { type: 'string' } } } },
+    handler: (a, req) => a.replaceToken(vmOf(req)),
+  },
+  {
     method: 'POST', url: '/v1/vms/:vm/viommus', auth: 'admin', tag: 'vms', operationId: 'addViommu', status: 201, summary: 'Hot-plug a vIOMMU for one PCI segment.',
     schema: { params: vmParams, body: VIOMMU_SPEC, response: VM_INFO },
     handler: (a, req) => a.addViommu(vmOf(req), req.body as { segment: number }),

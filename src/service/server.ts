@@ -9,6 +9,8 @@ import { IoasidError } from '../core/index.ts';
 import { EtcdStore, openStore, type EtcdSecurityOptions } from '../store/index.ts';
 import { PasidAuthority } from './authority.ts';
 import { buildApp } from './app.ts';
+import type { EventHub, EventHubOptions } from './event-hub.ts';
+import type { ServiceMetrics } from './metrics.ts';
 import { registerDashboard } from './dashboard.ts';
 import { hashToken, newToken } from './tokens.ts';
 
@@ -40,12 +42,14 @@ export interface ServeOptions {
   readonly dashboard?: boolean;
   /** Extra routes, registered after the dashboard. */
   readonly extend?: (app: FastifyInstance) => void | Promise<void>;
+  /** Bounds of the event stream (subscriptions per caller and in all, a slow consumer's buffer). */
+  readonly events?: EventHubOptions;
   /** Where to say what happens (default stderr). */
   readonly say?: (line: string) => void;
 }
 
 export interface RunningServer {
-  readonly app: FastifyInstance;
+  readonly app: FastifyInstance & { readonly metrics: ServiceMetrics; readonly events: EventHub };
   readonly authority: PasidAuthority;
   /** `http://127.0.0.1:7070` or `unix:/path`. */
   readonly url: string;
@@ -102,6 +106,7 @@ export async function startServer(opts: ServeOptions = {}): Promise<RunningServe
 
   const app = await buildApp({
     authority,
+    ...(opts.events !== undefined ? { events: opts.events } : {}),
     logger: opts.logLevel === 'silent' ? false : { level: opts.logLevel ?? 'info' },
     extend: async (f: FastifyInstance) => {
       if (opts.dashboard !== false) await registerDashboard(f);
