@@ -63,7 +63,8 @@ export class Guest {
     viommus.forEach((v, i) => this.#units.set(v.segment, units[i] as GuestViommu));
     this.#sva = new GuestSva(this.space, () => this.driver.pasidMaxId, {
       device: (bdf) => vm.device(bdf),
-      bind: (bdf, pasid) => vm.bind(bdf, pasid),
+      // linux-6.x: no VCMD; iommufd attaches the guest's own PASID to the device (device-local).
+      bind: (bdf, pasid) => vm.bind(bdf, pasid, { deviceLocal: this.space.profile === 'linux-6.x' }),
       unbind: (bdf, pasid) => vm.unbind(bdf, pasid),
     });
   }
@@ -123,6 +124,12 @@ export class Guest {
   /** Address spaces bound, as { mm, pasid, devices }. */
   bindings(): { mm: string; pasid: number; devices: string[] }[] {
     return this.#sva.list();
+  }
+
+  /** The address space exits: its devices are unbound and its PASID freed (see sva.ts). */
+  async mmExit(mm: string): Promise<number> {
+    this.#alive();
+    return this.#sva.exit(mm);
   }
 
   // ------------------------------------------------------------------ hot-plug, as the host tells it

@@ -56,6 +56,11 @@ export class Vm {
   readonly #bindings = new Map<string, Set<number>>();
   /** PASID -> devices bound to it, for the free check. */
   readonly #boundDevices = new Map<number, Set<string>>();
+  /**
+   * Device-local bindings (a linux-6.x guest's own PASIDs, attached per device as iommufd does):
+   * device BDF -> PASIDs. Not host PASIDs: no ownership, no free check, no space events.
+   */
+  readonly #localBindings = new Map<string, Set<number>>();
   #destroyed = false;
 
   /** @internal made by Host.createVm */
@@ -135,32 +140,36 @@ export class Vm {
 
   /** The backend of this VM's VCMD devices: the VM's set on the host, nothing else. */
   #backend(): VcmdBackend {
+    return { allocate: (r) => this.allocPasid(r), free: (pasid) => this.freePasid(pasid) };
+  }
+
+  /**
+   * Allocate one host PASID for this VM (what its vIOMMUs and VFIO's PASID request do): in the
+   * VM's set, within the host's PASID range (and `r`, the range extension's or VFIO's [min, max]).
+   */
+  allocPasid(r?: { min: number; max: number }): number | Promise<number> {
+    this.#alive();
     const ctx = this.#ctx;
     const space = ctx.space;
-    const set = this.set;
-    const range = (r?: { min: number; max: number }): { min: number; max: number } => {
-      if (r === undefined) return { min: ctx.pasidMin, max: ctx.pasidMax };
-      // The range extension: the guest's [min, max], within the host's PASID range.
-      const min = Math.max(r.min, ctx.pasidMin);
-      const max = Math.min(r.max, ctx.pasidMax);
+    let min = ctx.pasidMin;
+    let max = ctx.pasidMax;
+    if (r !== undefined) {
+      min = Math.max(r.min, ctx.pasidMin);
+      max = Math.min(r.max, ctx.pasidMax);
       if (min > max) throw new IoasidError('ENOSPC', `no host PASID in [${r.min}, ${r.max}]`, { min: r.min, max: r.max });
-      return { min, max };
-    };
-    return {
-      allocate: (r) => {
-        this.#alive();
-        const { min, max } = range(r);
-        return space.activeAllocator() === null ? space.allocSync(set, min, max) : space.alloc(set, min, max);
-      },
-      free: (pasid) => {
-        this.#alive();
-        const bound = this.#boundDevices.get(pasid);
-        if (bound !== undefined && bound.size > 0) {
-          throw new IoasidError('EBUSY', `PASID ${pasid} is still bound to ${[...bound].join(', ')}`, { pasid, devices: [...bound] });
-        }
-        return space.activeAllocator() === null ? space.freeSync(pasid, set) : space.free(pasid, set);
-      },
-    };
+    }
+    return space.activeAllocator() === null ? space.allocSync(this.set, min, max) : space.alloc(this.set, min, max);
+  }
+
+  /** Free a host PASID of this VM: EACCES another VM's, ENOENT unknown, EBUSY still bound. */
+  freePasid(pasid: number): void | Promise<void> {
+    this.#alive();
+    const space = this.#ctx.space;
+    const bound = this.#boundDevices.get(pasid);
+    if (bound !== undefined && bound.size > 0) {
+      throw new IoasidError('EBUSY', `PASID ${pasid} is still bound to ${[...bound].join(', ')}`, { pasid, devices: [...bound] });
+    }
+    return space.activeAllocator() === null ? space.freeSync(pasid, this.set) : space.free(pasid, this.set);
   }
 
   // ------------------------------------------------------------------ devices
@@ -203,17 +212,29 @@ export class Vm {
    * the device must be assigned to this VM, the PASID owned by this VM and within the device's
    * PASID width.
    */
-  bind(bdf: string, pasid: number): void {
+  bind(bdf: string, pasid: number, opts: { readonly deviceLocal?: boolean } = {}): void {
     this.#alive();
     const d = this.device(bdf);
-    // find() with the VM's set: ENOENT unknown, EACCES another VM's.
-    this.#ctx.space.find(this.set, pasid);
+    // find() with the VM's set: ENOENT unknown, EACCES another VM's. A device-local PASID (a
+    // linux-6.x guest: iommufd attaches the guest's own PASID to the device) is not the host's.
+    const local = opts.deviceLocal === true;
+    if (local) {
+      if (!Number.isInteger(pasid) || pasid < 1) throw new IoasidError('EINVAL', `PASID must be a positive integer, got ${fmtId(pasid)}`, { pasid });
+    } else this.#ctx.space.find(this.set, pasid);
     if (pasid > d.maxPasid) {
       throw new IoasidError('ERANGE', `PASID ${pasid} is beyond device ${d.bdf}'s ${d.pasidBits}-bit PASID width`, { pasid, bdf: d.bdf, pasidBits: d.pasidBits });
     }
+    if (this.#bindings.get(d.bdf)?.has(pasid) === true || this.#localBindings.get(d.bdf)?.has(pasid) === true) {
+      throw new IoasidError('EEXIST', `device ${d.bdf} is already bound to PASID ${pasid}`, { bdf: d.bdf, pasid });
+    }
+    if (local) {
+      let l = this.#localBindings.get(d.bdf);
+      if (l === undefined) this.#localBindings.set(d.bdf, (l = new Set()));
+      l.add(pasid);
+      return;
+    }
     let s = this.#bindings.get(d.bdf);
     if (s === undefined) this.#bindings.set(d.bdf, (s = new Set()));
-    if (s.has(pasid)) throw new IoasidError('EEXIST', `device ${d.bdf} is already bound to PASID ${pasid}`, { bdf: d.bdf, pasid });
     s.add(pasid);
     let b = this.#boundDevices.get(pasid);
     if (b === undefined) this.#boundDevices.set(pasid, (b = new Set()));
@@ -224,6 +245,11 @@ export class Vm {
   unbind(bdf: string, pasid: number): void {
     this.#alive();
     const d = this.device(bdf);
+    const l = this.#localBindings.get(d.bdf);
+    if (l?.delete(pasid) === true) {
+      if (l.size === 0) this.#localBindings.delete(d.bdf);
+      return;
+    }
     const s = this.#bindings.get(d.bdf);
     if (s === undefined || !s.has(pasid)) throw new IoasidError('ENOENT', `device ${d.bdf} is not bound to PASID ${fmtId(pasid)}`, { bdf: d.bdf, pasid });
     s.delete(pasid);
@@ -234,10 +260,18 @@ export class Vm {
     this.#ctx.onBind(this, d, pasid, false);
   }
 
-  /** Host-side bindings as [bdf, pasid] pairs, sorted. */
+  /** Host-side bindings as [bdf, pasid] pairs, sorted (device-local ones included). */
   bindings(): [string, number][] {
     const out: [string, number][] = [];
     for (const [bdf, s] of this.#bindings) for (const p of s) out.push([bdf, p]);
+    for (const [bdf, s] of this.#localBindings) for (const p of s) out.push([bdf, p]);
+    return out.sort((a, b) => (a[0] === b[0] ? a[1] - b[1] : a[0] < b[0] ? -1 : 1));
+  }
+
+  /** The device-local bindings only (a linux-6.x guest's), as [bdf, pasid] pairs, sorted. */
+  localBindings(): [string, number][] {
+    const out: [string, number][] = [];
+    for (const [bdf, s] of this.#localBindings) for (const p of s) out.push([bdf, p]);
     return out.sort((a, b) => (a[0] === b[0] ? a[1] - b[1] : a[0] < b[0] ? -1 : 1));
   }
 
@@ -250,6 +284,7 @@ export class Vm {
   dropAllBindings(): [string, number][] {
     const all = this.bindings();
     for (const [bdf, pasid] of all) {
+      if (this.#localBindings.get(bdf)?.has(pasid) === true && this.#bindings.get(bdf)?.has(pasid) !== true) continue; // no host event
       this.#bindings.get(bdf)?.delete(pasid);
       this.#boundDevices.get(pasid)?.delete(bdf);
       const d = this.#devices.get(bdf);
@@ -257,6 +292,7 @@ export class Vm {
     }
     this.#bindings.clear();
     this.#boundDevices.clear();
+    this.#localBindings.clear();
     return all;
   }
 
