@@ -145,6 +145,7 @@ const ACTION_FIELDS: Record<StepKind, readonly string[]> = {
   destroyVm: ['vm'],
   boot: ['vm', 'profile', 'layout', 'pasBit', 'rangeExtension', 'timeoutMs'],
   vcmd: ['vm', 'segment', 'command', 'pasid', 'min', 'max'],
+  allocator: ['vm', 'register', 'unregister', 'functions'],
   check: ['vm', 'alive', 'pasids', 'guestPasids', 'bindings', 'devices', 'viommus'],
 };
 /** Actions that take just a VM id may be written `destroyVm: vm1`. */
@@ -261,6 +262,17 @@ class Validator {
       return v as PasidArg;
     }
     return this.int(v, path, 0, IOASID_LIMIT, what);
+  }
+
+  /** A name: letters, digits, '_', '-', not starting with a digit. */
+  name(v: unknown, path: Path, what: string): string | undefined {
+    const s = this.str(v, path, what);
+    if (s === undefined) return undefined;
+    if (!NAME.test(s)) {
+      this.err(path, `${what} must be a name (letters, digits, '_', '-'; not starting with a digit), got ${JSON.stringify(s)}`);
+      return undefined;
+    }
+    return s;
   }
 
   vmRef(v: unknown, path: Path): string | undefined {
@@ -603,6 +615,17 @@ class Validator {
         if (min !== undefined && max !== undefined && min > max) this.err(p('max'), `max ${max} is below min ${min}`);
         if (vm === undefined || command === undefined) return null;
         return { kind, vm, segment, command, ...(pasid !== undefined ? { pasid } : {}), ...(min !== undefined ? { min } : {}), ...(max !== undefined ? { max } : {}) };
+      }
+      case 'allocator': {
+        if ((o.register === undefined) === (o.unregister === undefined)) {
+          this.err(path, 'allocator needs exactly one of register and unregister (the ops name)');
+          return null;
+        }
+        const call = o.register !== undefined ? 'register' : 'unregister';
+        const ops = this.name(o[call], p(call), `${call} (an ops name)`);
+        const functions = o.functions === undefined ? ops : this.name(o.functions, p('functions'), 'functions (a name)');
+        if (vm === undefined || ops === undefined || functions === undefined) return null;
+        return { kind, vm, call, ops, functions };
       }
       case 'check': {
         const check = this.stateCheck(o, path, vm ?? null);

@@ -18,7 +18,7 @@
  *     without it, one that expects `hazard: none` fails with any. Those of the setup are reported
  *     apart.
  */
-import { IoasidError, PASID_MAX, isIoasidError, type IoasidErrorCode, type LogFn, type Profile } from '../core/index.ts';
+import { INVALID_IOASID, IoasidError, PASID_MAX, isIoasidError, type AllocatorOps, type IoasidErrorCode, type IoasidSpace, type LogFn, type Profile } from '../core/index.ts';
 import { VCMD_CMD, decodeVcrsp, encodeRangedAllocate, encodeVcmd, registerOffset, statusName } from '../vtd/index.ts';
 import { Host, type HostOptions } from '../host/index.ts';
 import type { Vm } from '../host/index.ts';
@@ -151,6 +151,8 @@ export class ScenarioRunner {
   readonly #progressEvery: number;
   readonly #wrapBackend: HostOptions['wrapBackend'];
   readonly #guestProfile: Profile | undefined;
+  /** Per guest kernel: the `allocator` steps' ops objects by name, and their functions by name. */
+  readonly #driverOps = new WeakMap<IoasidSpace, { ops: Map<string, AllocatorOps>; fns: Map<string, Pick<AllocatorOps, 'alloc' | 'free'>> }>();
   /** VM id -> parent VM id (null: root host). */
   readonly #parents = new Map<string, string | null>();
   /** Every VM id ever created -> its latest VM object, in creation order. */
@@ -626,9 +628,35 @@ export class ScenarioRunner {
           }
         }
       }
+      case 'allocator': {
+        const host = this.#hostOf(a.vm);
+        const vm = host.vm(a.vm);
+        const space = this.#guestOf(host, vm).space;
+        try {
+          const ops = this.#opsOf(space, a.ops, a.functions);
+          if (a.call === 'register') space.registerAllocator(ops);
+          else space.unregisterAllocator(ops);
+          return OK;
+        } finally {
+          this.#scopeVm(host, vm);
+        }
+      }
       case 'check':
         return this.#check(a.check);
     }
+  }
+
+  /** The `allocator` steps' ops named `name` in a guest kernel (made on first use). */
+  #opsOf(space: IoasidSpace, name: string, functions: string): AllocatorOps {
+    let d = this.#driverOps.get(space);
+    if (d === undefined) this.#driverOps.set(space, (d = { ops: new Map(), fns: new Map() }));
+    const known = d.ops.get(name);
+    if (known !== undefined) return known;
+    let fns = d.fns.get(functions);
+    if (fns === undefined) d.fns.set(functions, (fns = { alloc: () => INVALID_IOASID, free: () => {} }));
+    const ops: AllocatorOps = Object.freeze({ ...fns, pdata: name });
+    d.ops.set(name, ops);
+    return ops;
   }
 
   /** A raw VCMD command written by the VMM straight into a vIOMMU's registers. */

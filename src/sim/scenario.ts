@@ -81,7 +81,7 @@ export interface ScenarioHost {
 export const STEP_KINDS = [
   'alloc', 'free', 'bind', 'unbind', 'exit',
   'addViommu', 'removeViommu', 'assignDevice', 'removeDevice',
-  'createVm', 'destroyVm', 'boot', 'vcmd', 'check',
+  'createVm', 'destroyVm', 'boot', 'vcmd', 'allocator', 'check',
 ] as const;
 export type StepKind = (typeof STEP_KINDS)[number];
 
@@ -117,6 +117,12 @@ export type StepAction =
       readonly min?: number;
       readonly max?: number;
     }
+  /**
+   * Another driver of the guest kernel registers (or unregisters) a custom allocator of its own,
+   * `ops` by name; ops with the same `functions` name share their functions (one group). Its
+   * allocator has no PASIDs to give (INVALID_IOASID).
+   */
+  | { readonly kind: 'allocator'; readonly vm: string; readonly call: 'register' | 'unregister'; readonly ops: string; readonly functions: string }
   | { readonly kind: 'check'; readonly check: StateCheck };
 
 /** A `check` step: compare state with what the scenario says. Omitted fields are not compared. */
@@ -195,6 +201,8 @@ export function describeAction(a: StepAction): string {
       return `boot ${a.vm}${a.guest.profile !== undefined ? ` (${a.guest.profile})` : ''}`;
     case 'vcmd':
       return `vcmd ${a.vm}${a.segment !== null ? ` seg ${a.segment}` : ''} ${a.command}${a.pasid !== undefined ? ` ${a.pasid}` : ''}${a.min !== undefined || a.max !== undefined ? ` [${a.min ?? 1}, ${a.max ?? 'max'}]` : ''}`;
+    case 'allocator':
+      return `allocator ${a.vm} ${a.call} ${a.ops}${a.functions !== a.ops ? ` (functions of ${a.functions})` : ''}`;
     case 'check': {
       const c = a.check;
       const parts: string[] = [];
