@@ -85,6 +85,16 @@ describe('ioasid simulate (CLI)', () => {
     assert.doesNotMatch(r.stdout, /\x1b\[/, 'no colour when stdout is not a terminal');
   });
 
+  it('--guest-profile runs a file\'s steps on another kernel; a profile that does not exist, or with --random, is exit 2', () => {
+    const r = cli('--json', '--keep-going', '--guest-profile', 'linux-6.x', 'examples/seed-story.yaml');
+    assert.equal(r.status, 1, 'the file\'s expectations were written for the seed\'s design');
+    const report = JSON.parse(r.stdout) as { checks: { violations: number }; records: { action: string; outcome: { pasid?: number } }[] };
+    assert.equal(report.checks.violations, 0);
+    assert.ok(report.records.some((x) => x.action.startsWith('bind vm2') && x.outcome.pasid === 1), 'vm2\'s own IDA starts at 1');
+    assert.equal(cli('--guest-profile', 'linux-9', 'examples/seed-story.yaml').status, 2);
+    assert.equal(cli('--random', '--guest-profile', 'linux-6.x').status, 2);
+  });
+
   it('exits 1 on a wrong expectation, naming the step, its line and its name; --json is machine-readable', () => {
     const dir = mkdtempSync(join(tmpdir(), 'ioasid-sim-'));
     const file = join(dir, 'wrong.yaml');

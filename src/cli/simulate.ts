@@ -85,14 +85,14 @@ export function simulateCommand(): Command {
     .option('--pasid-max <n>', 'random: end of the host PASID range (small: VMs compete)', positiveInt('--pasid-max', 1))
     .option('--full-every <k>', 'full invariant check every K steps, 0 only at the end (default: 1 for a file, 10000 for --random)', positiveInt('--full-every', 0))
     .option('--keep-going', 'do not stop at the first failing step')
-    .option('--guest-profile <profile>', `boot every guest with this profile instead of the file's (${PROFILES.join(', ')}): the same steps on another kernel`, (v: string): Profile => {
-      if (!isProfile(v)) throw new InvalidArgumentError(`must be one of ${PROFILES.join(', ')}`);
-      return v;
-    })
+    .option('--guest-profile <profile>', `boot every guest with this profile instead of the file's (${PROFILES.join(', ')}): the same steps on another kernel`)
     .option('--no-progress', 'no progress bar')
     .option('--no-color', 'plain output')
     .addHelpText('after', '\nExit status: 0 all steps as expected and no invariant violated, 1 otherwise, 2 bad scenario file or arguments.')
     .action(async (file: string | undefined, opts: SimulateOptions) => {
+      if (opts.guestProfile !== undefined && !isProfile(opts.guestProfile)) {
+        return usage(`--guest-profile must be one of ${PROFILES.join(', ')}, got ${JSON.stringify(opts.guestProfile)}`, opts.json);
+      }
       const bar = progressBar(opts.progress && process.stderr.isTTY === true);
       const common = {
         stopOnFailure: opts.keepGoing !== true,
