@@ -13,5 +13,6 @@ it('the demo runs every step as narrated, showing register accesses decoded', as
   assert.match(text, /write VCMD_REG=0x10001 CMD=1 OA=1 {2}\(Allocate PASID\)/);
   assert.match(text, /VCRSP_REG=0x20 IP=0 SC=0x10 RSLT=0 {2}\(no PASID available\)/);
   assert.match(text, /Cannot free active IOASID/);
+  assert.match(text, /ioasid simulate examples\/kernel-bugs\.yaml/, 'the demo points at the kernel bugs example');
   assert.doesNotMatch(text, /\x1b\[/, 'no colour codes when not asked');
 });

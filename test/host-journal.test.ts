@@ -227,14 +227,15 @@ describe('host journal: an asynchronous journal', () => {
 });
 
 describe('host journal: one range rule for every allocation path', () => {
-  it('[min, max] must be PASIDs with min <= max (EINVAL); the host allocates only in its own range (ENOSPC outside it)', async () => {
+  it('[min, max] must be u32 IDs with min <= max (EINVAL); the host allocates only in its own range (ENOSPC outside it)', async () => {
     const host = new Host({ pasidMin: 100, pasidMax: 199 });
     const vm = host.createVm({ id: 'vm1', viommus: [{ segment: 0, rangeExtension: true }] });
-    await assert.rejects(vm.allocPasids({ min: 0 }), code('EINVAL'));
+    await assert.rejects(vm.allocPasids({ min: -1 }), code('EINVAL'));
     await assert.rejects(vm.allocPasids({ min: 5, max: 4 }), code('EINVAL'));
-    await assert.rejects(vm.allocPasids({ max: 0x100000 }), code('EINVAL'));
+    await assert.rejects(vm.allocPasids({ max: 2 ** 32 }), code('EINVAL'));
     await assert.rejects(vm.allocPasids({ min: 1.5 }), code('EINVAL'));
     await assert.rejects(vm.allocPasids({ min: 200, max: 300 }), code('ENOSPC'));
+    await assert.rejects(vm.allocPasids({ min: 0x100000, max: 0x7fffffff }), code('ENOSPC'));
     assert.deepEqual(await vm.allocPasids({ min: 1, max: 150 }), [100]);
     assert.deepEqual(await vm.allocPasids(), [101]);
     // The same rule through a ranged VCMD Allocate: outside the host's range is "no PASID".

@@ -17,7 +17,7 @@ const examples = readdirSync(join(root, 'examples')).filter((f) => /\.(ya?ml|jso
 
 describe('example scenarios', () => {
   it('there are examples for the stories the issue names', () => {
-    for (const f of ['seed-story.yaml', 'two-guests-compete.yaml', 'hot-unplug-active-viommu.yaml', 'nested-three-levels.yaml', 'narrow-device-range-extension.yaml']) {
+    for (const f of ['seed-story.yaml', 'two-guests-compete.yaml', 'hot-unplug-active-viommu.yaml', 'nested-three-levels.yaml', 'narrow-device-range-extension.yaml', 'kernel-bugs.yaml']) {
       assert.ok(examples.includes(f), `examples/${f} is missing`);
     }
   });
@@ -36,6 +36,40 @@ describe('example scenarios', () => {
   }
 });
 
+describe('examples/kernel-bugs.yaml', () => {
+  it('shows each kernel bug as a hazard on the Linux guest, and strict\'s step beside it with none', async () => {
+    const path = join('examples', 'kernel-bugs.yaml');
+    const report = await runScenario(parseScenario(readFileSync(join(root, path), 'utf8'), path));
+    assert.equal(report.ok, true, formatReport(report));
+    for (const kind of ['pasid-leak', 'range-ignored', 'invalid-ioasid-entry', 'allocator-list-corruption', 'vcmd-free-truncated']) {
+      const linux = report.records.filter((r) => r.hazards.some((h) => h.kind === kind));
+      assert.ok(linux.length > 0, `a step shows ${kind}`);
+      assert.ok(linux.every((r) => r.expected.includes(`hazard ${kind}`)), `each ${kind} is expected by its step`);
+    }
+    const strict = report.records.filter((r) => /^(free|bind|alloc|allocator|exit) (str|bare-str) /.test(r.action) && r.expected.includes('no hazard'));
+    assert.ok(strict.length >= 6, 'the strict outcome stands beside each');
+    assert.ok(strict.every((r) => r.hazards.length === 0));
+  });
+
+  it('a step that expects a hazard fails without it; one that expects none fails with one', async () => {
+    const scenario = parseScenario([
+      'host:', '  vms:', '    - id: l', '      viommus: [{ segment: 0 }]', '      guest: { profile: linux-5.18 }',
+      'steps:', '  - alloc: l', '    as: p', '    expect: { hazard: pasid-leak }', '  - free: { vm: l, pasid: $p }', '    expect: { hazard: none }',
+    ].join('\n'));
+    const r = await runScenario(scenario, { stopOnFailure: false });
+    assert.match(r.records[0]?.unexpected ?? '', /expected kernel hazard pasid-leak, got none/);
+    assert.equal(r.records[1]?.unexpected, null, 'a free of a PASID without data sends VCMD Free: no hazard');
+    const bound = parseScenario([
+      'host:', '  vms:', '    - id: l', '      viommus: [{ segment: 0 }]', '      devices: [{ bdf: "0000:00:02.0" }]', '      guest: { profile: linux-5.18 }',
+      'steps:', '  - bind: { vm: l, device: "0000:00:02.0", mm: a }', '    as: p', '  - free: { vm: l, pasid: $p }', '    expect: { hazard: none }',
+    ].join('\n'));
+    const b = await runScenario(bound);
+    assert.equal(b.ok, false);
+    assert.match(b.failure?.unexpected ?? '', /expected no kernel hazard, got pasid-leak/);
+    assert.deepEqual(b.hazards.byKind, { 'pasid-leak': 1 });
+  });
+});
+
 describe('ioasid simulate (CLI)', () => {
   const cli = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', join(root, 'src/cli/main.ts'), 'simulate', ...args], {
     cwd: root, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' }, timeout: 60_000,
@@ -49,6 +83,16 @@ describe('ioasid simulate (CLI)', () => {
     assert.match(r.stdout, /vm-a\s+strict\s+4\/1,000/);
     assert.match(r.stdout, /PASS/);
     assert.doesNotMatch(r.stdout, /\x1b\[/, 'no colour when stdout is not a terminal');
+  });
+
+  it('--guest-profile runs a file\'s steps on another kernel; a profile that does not exist, or with --random, is exit 2', () => {
+    const r = cli('--json', '--keep-going', '--guest-profile', 'linux-6.x', 'examples/seed-story.yaml');
+    assert.equal(r.status, 1, 'the file\'s expectations were written for the seed\'s design');
+    const report = JSON.parse(r.stdout) as { checks: { violations: number }; records: { action: string; outcome: { pasid?: number } }[] };
+    assert.equal(report.checks.violations, 0);
+    assert.ok(report.records.some((x) => x.action.startsWith('bind vm2') && x.outcome.pasid === 1), 'vm2\'s own IDA starts at 1');
+    assert.equal(cli('--guest-profile', 'linux-9', 'examples/seed-story.yaml').status, 2);
+    assert.equal(cli('--random', '--guest-profile', 'linux-6.x').status, 2);
   });
 
   it('exits 1 on a wrong expectation, naming the step, its line and its name; --json is machine-readable', () => {

@@ -74,6 +74,25 @@ describe('scenario files: errors name the line and the field', () => {
     assert.match(found[2]?.message ?? '', /a check step has no expect/);
   });
 
+  it('a hazard expectation names a known kind (with a suggestion), none, or a list of kinds', () => {
+    const found = issues(lines(...HOST, 'steps:', '  - alloc: vm1', '    expect: { hazard: pasid-leek }', '  - alloc: vm1', '    expect: { hazard: [] }', '  - alloc: vm1', '    expect: { hazard: [range-ignored, 7] }'));
+    assert.deepEqual(found.map((i) => [i.line, i.path]), [[8, 'steps[0].expect.hazard'], [10, 'steps[1].expect.hazard'], [12, 'steps[2].expect.hazard[1]']]);
+    assert.match(found[0]?.message ?? '', /hazard must be none or a kernel hazard kind \(invalid-ioasid-entry, allocator-list-corruption, vcmd-free-truncated, pasid-leak, range-ignored, guest-local-pasids, freed-iommu-ops\), got "pasid-leek" \(did you mean "pasid-leak"\?\)/);
+    assert.match(found[1]?.message ?? '', /empty list of hazards matches nothing/);
+    const ok = parseScenario(lines(...HOST, 'steps:', '  - alloc: vm1', '    expect: { hazard: none }', '  - free: { vm: vm1, pasid: 1 }', '    expect: { error: EBUSY, hazard: [pasid-leak, range-ignored] }'));
+    assert.deepEqual(ok.steps.map((x) => x.expect), [{ type: 'ok', hazard: 'none' }, { type: 'error', codes: ['EBUSY'], hazard: ['pasid-leak', 'range-ignored'] }]);
+  });
+
+  it('exit and allocator steps: their fields are checked', () => {
+    const found = issues(lines(...HOST, 'steps:', '  - exit: { vm: vm1 }', '  - allocator: { vm: vm1, register: a, unregister: b }', '  - allocator: { vm: vm1, register: 9x }'));
+    assert.deepEqual(found.map((i) => i.line), [7, 8, 9]);
+    assert.match(found[0]?.message ?? '', /exit needs "mm"/);
+    assert.match(found[1]?.message ?? '', /exactly one of register and unregister/);
+    assert.match(found[2]?.message ?? '', /register \(an ops name\) must be a name/);
+    const ok = parseScenario(lines(...HOST, 'steps:', '  - exit: { vm: vm1, mm: app }', '  - allocator: { vm: vm1, register: b, functions: a }'));
+    assert.deepEqual(ok.steps.map((x) => x.action), [{ kind: 'exit', vm: 'vm1', mm: 'app' }, { kind: 'allocator', vm: 'vm1', call: 'register', ops: 'b', functions: 'a' }]);
+  });
+
   it('a device on a segment with no vIOMMU; the same VM id at two levels; pasidMax on a nested host', () => {
     const found = issues(lines(
       'host:',

@@ -172,7 +172,9 @@ describe('registration (edge cases 37-42, 46)', () => {
       const r = rig({ profile: 'linux-5.18', layout, device: { pasidAllocation: false } });
       assert.equal(r.driver.units[0]?.vccap, 0n);
       assert.equal(r.guest.activeAllocator(), null);
-      assert.deepEqual(r.messages(), []);
+      // The kernel prints nothing; its guest-local PASIDs are a kernel hazard (reported).
+      assert.deepEqual(r.logs.filter((l) => l.level !== 'hazard'), []);
+      assert.match(r.messages('hazard')[0] ?? '', /guest-local-pasids.*VCCAP_REG .* read 0x0: PAS clear/);
       assert.equal(await r.guest.alloc(null, 1, 100), 1);
       assert.equal(r.host.setCount(r.vm), 0);
     });
@@ -318,6 +320,15 @@ describe('alloc (edge cases 43-49)', () => {
       it(`edge 48: status "no PASID available" maps to ENOSPC [${profile}, layout ${layout}]`, async () => {
         const r = rig({ profile, layout, quota: 1 });
         await r.guest.alloc(null, 1, 0xfffff);
+        if (profile === 'linux-5.8' && layout === 'A') {
+          // v5.8 (VCMD_VRSP_SC_NO_PASID_AVAIL = 1) reads the spec's SC 2 as an unexpected code.
+          await assert.rejects(r.guest.alloc(null, 1, 0xfffff), (e) => isIoasidError(e, 'ENODEV'));
+          assert.deepEqual(r.messages('warn').slice(-1), ['IOMMU: dmar0: Unexpected error code 2']);
+          const { guest, logs } = guestWith(profile, layout, fakeUnit(layout, () => 1n << 1n));
+          await assert.rejects(guest.alloc(null, 1, 0xfffff), (e) => isIoasidError(e, 'ENOSPC'));
+          assert.deepEqual(logs.slice(-1), ['info: IOMMU: dmar0: No PASID available']);
+          return;
+        }
         await assert.rejects(r.guest.alloc(null, 1, 0xfffff), (e) => isIoasidError(e, 'ENOSPC'));
         assert.deepEqual(r.messages('info').slice(-1), ['IOMMU: dmar0: No PASID available']);
       });
@@ -327,8 +338,14 @@ describe('alloc (edge cases 43-49)', () => {
         // at bit 0 looks like PAS to a Linux guest, whose Allocate is then an undefined command.
         const r = rig({ profile, layout, device: { pasBit: 1, pasidAllocation: false, nullCommand: true } });
         assert.equal(r.driver.units[0]?.registered, true);
-        await assert.rejects(r.guest.alloc(null, 1, 0xfffff), (e) => isIoasidError(e, 'ENODEV'));
-        assert.deepEqual(r.messages('warn'), ['IOMMU: dmar0: Unexpected error code 1']);
+        if (profile === 'linux-5.8' && layout === 'A') {
+          // v5.8 reads SC 1 ("undefined command") as its own "no PASID available".
+          await assert.rejects(r.guest.alloc(null, 1, 0xfffff), (e) => isIoasidError(e, 'ENOSPC'));
+          assert.deepEqual(r.messages('info').slice(-1), ['IOMMU: dmar0: No PASID available']);
+        } else {
+          await assert.rejects(r.guest.alloc(null, 1, 0xfffff), (e) => isIoasidError(e, 'ENODEV'));
+          assert.deepEqual(r.messages('warn'), ['IOMMU: dmar0: Unexpected error code 1']);
+        }
         const { guest, logs } = guestWith(profile, layout, fakeUnit(layout, () => 3n << 1n));
         await assert.rejects(guest.alloc(null, 1, 0xfffff), (e) => isIoasidError(e, 'ENODEV'));
         assert.deepEqual(logs.slice(-1), ['warn: IOMMU: dmar0: Unexpected error code 3']);
@@ -390,7 +407,8 @@ describe('free (edge cases 50-52)', () => {
         const id = await r.guest.alloc(null, 1, 0xfffff);
         r.host.freeSync(id, r.vm); // the host dropped it behind the guest's back
         await r.guest.free(id);
-        assert.deepEqual(r.messages('info').slice(-1), ['IOMMU: dmar0: Invalid PASID']);
+        if (profile === 'linux-5.8' && layout === 'A') assert.deepEqual(r.messages('warn').slice(-1), ['IOMMU: dmar0: Unexpected error code 2'], 'v5.8: INVALID_PASID was 1');
+        else assert.deepEqual(r.messages('info').slice(-1), ['IOMMU: dmar0: Invalid PASID']);
         assert.equal(r.guest.has(id), false);
       });
     }
@@ -605,5 +623,243 @@ describe('several vIOMMUs and hot-unplug', () => {
     assert.equal(u.name, 'dmar1');
     assert.equal(r.driver.pasidMaxId, 1024);
     assert.equal(r.guest.allocatorGroups, 1);
+  });
+});
+
+// ---------------------------------------------------------------------------------- kernel fidelity
+
+/** A host space with two sets: vm (the guest's) and other; the guest's device backed by vm. */
+const hazardsOf = (r: Rig): { kind: unknown; message: string }[] =>
+  r.logs.filter((l) => l.level === 'hazard').map((l) => ({ kind: /\((\S+),/.exec(l.message)?.[1], message: l.message }));
+
+describe('kernel fidelity of the guest driver', () => {
+  it('VCMD_VRSP_SC_NO_PASID_AVAIL (v5.8-v5.11 = 1, v5.12+ = 2): linux-5.8 and linux-5.11 read status 2 as "Unexpected error code 2" (-ENODEV) with no option', async () => {
+    for (const profile of ['linux-5.8', 'linux-5.11'] as Profile[]) {
+      const two = guestWith(profile, 'A', fakeUnit('A', () => 2n << 1n));
+      assert.equal(two.driver.legacyStatusCodes, true);
+      await assert.rejects(two.guest.alloc(null, 1, 0xfffff), (e) => isIoasidError(e, 'ENODEV'));
+      assert.deepEqual(two.logs.slice(-1), ['warn: IOMMU: dmar0: Unexpected error code 2']);
+      const one = guestWith(profile, 'A', fakeUnit('A', () => 1n << 1n));
+      await assert.rejects(one.guest.alloc(null, 1, 0xfffff), (e) => isIoasidError(e, 'ENOSPC'));
+      assert.deepEqual(one.logs.slice(-1), ['info: IOMMU: dmar0: No PASID available']);
+    }
+    // v5.12+ (Zenghui Yu's fix): 2 is "no PASID".
+    const fixed = guestWith('linux-5.18', 'A', fakeUnit('A', () => 2n << 1n));
+    assert.equal(fixed.driver.legacyStatusCodes, false);
+    await assert.rejects(fixed.guest.alloc(null, 1, 0xfffff), (e) => isIoasidError(e, 'ENOSPC'));
+    // An explicit option still wins (a v5.8 guest with the fix backported).
+    const patched = guestWith('linux-5.8', 'A', fakeUnit('A', () => 2n << 1n), { legacyStatusCodes: false });
+    await assert.rejects(patched.guest.alloc(null, 1, 0xfffff), (e) => isIoasidError(e, 'ENOSPC'));
+  });
+
+  for (const profile of LINUX) {
+    it(`intel_iommu_add (v5.8-v6.3): a hot-added unit registers no allocator and leaves intel_pasid_max_id alone [${profile}]`, async () => {
+      const r = rig({ profile, layout: 'B' });
+      const d = new VcmdDevice({ layout: 'B', pss: 9, backend: vmBackend(r.host, r.vm) });
+      const u = r.driver.hotplug(d, 'dmar1');
+      assert.equal(u.registered, false);
+      assert.equal(r.driver.opsOf(u), null);
+      assert.equal(r.driver.pasidMaxId, INTEL_PASID_MAX, 'only init_dmars() lowers it');
+      assert.equal(r.guest.allocatorGroups, 1);
+      assert.equal(await r.guest.alloc(null, 1, 0xfffff), 1);
+      assert.equal(d.stats.commands, 0, 'the boot unit serves; the hot-added one is never used');
+      assert.deepEqual(hazardsOf(r), [], 'a working group: nothing goes wrong');
+    });
+
+    it(`intel_iommu_add + free_dmar_iommu (v5.8-v6.3): the only allocator unit unplugged and a new one added: the guest stays on guest-local PASIDs [${profile}]`, async () => {
+      const r = rig({ profile, layout: 'B' });
+      const [u0] = r.driver.units;
+      assert.ok(u0 !== undefined);
+      const held = await r.guest.alloc(null, 1, 0xfffff);
+      await r.driver.unplug(u0);
+      assert.equal(r.guest.activeAllocator(), null, 'reverted to the default allocator');
+      assert.deepEqual(hazardsOf(r).map((h) => h.kind), ['guest-local-pasids']);
+      assert.match(hazardsOf(r)[0]?.message ?? '', /orphaning 1 host PASID/);
+      const d = new VcmdDevice({ layout: 'B', backend: vmBackend(r.host, r.vm) });
+      const u1 = r.driver.hotplug(d, 'dmar9');
+      assert.equal(u1.registered, false, 'intel_iommu_add() calls no register_pasid_allocator()');
+      assert.deepEqual(hazardsOf(r).map((h) => h.kind), ['guest-local-pasids', 'guest-local-pasids']);
+      assert.equal(await r.guest.alloc(null, 1, 0xfffff), held, 'a guest-local PASID: the number the host still holds for the VM');
+      assert.equal(d.stats.commands, 0);
+      assert.deepEqual(r.host.idsOf(r.vm), [held], 'the orphaned host PASID');
+    });
+  }
+
+  it('strict: hot-add registers the unit and lowers intel_pasid_max_id (ours); after the last unit went, it takes over from the refusal', async () => {
+    const r = rig({ profile: 'strict', layout: 'B' });
+    const [u0] = r.driver.units;
+    assert.ok(u0 !== undefined);
+    await r.driver.unplug(u0);
+    await assert.rejects(r.guest.alloc(null, 1, 100), (e) => isIoasidError(e, 'ENODEV'));
+    const u1 = r.driver.hotplug(new VcmdDevice({ layout: 'B', pss: 9, backend: vmBackend(r.host, r.vm) }), 'dmar9');
+    assert.equal(u1.registered, true);
+    assert.equal(r.driver.pasidMaxId, 1024);
+    assert.equal(await r.guest.alloc(null, 1, 100), 1);
+  });
+
+  it('register_pasid_allocator (v5.8-v6.3), strict: caching mode with scalable mode but VCCAP.PAS clear: allocation is ENODEV naming the unit and its VCCAP read, never guest-local', async () => {
+    const r = rig({ profile: 'strict', layout: 'B', device: { pasidAllocation: false } });
+    await assert.rejects(r.guest.alloc(null, 1, 100), (e) => isIoasidError(e, 'ENODEV') && /dmar0 runs under caching mode with scalable mode, but VCCAP_REG \(0xe30, layout B\) read 0x0: PAS clear/.test(e.message));
+    assert.equal(r.guest.size, 0);
+    const noVcs = rig({ profile: 'strict', layout: 'A', device: { virtualCommands: false } });
+    await assert.rejects(noVcs.guest.alloc(null, 1, 100), (e) => isIoasidError(e, 'ENODEV') && /ECAP\.VCS is clear/.test(e.message));
+    assert.deepEqual(hazardsOf(r), []);
+    // Bare metal (CAP.CM clear) is not a guest: its own PASIDs are the system's.
+    const bare = rig({ profile: 'strict', layout: 'B', device: { cachingMode: false } });
+    assert.equal(await bare.guest.alloc(null, 1, 100), 1);
+  });
+
+  for (const [guestLayout, deviceLayout] of [['A', 'B'], ['B', 'A']] as const) {
+    it(`register layout mismatch (driver ${guestLayout}, device ${deviceLayout}): strict detects it at probe and refuses with ENODEV naming it; the Linux profiles go guest-local with a hazard`, async () => {
+      const mk = (profile: Profile) => {
+        const host = new IoasidSpace({ profile: 'strict' });
+        const vm = host.createSet({ name: 'vm' });
+        const dev = spy(new VcmdDevice({ layout: deviceLayout, backend: vmBackend(host, vm) }));
+        const logs: { level: LogLevel; message: string }[] = [];
+        const guest = new IoasidSpace({ profile });
+        const driver = new VtdGuestDriver(guest, { layout: guestLayout, log: (level, message) => logs.push({ level, message }) });
+        driver.init([dev]);
+        return { host, vm, dev, logs, guest, driver };
+      };
+      const s = mk('strict');
+      const other = registerOffset(deviceLayout, 'VCCAP_REG');
+      assert.deepEqual(s.driver.units[0]?.layoutMismatch, { layout: deviceLayout, offset: other, vccap: 1n });
+      await assert.rejects(s.guest.alloc(null, 1, 100), (e) => isIoasidError(e, 'ENODEV') && e.message.includes(`its registers answer as layout ${deviceLayout}`) && e.message.includes('register layout mismatch'));
+      assert.ok(s.logs.some((l) => l.level === 'error' && /layout mismatch/.test(l.message)));
+      const l = mk('linux-5.18');
+      assert.equal(l.driver.units[0]?.layoutMismatch, null);
+      assert.ok(!l.dev.log.some((a) => a.op === 'read' && a.offset === other), 'the kernel reads VCCAP at its own offset only');
+      assert.ok(l.logs.some((x) => x.level === 'hazard' && /guest-local-pasids/.test(x.message)));
+      assert.equal(await l.guest.alloc(null, 1, 100), 1, 'PASID 1 from its own allocator: unknown to the host');
+      assert.equal(l.host.setCount(l.vm), 0);
+    });
+  }
+
+  for (const profile of LINUX) {
+    it(`intel_vcmd_ioasid_free (v5.8-v6.3): an ID the core does not track gets "Cannot free active IOASID" and no VCMD Free (ioasid_find returns ERR_PTR(-ENOENT)) [${profile}]`, async () => {
+      const r = rig({ profile, layout: 'B' });
+      await r.guest.alloc(null, 1, 0xfffff);
+      const [u0] = r.driver.units;
+      assert.ok(u0 !== undefined);
+      const stray = r.host.allocSync(r.vm, 1, 0xfffff); // the host holds it; the guest core does not
+      const ops = r.driver.opsOf(u0);
+      assert.ok(ops !== null);
+      await ops.free(stray, ops.pdata);
+      assert.deepEqual(r.messages('error'), [`Cannot free active IOASID ${stray}`]);
+      assert.deepEqual(vcmdWrites(r, 0, 'B'), [1n], 'no Free was sent');
+      assert.ok(r.host.has(stray), 'the host PASID leaks');
+      assert.deepEqual(hazardsOf(r).map((h) => h.kind), ['pasid-leak']);
+    });
+  }
+
+  it('strict: the driver frees an untracked ID (an out-of-range answer handed back) through VCMD', async () => {
+    const r = rig({ profile: 'strict', layout: 'B' });
+    const [u0] = r.driver.units;
+    assert.ok(u0 !== undefined);
+    const stray = r.host.allocSync(r.vm, 1, 0xfffff);
+    const ops = r.driver.opsOf(u0);
+    assert.ok(ops !== null);
+    await ops.free(stray, ops.pdata);
+    assert.equal(r.host.has(stray), false);
+  });
+
+  for (const profile of LINUX) {
+    it(`intel_vcmd_ioasid_free / intel_vcmd_ioasid_alloc / free_dmar_iommu (v5.8-v6.3): free while bound, an unchecked answer and a freed primary are kernel hazards [${profile}]`, async () => {
+      const r = rig({ profile, layout: 'B', units: 2 });
+      const bound = await r.guest.alloc(null, 1, 0xfffff, 'bound');
+      await r.guest.free(bound);
+      assert.deepEqual(hazardsOf(r).map((h) => h.kind), ['pasid-leak']);
+      const other = r.host.createSet({ name: 'other' });
+      for (let i = 0; i < 1100; i++) r.host.allocSync(other, 1, 0xfffff);
+      const wide = await r.guest.alloc(null, 1, 1023);
+      assert.ok(wide > 1023);
+      assert.deepEqual(hazardsOf(r).map((h) => h.kind), ['pasid-leak', 'range-ignored']);
+      const [u0] = r.driver.units;
+      assert.ok(u0 !== undefined);
+      await r.driver.unplug(u0);
+      await assert.rejects(r.guest.alloc(null, 1, 0xfffff), (e) => isIoasidError(e, 'ENODEV'));
+      assert.deepEqual(hazardsOf(r).map((h) => h.kind), ['pasid-leak', 'range-ignored', 'freed-iommu-ops']);
+    });
+  }
+
+  it('strict: the same steps raise no hazard (EBUSY, ERANGE handed back, the group re-pointed)', async () => {
+    const r = rig({ profile: 'strict', layout: 'B', units: 2 });
+    const bound = await r.guest.alloc(null, 1, 0xfffff, 'bound');
+    await assert.rejects(r.guest.free(bound), (e) => isIoasidError(e, 'EBUSY'));
+    const other = r.host.createSet({ name: 'other' });
+    for (let i = 0; i < 1100; i++) r.host.allocSync(other, 1, 0xfffff);
+    await assert.rejects(r.guest.alloc(null, 1, 1023), (e) => isIoasidError(e, 'ERANGE'));
+    const [u0] = r.driver.units;
+    assert.ok(u0 !== undefined);
+    await r.driver.unplug(u0);
+    await r.guest.alloc(null, 1, 0xfffff);
+    assert.deepEqual(hazardsOf(r), []);
+  });
+
+  it('the VT-d driver of v6.4+ (760f41d182ec removed the virtual command interface): linux-6.x never registers a VCMD allocator', async () => {
+    const r = rig({ profile: 'linux-6.x', layout: 'B' });
+    assert.equal(r.driver.units[0]?.registered, false);
+    assert.equal(r.guest.activeAllocator(), null);
+    assert.equal(await r.guest.alloc(null, 1, 100), 1);
+    assert.equal(r.devices[0]?.stats.commands, 0);
+    assert.deepEqual(r.logs, [], 'by design, not a hazard: 6.x guest PASIDs are its own');
+  });
+});
+
+describe('vcmd_free_pasid (v5.15-v6.3, 4d99efb229e6): the layout-B Free operand computed in 32 bits', () => {
+  /** Host PASIDs 1..0x12344 held by another VM, so the guest's next PASID is 0x12345. */
+  function at0x12345(profile: Profile, layout: Layout, freeForGuest: number[] = []) {
+    const r = rig({ profile, layout });
+    const other = r.host.createSet({ name: 'other' });
+    for (let i = 0; i < 0x12344; i++) r.host.allocSync(other, 1, 0xfffff);
+    for (const p of freeForGuest) r.host.freeSync(p, other);
+    return r;
+  }
+
+  for (const profile of LINUX) {
+    it(`vcmd_free_pasid (v5.15-v6.3, 4d99efb229e6): freeing 0x12345 writes 0x23450002 (a Free of 0x2345) and the host keeps 0x12345 [${profile}]`, async () => {
+      const r = at0x12345(profile, 'B');
+      const id = await r.guest.alloc(null, 1, 0xfffff);
+      assert.equal(id, 0x12345);
+      await r.guest.free(id);
+      assert.deepEqual(vcmdWrites(r, 0, 'B'), [1n, 0x23450002n]);
+      assert.deepEqual(r.host.idsOf(r.vm), [0x12345], 'PASID 0x12345 leaks on the host');
+      assert.equal(r.guest.has(id), false, 'the guest forgot it');
+      const last = r.devices[0]?.recentCommands().at(-1);
+      assert.equal(last?.operand, 0x2345);
+      assert.equal(last?.statusName, 'invalid PASID', 'another VM owns 0x2345: refused');
+      const h = hazardsOf(r);
+      assert.deepEqual(h.map((x) => x.kind), ['vcmd-free-truncated']);
+      assert.match(h[0]?.message ?? '', /vcmd_free_pasid, v5\.15-v6\.3 \(4d99efb229e6/);
+      assert.match(h[0]?.message ?? '', /Free of PASID 0x12345 writes VCMD_REG 0x23450002, a Free of PASID 0x2345/);
+    });
+
+    it(`vcmd_free_pasid (v5.15-v6.3, 4d99efb229e6): when the VM also owns 0x2345, that live PASID is the one the host frees [${profile}]`, async () => {
+      const r = at0x12345(profile, 'B', [0x2345]);
+      const live = await r.guest.alloc(null, 1, 0xfffff, 'in use by a device');
+      assert.equal(live, 0x2345);
+      const id = await r.guest.alloc(null, 1, 0xfffff);
+      assert.equal(id, 0x12345);
+      await r.guest.free(id);
+      assert.deepEqual(r.host.idsOf(r.vm), [0x12345], 'the host freed 0x2345 and kept 0x12345');
+      assert.equal(r.guest.find(null, live), 'in use by a device', 'the guest still uses 0x2345, which the host no longer holds for it');
+    });
+  }
+
+  it('strict writes the full 64-bit operand: freeing 0x12345 writes 0x123450002 and the host frees 0x12345', async () => {
+    const r = at0x12345('strict', 'B');
+    const id = await r.guest.alloc(null, 1, 0xfffff);
+    await r.guest.free(id);
+    assert.deepEqual(vcmdWrites(r, 0, 'B'), [1n, 0x123450002n]);
+    assert.deepEqual(r.host.idsOf(r.vm), []);
+    assert.deepEqual(hazardsOf(r), []);
+  });
+
+  it('layout A (<< 8 of a 20-bit PASID) cannot overflow: a Linux guest frees 0x12345 with 0x1234502', async () => {
+    const r = at0x12345('linux-5.8', 'A');
+    const id = await r.guest.alloc(null, 1, 0xfffff);
+    await r.guest.free(id);
+    assert.deepEqual(vcmdWrites(r, 0, 'A'), [1n, 0x1234502n]);
+    assert.deepEqual(r.host.idsOf(r.vm), []);
   });
 });

@@ -2,8 +2,9 @@
  * `ioasid demo`: the seed's story, narrated. A host; a guest with two vIOMMUs on two PCI segments;
  * boot and registration of the VT-d custom allocator; allocation through VCMD with every register
  * access shown decoded; min/max; the quota running out; a foreign free refused; free while bound
- * refused; hot-removal of the active vIOMMU; teardown. Each step states what must happen and is
- * checked; the command exits 0 only if every step behaved as narrated.
+ * refused; hot-removal of the active vIOMMU; teardown; where to see the kernel's own bugs
+ * (examples/kernel-bugs.yaml). Each step states what must happen and is checked; the command exits
+ * 0 only if every step behaved as narrated.
  */
 import { Command } from 'commander';
 import { IoasidError, type LogFn } from '../core/index.ts';
@@ -207,6 +208,15 @@ export async function runDemo(out: (line: string) => void, colour = false): Prom
   say(`destroyVm(vm1): ${bindings.length} binding(s) torn down, ${pasids.length} PASID(s) freed: ${pasids.join(', ')}.`);
   check('the host holds only vm2\'s PASIDs again', host.space.ids().length === vm2.pasids().length && host.vms().length === 1);
   invariants(host, [{ host, vm: vm1 }]);
+
+  section('10. Where real kernels went wrong');
+  say('This guest ran the strict profile: the kernel\'s mistakes fixed. The Linux profiles (linux-5.8, linux-5.11,');
+  say('linux-5.18) do what v5.5-v6.3 kernels did, mistakes included, and log a kernel hazard where a real kernel');
+  say('would have freed memory still in use or lost a PASID. The same steps on a Linux guest and on a strict one:');
+  say(`  ${st.reg('ioasid simulate examples/kernel-bugs.yaml')}`);
+  say('free while bound, the mm\'s PASID at exit, an unchecked host answer, an allocation that lands on 0xFFFFFFFF,');
+  say('EEXIST that corrupts the allocator list, the layout-B Free of a PASID above 0xFFFF; then linux-6.x, what');
+  say('replaced the design (docs/history.md).');
 
   flushKernelLog();
   out('');

@@ -9,6 +9,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
+import { PROFILES, isProfile, type Profile } from '../core/index.ts';
 import {
   ScenarioFormatError, formatIssue, formatReport, parseScenario, progressLine, runRandom, runScenario,
   type RunReport,
@@ -24,6 +25,7 @@ interface SimulateOptions {
   fullEvery?: number;
   pasidMax?: number;
   keepGoing?: boolean;
+  guestProfile?: Profile;
   progress: boolean;
   color: boolean;
 }
@@ -83,20 +85,26 @@ export function simulateCommand(): Command {
     .option('--pasid-max <n>', 'random: end of the host PASID range (small: VMs compete)', positiveInt('--pasid-max', 1))
     .option('--full-every <k>', 'full invariant check every K steps, 0 only at the end (default: 1 for a file, 10000 for --random)', positiveInt('--full-every', 0))
     .option('--keep-going', 'do not stop at the first failing step')
+    .option('--guest-profile <profile>', `boot every guest with this profile instead of the file's (${PROFILES.join(', ')}): the same steps on another kernel`)
     .option('--no-progress', 'no progress bar')
     .option('--no-color', 'plain output')
     .addHelpText('after', '\nExit status: 0 all steps as expected and no invariant violated, 1 otherwise, 2 bad scenario file or arguments.')
     .action(async (file: string | undefined, opts: SimulateOptions) => {
+      if (opts.guestProfile !== undefined && !isProfile(opts.guestProfile)) {
+        return usage(`--guest-profile must be one of ${PROFILES.join(', ')}, got ${JSON.stringify(opts.guestProfile)}`, opts.json);
+      }
       const bar = progressBar(opts.progress && process.stderr.isTTY === true);
       const common = {
         stopOnFailure: opts.keepGoing !== true,
         onProgress: bar.onProgress,
         progressEvery: 1000,
         ...(opts.fullEvery !== undefined ? { fullEvery: opts.fullEvery } : {}),
+        ...(opts.guestProfile !== undefined ? { guestProfile: opts.guestProfile } : {}),
       };
       let report: RunReport;
       if (opts.random === true) {
         if (file !== undefined) return usage('give either a scenario file or --random, not both', opts.json);
+        if (opts.guestProfile !== undefined) return usage('--guest-profile applies to a scenario file (the random workload picks each guest\'s profile)', opts.json);
         report = await runRandom({ vms: opts.vms, steps: opts.steps, seed: opts.seed, ...(opts.pasidMax !== undefined ? { pasidMax: opts.pasidMax } : {}), ...common });
       } else {
         if (file === undefined) return usage('give a scenario file, or --random (see ioasid simulate --help)', opts.json);

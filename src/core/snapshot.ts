@@ -33,6 +33,8 @@ export interface SpaceSnapshot {
   readonly sets: readonly SetSnapshot[];
   readonly tables: readonly TableSnapshot[];
   readonly quarantined: readonly number[];
+  /** Linux: the default allocator's slot 0xFFFFFFFF holds the entry an allocation left there. */
+  readonly danglingInvalid?: true;
 }
 
 export interface SnapshotExpectations {
@@ -44,6 +46,8 @@ export interface SnapshotExpectations {
   readonly min: number;
   readonly max: number;
   readonly quotas: boolean;
+  /** The space can have a dangling slot 0xFFFFFFFF (Linux profiles with a 32-bit universe). */
+  readonly danglingInvalid: boolean;
 }
 
 const MAX_NAME = 256;
@@ -69,7 +73,11 @@ function onlyKeys(o: Record<string, unknown>, path: string, keys: readonly strin
 /** Validate an untrusted snapshot against the space it is restored into. */
 export function parseSnapshot(x: unknown, want: SnapshotExpectations): SpaceSnapshot {
   if (!isObj(x)) bad('snapshot', 'must be an object', x);
-  onlyKeys(x, 'snapshot', ['format', 'version', 'profile', 'bits', 'policy', 'quarantine', 'active', 'cursor', 'sets', 'tables', 'quarantined']);
+  onlyKeys(x, 'snapshot', ['format', 'version', 'profile', 'bits', 'policy', 'quarantine', 'active', 'cursor', 'sets', 'tables', 'quarantined', 'danglingInvalid']);
+  if (x.danglingInvalid !== undefined) {
+    if (x.danglingInvalid !== true) bad('danglingInvalid', 'must be true when present', x.danglingInvalid);
+    if (!want.danglingInvalid) bad('danglingInvalid', 'exists only in a Linux profile with a 32-bit universe');
+  }
   if (x.format !== 'ioasid-space') bad('format', 'must be "ioasid-space"', x.format);
   if (x.version !== 1) bad('version', 'must be 1', x.version);
   if (x.profile !== want.profile) bad('profile', `must be ${want.profile} (the space's profile)`, x.profile);
@@ -78,7 +86,8 @@ export function parseSnapshot(x: unknown, want: SnapshotExpectations): SpaceSnap
   if (x.quarantine !== want.quarantine) bad('quarantine', `must be ${want.quarantine}`, x.quarantine);
   const active = x.active === 'default' ? 'default' : int(x.active, 'active', 0, Math.max(0, want.groups - 1));
   if (active !== 'default' && want.groups === 0) bad('active', 'names a custom allocator but none is registered', x.active);
-  const cursor = x.cursor === undefined ? undefined : int(x.cursor, 'cursor', Math.max(0, want.min - 1), want.max);
+  // min - 1 (possibly -1) is the cursor of an engine that never allocated cyclically.
+  const cursor = x.cursor === undefined ? undefined : int(x.cursor, 'cursor', want.min - 1, want.max);
 
   if (!Array.isArray(x.sets)) bad('sets', 'must be an array', x.sets);
   const sets: SetSnapshot[] = [];
@@ -157,6 +166,7 @@ export function parseSnapshot(x: unknown, want: SnapshotExpectations): SpaceSnap
     format: 'ioasid-space', version: 1, profile: want.profile, bits: want.bits, policy: want.policy,
     quarantine: want.quarantine, active, sets, tables, quarantined,
     ...(cursor === undefined ? {} : { cursor }),
+    ...(x.danglingInvalid === true ? { danglingInvalid: true as const } : {}),
   };
   return snap;
 }

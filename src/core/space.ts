@@ -17,9 +17,14 @@
  *     never receive the same ID; `find` never waits.
  *  7. Every failure throws an IoasidError that names the offending values and changes nothing.
  *     The profile decides which Linux quirks are kept (see profiles.ts).
+ *  8. The Linux profiles are the kernel's code, mistakes included: a custom allocator gets its
+ *     range unchecked; INVALID_IOASID given as an ID is an unknown ID; the default allocator can
+ *     land on 0xFFFFFFFF and leave that XArray slot dangling; unregistering an ops that is not a
+ *     member of a shared group removes nothing. Where the kernel's own code would corrupt memory,
+ *     they log a `hazard` (log.ts) and do what is deterministic; strict fixes the cause.
  */
 import { IoasidBugError, IoasidError, fmtId, isIoasidError } from './errors.ts';
-import { INVALID_IOASID, IOASID_MAX, checkId, type Ioasid } from './ids.ts';
+import { INVALID_IOASID, IOASID_MAX, checkId, isIdValue, type Ioasid } from './ids.ts';
 import { IdEngine, type AllocPolicy } from './id-engine.ts';
 import { DenseRecordTable, SparseRecordTable, TAG_NO_SET, type RecordTable } from './record-table.ts';
 import { IoasidSet, type IoasidSetOptions } from './set.ts';
@@ -27,14 +32,17 @@ import { NotifierChain, type IoasidEvent, type IoasidEventType, type IoasidListe
 import { PROFILE_RULES, isProfile, type Profile, type ProfileRules } from './profiles.ts';
 import type { AllocatorOps } from './allocator.ts';
 import { parseSnapshot, type SetSnapshot, type SpaceSnapshot, type TableSnapshot } from './snapshot.ts';
+import { CORE_HAZARDS, logHazard, type LogFn } from './log.ts';
 
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
-export type LogFn = (level: LogLevel, message: string, details?: Record<string, unknown>) => void;
+export type { LogFn, LogLevel } from './log.ts';
 
 export interface IoasidSpaceOptions {
   /** Behaviour profile; default `strict`. */
   readonly profile?: Profile;
-  /** Width of the default allocator's ID universe [0, 2^bits - 1]; 1..32, default 20 (PCIe PASID). */
+  /**
+   * Width of the default allocator's ID universe [0, 2^bits - 1]; 1..32. Default: the profile's
+   * (strict 20, a PCIe PASID; Linux 32, the kernel's u32 XArray; linux-6.x 31, the IDA).
+   */
   readonly bits?: number;
   /** Default allocator policy; default `lowest`. */
   readonly policy?: AllocPolicy;
@@ -56,6 +64,11 @@ interface AllocatorData {
   readonly data: Map<number, unknown>;
   /** Reference counts above 1 (1 is implied by presence in the table). */
   readonly refs: Map<number, number>;
+  /**
+   * Linux: the kernel's slist of this group reaches freed memory (an EEXIST registration linked the
+   * primary's list node into a freed allocator): walking it is a hazard.
+   */
+  corrupted: boolean;
 }
 
 const noop: LogFn = () => {};
@@ -78,7 +91,7 @@ function newAllocatorData(ops: AllocatorOps, custom: boolean, maxId = IOASID_MAX
   // bits): a sparse table. The default allocator's IDs fill its engine's universe: a dense one,
   // unless the universe is wider than 2^26 (then sparse too).
   const table = custom || maxId >= 1 << 26 ? new SparseRecordTable() : new DenseRecordTable(maxId);
-  return { ops, members: custom ? [ops] : [], custom, table, data: new Map(), refs: new Map() };
+  return { ops, members: custom ? [ops] : [], custom, table, data: new Map(), refs: new Map(), corrupted: false };
 }
 
 export class IoasidSpace {
@@ -87,7 +100,14 @@ export class IoasidSpace {
   readonly #rules: ProfileRules;
   /** linux-5.11: `free` is `put` (the kernel renamed it). */
   readonly #freeIsPut: boolean;
+  /** A Linux form of ioasid.c: failures print at the kernel's levels (pr_err is `error`). */
+  readonly #kernelLog: boolean;
   readonly #log: LogFn;
+  /**
+   * Linux: the default allocator's XArray slot 0xFFFFFFFF holds an entry `ioasid_alloc()` freed
+   * (the allocation that landed there). Never empty again; a lookup reads freed memory.
+   */
+  #danglingInvalid = false;
   #engine: IdEngine;
   #default: AllocatorData;
   /** Registered custom allocators, in registration order (the kernel's allocators_list). */
@@ -106,11 +126,12 @@ export class IoasidSpace {
   constructor(opts: IoasidSpaceOptions = {}) {
     const profile = opts.profile ?? 'strict';
     if (!isProfile(profile)) throw new IoasidError('EINVAL', `unknown profile ${fmtId(profile)}`, { profile });
-    const bits = opts.bits ?? 20;
+    this.#rules = PROFILE_RULES[profile];
+    const bits = opts.bits ?? this.#rules.defaultBits;
     this.profile = profile;
     this.bits = bits;
-    this.#rules = PROFILE_RULES[profile];
     this.#freeIsPut = profile === 'linux-5.11';
+    this.#kernelLog = this.#rules.hazards;
     this.#log = opts.log ?? noop;
     // IdEngine.forBits validates bits and policy.
     this.#engine = IdEngine.forBits(bits, {
@@ -244,9 +265,18 @@ export class IoasidSpace {
     return slot;
   }
 
-  /** The Linux profiles take max = 0xFFFFFFFF (the kernel's u32 API) as the largest ID. */
-  #clampMax(max: unknown): unknown {
-    return max === INVALID_IOASID && this.#rules.acceptInvalidAsMax ? IOASID_MAX : max;
+  /**
+   * Linux, a custom allocator active: `ioasid_alloc()` hands [min, max] to `ops->alloc` unchecked.
+   * Only what an `ioasid_t` cannot carry is refused (non-integers, negatives, above 0xFFFFFFFF).
+   */
+  #checkU32Args(set: IoasidSet | null, min: unknown, max: unknown): number {
+    const slot = this.#slot(set);
+    for (const [what, v] of [['min', min], ['max', max]] as const) {
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > INVALID_IOASID) {
+        throw new IoasidError('EINVAL', `${what} must be an integer in [0, 0xffffffff] (an ioasid_t), got ${fmtId(v)}`, { [what]: v });
+      }
+    }
+    return slot;
   }
 
   #assertNotInCallback(what: string): void {
@@ -276,14 +306,10 @@ export class IoasidSpace {
     if (this.#active.custom) {
       throw new IoasidError('EOPNOTSUPP', 'allocSync needs the default allocator; a custom allocator is active, use alloc()');
     }
-    const hi = this.#clampMax(max) as number;
-    const slot = this.#checkAllocArgs(set, min, hi);
-    const lo = min;
-    const id = this.#engine.alloc(lo, hi);
-    if (id < 0) {
-      this.#log('debug', 'no free IOASID in range', { min: lo, max: hi });
-      throw new IoasidError('ENOSPC', `no free IOASID in [${fmtId(lo)}, ${fmtId(hi)}]`, { min: lo, max: hi });
-    }
+    if (max === INVALID_IOASID && this.#rules.acceptInvalidAsMax) return this.#allocToTop(set, min, priv);
+    const slot = this.#checkAllocArgs(set, min, max);
+    const id = this.#engine.alloc(min, max);
+    if (id < 0) this.#noFreeId(min, max);
     this.#record(this.#default, id, slot, priv);
     return id as Ioasid;
   }
@@ -332,6 +358,41 @@ export class IoasidSpace {
       const what = count === 1 ? 'one more ID' : `${count} more IDs`;
       throw new IoasidError('EDQUOT', `set ${s.name} holds ${inUse} of its quota of ${s.quota}: ${what} would exceed it`, { set: s.name, quota: s.quota, count: inUse, requested: count });
     }
+  }
+
+  #noFreeId(lo: number, hi: number): never {
+    if (this.#kernelLog) {
+      // default_alloc(), then ioasid_alloc() (both pr_err).
+      this.#log('error', `Failed to alloc ioasid from ${lo} to ${hi}`, { min: lo, max: hi });
+      this.#log('error', 'Failed ASID allocation 0', { min: lo, max: hi });
+    } else this.#log('debug', 'no free IOASID in range', { min: lo, max: hi });
+    throw new IoasidError('ENOSPC', `no free IOASID in [${fmtId(lo)}, ${fmtId(hi)}]`, { min: lo, max: hi });
+  }
+
+  /**
+   * Linux, max = 0xFFFFFFFF: `xa_alloc(XA_LIMIT(min, 0xFFFFFFFF))`. When everything below is taken
+   * (or min is 0xFFFFFFFF), the XArray stores the entry at 0xFFFFFFFF itself; `ioasid_alloc()`
+   * then sees INVALID_IOASID, frees the data and fails, and the slot keeps the freed entry. We keep
+   * the slot occupied (what follows deterministically) and report the hazard.
+   */
+  #allocToTop(set: IoasidSet | null, min: unknown, priv: unknown): Ioasid {
+    const slot = this.#checkU32Args(set, min, INVALID_IOASID);
+    const lo = min as number;
+    if (lo <= IOASID_MAX) {
+      const id = this.#engine.alloc(lo, IOASID_MAX);
+      if (id >= 0) {
+        this.#record(this.#default, id, slot, priv);
+        return id as Ioasid;
+      }
+    }
+    // The universe is ours: with `bits` below 32 the XArray's top slot is not modelled.
+    if (this.#danglingInvalid || this.#engine.max !== IOASID_MAX) this.#noFreeId(lo, INVALID_IOASID);
+    this.#danglingInvalid = true;
+    this.#log('error', 'Failed ASID allocation 0', { min: lo, max: INVALID_IOASID });
+    logHazard(this.#log, CORE_HAZARDS['invalid-ioasid-entry'],
+      `alloc(${fmtId(lo)}, 0xffffffff) landed on 0xFFFFFFFF: the XArray keeps an entry ioasid_alloc() freed; the default allocator is never empty again`,
+      { effect: 'dangling', min: lo, max: INVALID_IOASID });
+    throw new IoasidError('ENOSPC', `no IOASID in [${fmtId(lo)}, 0xfffffffe]; the allocation landed on INVALID_IOASID, which now stays occupied (kernel hazard)`, { min: lo, max: INVALID_IOASID });
   }
 
   #record(ad: AllocatorData, id: number, slot: number, priv: unknown): void {
@@ -392,9 +453,9 @@ export class IoasidSpace {
   /** Custom allocation, synchronous unless the plug-in answers with a promise. */
   #allocCustom(set: IoasidSet | null, min: number, max: number, priv: unknown): Ioasid | Promise<Ioasid> {
     const ad = this.#active;
-    const hi = this.#clampMax(max) as number;
-    const slot = this.#checkAllocArgs(set, min, hi);
+    const slot = this.#rules.checkRangeBeforeCustom ? this.#checkAllocArgs(set, min, max) : this.#checkU32Args(set, min, max);
     const lo = min;
+    const hi = max;
     const ops = ad.ops;
     const got = this.#callCustom(() => ops.alloc(lo, hi, ops.pdata));
     if (isThenable(got)) return Promise.resolve(got).then((g) => this.#adoptCustom(ad, ops, slot, lo, hi, priv, g));
@@ -403,7 +464,10 @@ export class IoasidSpace {
 
   /** Check a custom allocator's answer and record it (rule 7: a refused answer changes nothing). */
   #adoptCustom(ad: AllocatorData, ops: AllocatorOps, slot: number, lo: number, hi: number, priv: unknown, got: unknown): Ioasid | Promise<Ioasid> {
-    if (got === INVALID_IOASID) return this.#refuse(ops, got, null, new IoasidError('ENOSPC', `custom allocator has no IOASID in [${fmtId(lo)}, ${fmtId(hi)}]`, { min: lo, max: hi }));
+    if (got === INVALID_IOASID) {
+      if (this.#kernelLog) this.#log('error', 'Failed ASID allocation 1', { min: lo, max: hi });
+      return this.#refuse(ops, got, null, new IoasidError('ENOSPC', `custom allocator has no IOASID in [${fmtId(lo)}, ${fmtId(hi)}]`, { min: lo, max: hi }));
+    }
     if (typeof got !== 'number' || !Number.isInteger(got) || got < 0 || got > IOASID_MAX) {
       return this.#refuse(ops, 0, null, new IoasidError('EINVAL', `custom allocator returned ${fmtId(got)}, not an IOASID`, { returned: String(got) }));
     }
@@ -416,7 +480,7 @@ export class IoasidSpace {
     }
     if (ad.table.has(got)) {
       // The kernel hands the duplicate back, which releases an ID it still tracks; strict keeps it.
-      this.#log('error', `custom allocator returned IOASID ${got}, which is already tracked`, { id: got });
+      this.#log('error', this.#kernelLog ? `Failed to alloc ioasid from ${got}` : `custom allocator returned IOASID ${got}, which is already tracked`, { id: got });
       return this.#refuse(ops, got, this.#rules.handBackDuplicate ? 'duplicate' : null, new IoasidError('EEXIST', `custom allocator returned ${fmtId(got)}, already allocated`, { id: got }));
     }
     this.#record(ad, got, slot, priv);
@@ -438,12 +502,13 @@ export class IoasidSpace {
 
   #lookupForFree(id: unknown, set: IoasidSet | null | undefined, verb: string): number | null {
     const ad = this.#active;
-    const n = checkId(id);
+    if (!isIdValue(id)) return this.#freeOfNonId(id, set, verb);
+    const n = id;
     const slot = this.#slot(set);
     const tag = ad.table.tag(n);
     if (tag === 0) {
       if (this.#rules.reportMisuse) throw new IoasidError('ENOENT', `${verb} of unknown IOASID ${fmtId(n)}`, { id: n });
-      this.#log('warn', 'Trying to free unknown IOASID', { id: n });
+      this.#log(this.#kernelLog ? 'error' : 'warn', `Trying to free unknown IOASID ${n}`, { id: n });
       return null;
     }
     if (slot >= 0 && tag !== slot + 2) {
@@ -451,6 +516,36 @@ export class IoasidSpace {
       throw new IoasidError('EACCES', `IOASID ${fmtId(n)} is not owned by set ${(set as IoasidSet).name}`, { id: n, set: (set as IoasidSet).name, owner: owner?.name ?? null });
     }
     return n;
+  }
+
+  /**
+   * free/put of something that is not an ID. Linux: INVALID_IOASID is an unknown ID to `xa_load`,
+   * unless an allocation left the slot dangling: then `ioasid_free()` frees that entry a second
+   * time (the slot is erased: what follows deterministically) and `ioasid_put()` decrements a
+   * count in freed memory. Anything else is EINVAL in every profile.
+   */
+  #freeOfNonId(id: unknown, set: IoasidSet | null | undefined, verb: string): null {
+    if (id !== INVALID_IOASID || !this.#rules.invalidIsAnId) checkId(id);
+    this.#slot(set);
+    if (this.#danglingInvalid && !this.#active.custom) {
+      const put = verb === 'put' || this.#freeIsPut;
+      if (put) {
+        logHazard(this.#log, CORE_HAZARDS['invalid-ioasid-entry'], `ioasid_put(0xFFFFFFFF) decrements the refcount of the freed entry left at 0xFFFFFFFF (use after free)`, { effect: 'use-after-free', id: INVALID_IOASID });
+      } else {
+        this.#danglingInvalid = false;
+        logHazard(this.#log, CORE_HAZARDS['invalid-ioasid-entry'], `ioasid_free(0xFFFFFFFF) erases the entry left at 0xFFFFFFFF and frees it a second time (double free)`, { effect: 'double-free', id: INVALID_IOASID });
+      }
+      return null;
+    }
+    this.#log('error', `Trying to free unknown IOASID ${INVALID_IOASID}`, { id: INVALID_IOASID });
+    return null;
+  }
+
+  /** Linux, INVALID_IOASID given to a lookup: unknown, or a read of the dangling entry. */
+  #lookupOfInvalid(call: string, what: string): void {
+    if (this.#danglingInvalid && !this.#active.custom) {
+      logHazard(this.#log, CORE_HAZARDS['invalid-ioasid-entry'], `${call}(0xFFFFFFFF) ${what} the freed entry left at 0xFFFFFFFF (use after free)`, { effect: 'use-after-free', id: INVALID_IOASID, call });
+    }
   }
 
   /**
@@ -566,6 +661,11 @@ export class IoasidSpace {
   /** Take a reference (refcount profiles: `linux-5.11`, `strict`). */
   get(id: number): void {
     this.#needRefcounts('get');
+    if (id === INVALID_IOASID && this.#rules.invalidIsAnId) {
+      this.#lookupOfInvalid('ioasid_get', 'increments the refcount of');
+      this.#log('warn', 'get of unknown IOASID (WARN_ON)', { id });
+      return;
+    }
     const n = checkId(id);
     const ad = this.#active;
     if (!ad.table.has(n)) {
@@ -652,6 +752,12 @@ export class IoasidSpace {
    * getter refuses it. The getter is not called on the error paths. Never waits.
    */
   find(set: IoasidSet | null, id: number, getter?: (priv: unknown) => boolean): unknown {
+    if (id === INVALID_IOASID && this.#rules.invalidIsAnId) {
+      this.#slot(set);
+      // Undefined in the kernel when the slot dangles; ours answers what an empty slot answers.
+      this.#lookupOfInvalid('ioasid_find', 'reads');
+      throw new IoasidError('ENOENT', `IOASID ${fmtId(id)} is not allocated`, { id });
+    }
     const n = checkId(id);
     const slot = this.#slot(set);
     const ad = this.#active;
@@ -677,8 +783,18 @@ export class IoasidSpace {
     return this.#active.table.has(id);
   }
 
+  /** Linux: the default allocator's slot 0xFFFFFFFF holds the entry an allocation left there. */
+  get danglingInvalid(): boolean {
+    return this.#danglingInvalid;
+  }
+
   /** Replace an ID's private data (null allowed). With `set`, the ID must belong to it. */
   setData(id: number, data: unknown, set?: IoasidSet | null): void {
+    if (id === INVALID_IOASID && this.#rules.invalidIsAnId) {
+      this.#slot(set);
+      this.#lookupOfInvalid('ioasid_set_data', 'writes into');
+      throw new IoasidError('ENOENT', `setData of unknown IOASID ${fmtId(id)}`, { id });
+    }
     const n = checkId(id);
     const slot = this.#slot(set);
     const ad = this.#active;
@@ -698,10 +814,16 @@ export class IoasidSpace {
     if (typeof o !== 'object' || o === null || typeof o.alloc !== 'function' || typeof o.free !== 'function') {
       throw new IoasidError('EINVAL', 'allocator ops need alloc and free functions', {});
     }
+    if (!this.#rules.customAllocators) {
+      throw new IoasidError('EOPNOTSUPP', `there are no custom IOASID allocators in profile ${this.profile} (kernel ${this.#rules.kernel}: ioasid.c is gone)`, { profile: this.profile });
+    }
     if (this.#list.length === 0) {
-      if (this.#default.table.size > 0) {
-        this.#log('warn', 'Default allocator active with outstanding IOASID', { outstanding: this.#default.table.size });
-        throw new IoasidError('EAGAIN', `the default allocator holds ${this.#default.table.size} IOASIDs`, { outstanding: this.#default.table.size });
+      // xa_empty(): the slot 0xFFFFFFFF an allocation left dangling counts (Linux).
+      const outstanding = this.#default.table.size + (this.#danglingInvalid ? 1 : 0);
+      if (outstanding > 0) {
+        this.#log('warn', 'Default allocator active with outstanding IOASID', { outstanding, danglingInvalid: this.#danglingInvalid });
+        const why = this.#default.table.size > 0 ? `the default allocator holds ${this.#default.table.size} IOASIDs` : 'the default allocator\'s slot 0xFFFFFFFF holds the entry an allocation left there (kernel hazard)';
+        throw new IoasidError('EAGAIN', why, { outstanding, danglingInvalid: this.#danglingInvalid });
       }
       const ad = newAllocatorData(ops, true);
       this.#list.push(ad);
@@ -710,10 +832,22 @@ export class IoasidSpace {
     }
     for (const ad of this.#list) {
       if (ad.ops === ops || (this.#rules.detectSecondaryDuplicate && ad.members.includes(ops))) {
-        this.#log('warn', 'IOASID allocator already registered', {});
+        this.#log(this.#kernelLog ? 'error' : 'warn', 'IOASID allocator already registered', {});
+        if (this.#rules.hazards) {
+          ad.corrupted = true;
+          logHazard(this.#log, CORE_HAZARDS['allocator-list-corruption'],
+            "the EEXIST path frees the new allocator data with the primary's list node linked into it: the group's list now reaches freed memory",
+            { effect: 'dangling', group: this.#list.indexOf(ad) });
+        }
         throw new IoasidError('EEXIST', 'this allocator ops object is already registered', {});
       }
       if (sameOps(ad.ops, ops)) {
+        if (this.#rules.hazards && ad.members.includes(ops)) {
+          ad.corrupted = true;
+          logHazard(this.#log, CORE_HAZARDS['allocator-list-corruption'],
+            'a secondary member registered again: its list node is added to the group\'s list a second time (list_add of a node already on the list)',
+            { effect: 'double-add', group: this.#list.indexOf(ad) });
+        }
         ad.members.push(ops);
         return;
       }
@@ -730,6 +864,7 @@ export class IoasidSpace {
     const strict = this.#rules.repointSharedPrimary;
     const ad = this.#list.find((a) => sameOps(a.ops, ops) && (!strict || a.members.includes(ops)));
     if (ad === undefined) return;
+    // list_is_singular(): a group of one goes, even for another ops with the same functions.
     if (ad.members.length === 1) {
       this.#list = this.#list.filter((a) => a !== ad);
       if (ad.table.size > 0) {
@@ -744,8 +879,15 @@ export class IoasidSpace {
       }
       return;
     }
+    if (ad.corrupted) {
+      logHazard(this.#log, CORE_HAZARDS['allocator-list-corruption'],
+        "ioasid_unregister_allocator() walks the group's list, which reaches freed memory (the kernel oopses on the poisoned pointer, or loops)",
+        { effect: 'freed-list-walk', group: this.#list.indexOf(ad) });
+    }
+    // Only the entry whose sops == ops goes; an ops that is not a member removes nothing.
     const i = ad.members.indexOf(ops);
-    ad.members.splice(i < 0 ? 0 : i, 1);
+    if (i < 0) return;
+    ad.members.splice(i, 1);
     if (strict && ad.ops === ops) ad.ops = ad.members[0] as AllocatorOps;
   }
 
@@ -807,6 +949,7 @@ export class IoasidSpace {
       sets,
       tables,
       quarantined: [...this.#engine.quarantinedIds()],
+      ...(this.#danglingInvalid ? { danglingInvalid: true as const } : {}),
     };
   }
 
@@ -828,6 +971,7 @@ export class IoasidSpace {
       min: this.#engine.min,
       max: this.#engine.max,
       quotas: this.#rules.quotas,
+      danglingInvalid: this.#rules.invalidIsAnId && this.#engine.max === IOASID_MAX,
     });
     // Build everything new first; swap at the end so a failure changes nothing.
     const engine = new IdEngine({ min: this.#engine.min, max: this.#engine.max, policy: this.#engine.policy, quarantine: this.#engine.quarantine });
@@ -869,6 +1013,7 @@ export class IoasidSpace {
     this.#active = snap.active === 'default' ? def : (customs[snap.active] as AllocatorData);
     this.#sets = sets;
     this.#tokens = tokens;
+    this.#danglingInvalid = snap.danglingInvalid === true;
     return restored;
   }
 

@@ -101,7 +101,8 @@ export class GuestKernel {
 
   /** Free a PASID of this guest kernel's own; one a nested VM holds is freed through that VM (EACCES). */
   async free(pasid: number): Promise<void> {
-    const owner = this.space.ownerOf(pasid);
+    // An ID it does not know goes to ioasid_free() as well (Linux logs it; strict: ENOENT).
+    const owner = this.space.has(pasid) ? this.space.ownerOf(pasid) : null;
     if (owner !== null) {
       throw new IoasidError('EACCES', `PASID ${pasid} belongs to nested VM ${owner.name}; it is freed through that VM`, { pasid, owner: owner.name });
     }
@@ -118,6 +119,11 @@ export class GuestKernel {
   /** Unbind; the last device's unbind clears the data, then frees the PASID. */
   svaUnbind(bdf: string, mm: string): Promise<void> {
     return this.#sva.unbind(bdf, mm);
+  }
+
+  /** The address space exits: its devices are unbound and its PASID freed (see sva.ts). */
+  mmExit(mm: string): Promise<number> {
+    return this.#sva.exit(mm);
   }
 
   /** Address spaces bound, as { mm, pasid, devices }. */

@@ -44,7 +44,8 @@ export class Guest {
       vm.viommus().map((v) => ({ segment: v.segment, name: v.name, mmio: this.#mmioOf(v) })),
       {
         device: (bdf) => vm.device(bdf),
-        bind: (bdf, pasid) => vm.bind(bdf, pasid),
+        // linux-6.x: no VCMD; iommufd attaches the guest's own PASID to the device (device-local).
+        bind: (bdf, pasid) => vm.bind(bdf, pasid, { deviceLocal: opts.profile === 'linux-6.x' }),
         unbind: (bdf, pasid) => vm.unbind(bdf, pasid),
       },
       {
@@ -113,6 +114,12 @@ export class Guest {
   /** Address spaces bound, as { mm, pasid, devices }. */
   bindings(): { mm: string; pasid: number; devices: string[] }[] {
     return this.kernel.bindings();
+  }
+
+  /** The address space exits: its devices are unbound and its PASID freed (see sva.ts). */
+  async mmExit(mm: string): Promise<number> {
+    this.#alive();
+    return this.kernel.mmExit(mm);
   }
 
   // ------------------------------------------------------------------ hot-plug, as the host tells it

@@ -18,7 +18,7 @@
  *     concurrently.
  */
 import {
-  IoasidError, IoasidSpace, PASID_MAX, PASID_MIN, checkVmId, fmtId, isPasid,
+  IoasidError, IoasidSpace, PASID_MAX, PASID_MIN, checkPasid, checkVmId, fmtId, isPasid,
   type IoasidSet, type LogFn, type SpaceSnapshot,
 } from '../core/index.ts';
 import type { VcmdBackend, VcmdGuestState } from '../vtd/index.ts';
@@ -108,6 +108,10 @@ export interface HostSnapshot {
   }[];
 }
 
+function isU32(x: unknown): x is number {
+  return typeof x === 'number' && Number.isInteger(x) && x >= 0 && x <= 0xffffffff;
+}
+
 function isThenable<T>(x: T | Promise<T>): x is Promise<T> {
   return typeof x === 'object' && x !== null && typeof (x as { then?: unknown }).then === 'function';
 }
@@ -180,12 +184,13 @@ export class Host<J extends Journal = SyncJournal> implements HostView {
 
   /**
    * The allocation range rule, one for every path (a request's [min, max], a ranged VCMD Allocate,
-   * the whole range): [min, max] must be PASIDs with min <= max (EINVAL); the host allocates in its
-   * intersection with the host's own range, and an empty intersection has no PASID (ENOSPC).
+   * VFIO's PASID request, the whole range): [min, max] must be IDs (unsigned 32-bit integers, as
+   * the kernel's) with min <= max (EINVAL); the host allocates in its intersection with its own
+   * PASID range, and an empty intersection has no PASID (ENOSPC).
    */
   #range(min: unknown, max: unknown): { min: number; max: number } {
-    if (!isPasid(min) || !isPasid(max) || min > max) {
-      throw new IoasidError('EINVAL', `PASID range [${fmtId(min)}, ${fmtId(max)}] must lie within [1, 0xfffff] with min <= max`, { min: min as number, max: max as number });
+    if (!isU32(min) || !isU32(max) || min > max) {
+      throw new IoasidError('EINVAL', `PASID range [${fmtId(min)}, ${fmtId(max)}] must be integers in [0, 0xffffffff] with min <= max`, { min: min as number, max: max as number });
     }
     const lo = Math.max(min, this.pasidMin);
     const hi = Math.min(max, this.pasidMax);
@@ -421,13 +426,13 @@ export class Host<J extends Journal = SyncJournal> implements HostView {
     if (this.space.activeAllocator() !== null) throw new IoasidError('EOPNOTSUPP', 'restore needs a host with the default allocator (level 0)', { host: this.name });
     this.#replaying = true;
     try {
-      for (const p of state.hostPasids) this.space.allocSync(null, this.#range(p, p).min, p);
+      for (const p of state.hostPasids) this.space.allocSync(null, this.#range(checkPasid(p), p).min, p);
       for (const v of state.vms) {
         this.#replayed = { seq: 0, at: v.createdAt };
         const vm = this.createVm({ id: v.id, quota: v.quota, viommus: v.viommus, devices: v.devices, ...(v.credential !== null ? { credential: v.credential } : {}) }) as Vm<J>;
         for (const r of v.viommus) if (r.registers !== undefined) vm.viommu(r.segment).device.restoreGuestState(r.registers);
         for (const p of v.pasids) {
-          const { min } = this.#range(p, p);
+          const { min } = this.#range(checkPasid(p), p);
           this.space.allocSync(vm.set, min, min);
         }
         for (const b of v.bindings) vm.bind(b.bdf, b.pasid);

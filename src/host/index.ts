@@ -17,5 +17,9 @@ export { GuestKernel } from './guest-kernel.ts';
 export type { GuestKernelOptions, GuestPort, GuestUnitSpec } from './guest-kernel.ts';
 export { parseDevice } from './device.ts';
 export { GuestSva } from './sva.ts';
+export {
+  VfioContainer, VFIO_IOMMU_FLAG_ALLOC_PASID, VFIO_IOMMU_FLAG_FREE_PASID, VFIO_IOMMU_PASID_BITS, VFIO_PASID_REQUEST_MASK, VFIO_PASID_REQUEST_MINSZ,
+} from './vfio.ts';
+export type { VfioContainerOptions, VfioPasidReply, VfioPasidRequest } from './vfio.ts';
 export type { SvaPort } from './sva.ts';
 export type { DeviceSpec, PciDevice } from './device.ts';

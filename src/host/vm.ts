@@ -102,6 +102,7 @@ export interface VmView {
   devices(): PciDevice[];
   device(bdf: string): PciDevice;
   bindings(): [string, number][];
+  localBindings(): [string, number][];
   boundTo(pasid: number): string[];
   pasids(): number[];
 }
@@ -117,6 +118,11 @@ export class Vm<J extends Journal = SyncJournal> implements VmView {
   readonly #bindings = new Map<string, Set<number>>();
   /** PASID -> devices bound to it, for the free check. */
   readonly #boundDevices = new Map<number, Set<string>>();
+  /**
+   * Device-local bindings (a linux-6.x guest's own PASIDs, attached per device as iommufd does):
+   * device BDF -> PASIDs. Not host PASIDs: no ownership, no free check, no host event.
+   */
+  readonly #localBindings = new Map<string, Set<number>>();
   #credential: string | null;
   #createdAt: number;
   /** PASIDs reserved by an allocation whose commit is under way. */
@@ -434,6 +440,7 @@ export class Vm<J extends Journal = SyncJournal> implements VmView {
       const events: HostEvent[] = [...left.map((pasid): HostEvent => ({ type: 'unbind', vm: this.id, pasid, bdf: d.bdf })), { type: 'device-removed', vm: this.id, bdf: d.bdf }];
       await this.#ctx.commit({ events }, () => {
         for (const pasid of left) this.#unbindNow(d, pasid);
+        this.#localBindings.delete(d.bdf);
         this.#devices.delete(d.bdf);
       });
     });
@@ -446,15 +453,30 @@ export class Vm<J extends Journal = SyncJournal> implements VmView {
    * Rules: the device is assigned to this VM (ENOENT), the PASID is this VM's (ENOENT / EACCES),
    * within the device's PASID width (ERANGE), not bound to that device already (EEXIST).
    */
-  bind(bdf: string, pasid: number): Outcome<J, void> {
+  bind(bdf: string, pasid: number, opts: { readonly deviceLocal?: boolean } = {}): Outcome<J, void> {
     return this.#ctx.outcome(this.id, () => {
       this.#alive();
       const d = this.device(bdf);
-      this.lookup(pasid);
+      // A device-local PASID (a linux-6.x guest: iommufd attaches the guest's own PASID to the
+      // device) is not the host's: no ownership, and nothing a durable host could keep.
+      const local = opts.deviceLocal === true;
+      if (local) {
+        if (this.#ctx.journal.durable) throw new IoasidError('EOPNOTSUPP', `device-local PASIDs (linux-6.x guests) are not kept by a durable host (VM ${this.id})`, { vm: this.id, bdf: d.bdf });
+        checkPasid(pasid);
+      } else this.lookup(pasid);
       if (pasid > d.maxPasid) {
         throw new IoasidError('ERANGE', `PASID ${fmtId(pasid)} is beyond device ${d.bdf}'s ${d.pasidBits}-bit PASID width`, { pasid, bdf: d.bdf, pasidBits: d.pasidBits });
       }
-      if (this.#bindings.get(d.bdf)?.has(pasid) === true) throw new IoasidError('EEXIST', `device ${d.bdf} is already bound to PASID ${fmtId(pasid)}`, { bdf: d.bdf, pasid });
+      if (this.#bindings.get(d.bdf)?.has(pasid) === true || this.#localBindings.get(d.bdf)?.has(pasid) === true) {
+        throw new IoasidError('EEXIST', `device ${d.bdf} is already bound to PASID ${fmtId(pasid)}`, { bdf: d.bdf, pasid });
+      }
+      if (local) {
+        return this.#ctx.commit({ events: [] }, () => {
+          let l = this.#localBindings.get(d.bdf);
+          if (l === undefined) this.#localBindings.set(d.bdf, (l = new Set()));
+          l.add(pasid);
+        });
+      }
       return this.#ctx.commit({ events: [{ type: 'bind', vm: this.id, pasid, bdf: d.bdf }] }, () => this.#bindNow(d, pasid));
     });
   }
@@ -477,6 +499,13 @@ export class Vm<J extends Journal = SyncJournal> implements VmView {
     return this.#ctx.outcome(this.id, () => {
       this.#alive();
       const d = this.device(bdf);
+      const l = this.#localBindings.get(d.bdf);
+      if (l?.has(pasid) === true) {
+        return this.#ctx.commit({ events: [] }, () => {
+          l.delete(pasid);
+          if (l.size === 0) this.#localBindings.delete(d.bdf);
+        });
+      }
       if (this.#bindings.get(d.bdf)?.has(pasid) !== true) {
         this.lookup(pasid);
         throw new IoasidError('ENOENT', `device ${d.bdf} is not bound to PASID ${fmtId(pasid)}`, { bdf: d.bdf, pasid });
@@ -496,11 +525,14 @@ export class Vm<J extends Journal = SyncJournal> implements VmView {
     this.#ctx.space.notify('unbind', pasid, { vm: this.id, bdf: d.bdf });
   }
 
-  /** Host-side bindings as [bdf, pasid] pairs, sorted. */
+  /** Host-side bindings as [bdf, pasid] pairs, sorted (device-local ones included). */
   bindings(): [string, number][] {
-    const out: [string, number][] = [];
-    for (const [bdf, s] of this.#bindings) for (const p of s) out.push([bdf, p]);
-    return out.sort((a, b) => (a[0] === b[0] ? a[1] - b[1] : a[0] < b[0] ? -1 : 1));
+    return sortPairs([...pairs(this.#bindings), ...pairs(this.#localBindings)]);
+  }
+
+  /** The device-local bindings only (a linux-6.x guest's), as [bdf, pasid] pairs, sorted. */
+  localBindings(): [string, number][] {
+    return sortPairs(pairs(this.#localBindings));
   }
 
   /** Devices bound to one PASID, sorted. */
@@ -587,7 +619,7 @@ export class Vm<J extends Journal = SyncJournal> implements VmView {
   teardownEvents(): HostEvent[] {
     const pasids = this.pasids();
     return [
-      ...this.bindings().map(([bdf, pasid]): HostEvent => ({ type: 'unbind', vm: this.id, pasid, bdf })),
+      ...sortPairs(pairs(this.#bindings)).map(([bdf, pasid]): HostEvent => ({ type: 'unbind', vm: this.id, pasid, bdf })),
       ...(pasids.length > 0 ? [{ type: 'free', vm: this.id, pasids } as HostEvent] : []),
       ...this.devices().map((d): HostEvent => ({ type: 'device-removed', vm: this.id, bdf: d.bdf })),
       ...this.viommus().map((v): HostEvent => ({ type: 'viommu-removed', vm: this.id, segment: v.segment })),
@@ -598,7 +630,8 @@ export class Vm<J extends Journal = SyncJournal> implements VmView {
   /** @internal Teardown: forget every binding (the host tears the PASID entries down). */
   dropAllBindings(): [string, number][] {
     const all = this.bindings();
-    for (const [bdf, pasid] of all) {
+    this.#localBindings.clear();
+    for (const [bdf, pasid] of sortPairs(pairs(this.#bindings))) {
       const d = this.#devices.get(bdf);
       if (d !== undefined) this.#unbindNow(d, pasid);
     }
@@ -637,6 +670,16 @@ export class Vm<J extends Journal = SyncJournal> implements VmView {
     }
     return { viommus: cfgs, devices: devs };
   }
+}
+
+function pairs(m: ReadonlyMap<string, ReadonlySet<number>>): [string, number][] {
+  const out: [string, number][] = [];
+  for (const [bdf, s] of m) for (const p of s) out.push([bdf, p]);
+  return out;
+}
+
+function sortPairs(out: [string, number][]): [string, number][] {
+  return out.sort((a, b) => (a[0] === b[0] ? a[1] - b[1] : a[0] < b[0] ? -1 : 1));
 }
 
 export function viommuAdded(vm: string, cfg: ViommuConfig): HostEvent {

@@ -6,9 +6,9 @@
 export { checkInvariants, INVARIANTS } from './invariants.ts';
 export type { InvariantName, Violation } from './invariants.ts';
 export { IncrementalChecker } from './invariants-incremental.ts';
-export { STEP_KINDS, VCMD_COMMANDS, VCMD_STATUSES, EXPECT_OK, EXPECT_ANY, describeAction, describeExpectation, describeOutcome } from './scenario.ts';
+export { STEP_KINDS, VCMD_COMMANDS, VCMD_STATUSES, EXPECT_OK, EXPECT_ANY, HAZARD_KINDS, describeAction, describeExpectation, describeOutcome } from './scenario.ts';
 export type {
-  Expectation, Outcome, PasidArg, PasidMatch, Scenario, ScenarioDevice, ScenarioGuest, ScenarioHost, ScenarioStep,
+  Expectation, HazardExpectation, StepHazard, Outcome, PasidArg, PasidMatch, Scenario, ScenarioDevice, ScenarioGuest, ScenarioHost, ScenarioStep,
   ScenarioViommu, ScenarioVm, StateCheck, StepAction, StepKind, VcmdCommandName,
 } from './scenario.ts';
 export { parseScenario, validateScenario, ScenarioFormatError, formatIssue } from './scenario-parse.ts';

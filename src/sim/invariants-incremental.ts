@@ -24,7 +24,7 @@
 import type { HostView as Host } from '../host/index.ts';
 import type { VmView as Vm } from '../host/index.ts';
 import type { Guest } from '../host/index.ts';
-import type { InvariantName, Violation } from './invariants.ts';
+import { deviceLocal, type InvariantName, type Violation } from './invariants.ts';
 
 export class IncrementalChecker {
   /** Per host: PASID -> the guest last seen holding it. */
@@ -94,7 +94,7 @@ export class IncrementalChecker {
     const space = host.space;
     const owned = space.has(p) && space.ownerOf(p) === vm.set;
     const holders = this.#holdersOf(host);
-    if (guest !== null && !guest.dead && guest.space.has(p)) {
+    if (guest !== null && !guest.dead && guest.space.has(p) && !deviceLocal(guest)) {
       this.#guestHolds(host, vm, guest, p, owned, holders);
       this.#heldOf(guest).add(p);
     } else {
@@ -142,7 +142,7 @@ export class IncrementalChecker {
   /** Every host above `host` owns p for the VM whose guest runs the level below. */
   #chain(host: Host, vm: Vm, p: number): void {
     let h = host;
-    while (h.parent !== null) {
+    while (h.parent !== null && !deviceLocal(h.parent)) {
       const pvm = h.parent.vm;
       const ph = pvm.host;
       if (!(ph.space.has(p) && ph.space.ownerOf(p) === pvm.set)) {
@@ -167,7 +167,7 @@ export class IncrementalChecker {
     const holders = this.#holdersOf(host);
     if (guest !== null) {
       const seen = this.#heldOf(guest);
-      const now = guest.dead ? [] : guest.pasids();
+      const now = guest.dead || deviceLocal(guest) ? [] : guest.pasids();
       const nowSet = new Set(now);
       for (const p of seen) if (!nowSet.has(p) && holders.get(p) === guest) holders.delete(p);
       seen.clear();
@@ -178,7 +178,13 @@ export class IncrementalChecker {
     }
     const devices = new Map(vm.devices().map((d) => [d.bdf, d]));
     const bound = new Map<number, number>();
+    const local = new Set(vm.localBindings().map(([bdf, p]) => `${bdf}/${p}`));
     for (const [bdf, p] of vm.bindings()) {
+      if (local.has(`${bdf}/${p}`)) {
+        const d = devices.get(bdf);
+        if (d === undefined || p > d.maxPasid) this.#report('binding-ownership', `device ${bdf} of VM ${vm.id} has a device-local binding to PASID ${p} it cannot hold`, { host: host.name, vm: vm.id, bdf, pasid: p });
+        continue;
+      }
       bound.set(p, (bound.get(p) ?? 0) + 1);
       const d = devices.get(bdf);
       if (d === undefined) this.#report('binding-ownership', `VM ${vm.id} has a binding of ${bdf}, which is not assigned to it`, { host: host.name, vm: vm.id, bdf, pasid: p });

@@ -111,6 +111,13 @@ interface Slot {
   layout: Layout;
   profile: Profile;
   segments: number[];
+  /**
+   * Segments whose vIOMMU serves the guest's VCMD allocator: all of them in strict; in the Linux
+   * profiles only those probed at boot (the kernel's hot-add registers nothing), and a Linux guest
+   * never loses its last one (it would go on with guest-local PASIDs: a kernel hazard the checker
+   * rightly reports).
+   */
+  served: number[];
   devices: ScenarioDevice[];
   quota: number;
   /** Working-set size the generator steers the VM towards. */
@@ -144,7 +151,7 @@ export class RandomWorkload {
     const width = String(opts.vms).length;
     for (let i = 0; i < opts.vms; i++) {
       const id = `vm${String(i + 1).padStart(Math.max(2, width), '0')}`;
-      const slot: Slot = { id, alive: true, layout: 'B', profile: 'strict', segments: [], devices: [], quota: 0, target: 0, loose: new Bag(), mms: new Map(), mmNames: new Bag<string>(), zombies: new Set(), nextMm: 0 };
+      const slot: Slot = { id, alive: true, layout: 'B', profile: 'strict', segments: [], served: [], devices: [], quota: 0, target: 0, loose: new Bag(), mms: new Map(), mmNames: new Bag<string>(), zombies: new Set(), nextMm: 0 };
       this.#slots.push(slot);
       this.#byId.set(id, slot);
       vms.push(this.#config(slot));
@@ -175,6 +182,7 @@ export class RandomWorkload {
     }
     segs.sort((a, b) => a - b);
     slot.segments = segs;
+    slot.served = [...segs];
     const viommus: ScenarioViommu[] = segs.map((segment) => this.#viommu(slot, segment));
     slot.devices = [];
     const nd = 1 + r.below(4);
@@ -247,9 +255,11 @@ export class RandomWorkload {
     }
     if (x < 5) {
       if (s.segments.length <= 1 && r.chance(0.5)) return this.#alloc(s);
-      if (s.segments.length === 0 || (s.profile !== 'strict' && s.segments.length === 1)) return this.#alloc(s);
-      const idle = s.segments.filter((g) => !s.devices.some((d) => segOf(d.bdf) === g));
-      return { kind: 'removeViommu', vm: s.id, segment: idle.length > 0 && r.chance(0.8) ? r.pick(idle) : r.pick(s.segments) };
+      const lastServing = s.profile !== 'strict' && s.served.length === 1 ? s.served[0] : undefined;
+      const removable = s.segments.filter((g) => g !== lastServing);
+      if (removable.length === 0 || (s.profile !== 'strict' && s.served.length === 0)) return this.#alloc(s);
+      const idle = removable.filter((g) => !s.devices.some((d) => segOf(d.bdf) === g));
+      return { kind: 'removeViommu', vm: s.id, segment: idle.length > 0 && r.chance(0.8) ? r.pick(idle) : r.pick(removable) };
     }
     if (x < 8 && s.devices.length < 6) {
       const d = this.#newDevice(s);
@@ -380,9 +390,11 @@ export class RandomWorkload {
       }
       case 'addViommu':
         s.segments.push(a.viommu.segment);
+        if (s.profile === 'strict') s.served.push(a.viommu.segment);
         return;
       case 'removeViommu':
         s.segments = s.segments.filter((g) => g !== a.segment);
+        s.served = s.served.filter((g) => g !== a.segment);
         if (s.segments.length === 0) this.#resync(s);
         return;
       case 'assignDevice':

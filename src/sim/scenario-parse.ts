@@ -13,8 +13,8 @@ import { LineCounter, isAlias, isMap, isNode, isScalar, isSeq, parseDocument, ty
 import { IOASID_ERROR_CODES, IoasidError, PASID_BITS, PASID_MAX, PROFILES, type IoasidErrorCode, type Profile } from '../core/index.ts';
 import type { Layout, PasBit } from '../vtd/index.ts';
 import {
-  EXPECT_OK, STEP_KINDS, VCMD_COMMANDS, VCMD_STATUSES,
-  type Expectation, type PasidArg, type PasidMatch, type Scenario, type ScenarioDevice, type ScenarioGuest,
+  EXPECT_OK, HAZARD_KINDS, STEP_KINDS, VCMD_COMMANDS, VCMD_STATUSES,
+  type Expectation, type HazardExpectation, type PasidArg, type PasidMatch, type Scenario, type ScenarioDevice, type ScenarioGuest,
   type ScenarioHost, type ScenarioStep, type ScenarioViommu, type ScenarioVm, type StateCheck, type StepAction, type StepKind,
   type VcmdCommandName,
 } from './scenario.ts';
@@ -136,6 +136,7 @@ const ACTION_FIELDS: Record<StepKind, readonly string[]> = {
   free: ['vm', 'pasid'],
   bind: ['vm', 'device', 'mm'],
   unbind: ['vm', 'device', 'mm'],
+  exit: ['vm', 'mm'],
   addViommu: ['vm', 'segment', 'layout', 'rangeExtension', 'pasBit', 'pss'],
   removeViommu: ['vm', 'segment'],
   assignDevice: ['vm', 'bdf', 'pasidBits'],
@@ -144,6 +145,7 @@ const ACTION_FIELDS: Record<StepKind, readonly string[]> = {
   destroyVm: ['vm'],
   boot: ['vm', 'profile', 'layout', 'pasBit', 'rangeExtension', 'timeoutMs'],
   vcmd: ['vm', 'segment', 'command', 'pasid', 'min', 'max'],
+  allocator: ['vm', 'register', 'unregister', 'functions'],
   check: ['vm', 'alive', 'pasids', 'guestPasids', 'bindings', 'devices', 'viommus'],
 };
 /** Actions that take just a VM id may be written `destroyVm: vm1`. */
@@ -260,6 +262,17 @@ class Validator {
       return v as PasidArg;
     }
     return this.int(v, path, 0, IOASID_LIMIT, what);
+  }
+
+  /** A name: letters, digits, '_', '-', not starting with a digit. */
+  name(v: unknown, path: Path, what: string): string | undefined {
+    const s = this.str(v, path, what);
+    if (s === undefined) return undefined;
+    if (!NAME.test(s)) {
+      this.err(path, `${what} must be a name (letters, digits, '_', '-'; not starting with a digit), got ${JSON.stringify(s)}`);
+      return undefined;
+    }
+    return s;
   }
 
   vmRef(v: unknown, path: Path): string | undefined {
@@ -539,6 +552,11 @@ class Validator {
         if (vm === undefined || device === undefined || mm === undefined) return null;
         return { kind, vm, device, mm };
       }
+      case 'exit': {
+        const mm = need('mm') ? this.str(o.mm, p('mm'), 'mm (the address space)') : undefined;
+        if (vm === undefined || mm === undefined) return null;
+        return { kind, vm, mm };
+      }
       case 'addViommu': {
         const rest = { ...o };
         delete rest.vm;
@@ -597,6 +615,17 @@ class Validator {
         if (min !== undefined && max !== undefined && min > max) this.err(p('max'), `max ${max} is below min ${min}`);
         if (vm === undefined || command === undefined) return null;
         return { kind, vm, segment, command, ...(pasid !== undefined ? { pasid } : {}), ...(min !== undefined ? { min } : {}), ...(max !== undefined ? { max } : {}) };
+      }
+      case 'allocator': {
+        if ((o.register === undefined) === (o.unregister === undefined)) {
+          this.err(path, 'allocator needs exactly one of register and unregister (the ops name)');
+          return null;
+        }
+        const call = o.register !== undefined ? 'register' : 'unregister';
+        const ops = this.name(o[call], p(call), `${call} (an ops name)`);
+        const functions = o.functions === undefined ? ops : this.name(o.functions, p('functions'), 'functions (a name)');
+        if (vm === undefined || ops === undefined || functions === undefined) return null;
+        return { kind, vm, call, ops, functions };
       }
       case 'check': {
         const check = this.stateCheck(o, path, vm ?? null);
@@ -674,15 +703,20 @@ class Validator {
       const codes = this.codes(v, path);
       return codes === null ? null : { type: 'error', codes };
     }
-    const o = this.obj(v, path, ['error', 'pasid', 'status'], 'expect');
+    const o = this.obj(v, path, ['error', 'pasid', 'status', 'hazard'], 'expect');
     if (o === null) return null;
+    let hazard: HazardExpectation | undefined;
+    if (o.hazard !== undefined) {
+      hazard = this.hazard(o.hazard, [...path, 'hazard']);
+      if (hazard === undefined) return null;
+    }
     if (o.error !== undefined) {
       if (o.pasid !== undefined || o.status !== undefined) this.err(path, 'expect has either error or pasid/status, not both');
       const codes = Array.isArray(o.error) ? this.codes(o.error, [...path, 'error']) : (() => {
         const c = this.code(o.error, [...path, 'error']);
         return c === undefined ? null : [c];
       })();
-      return codes === null ? null : { type: 'error', codes };
+      return codes === null ? null : { type: 'error', codes, ...(hazard !== undefined ? { hazard } : {}) };
     }
     let pasid: PasidMatch | undefined;
     if (o.pasid !== undefined) {
@@ -694,11 +728,28 @@ class Validator {
       if (kind !== 'vcmd') this.err([...path, 'status'], `status is the VCMD completion status; only vcmd steps have one`, true);
       status = this.oneOf<string>(o.status, [...path, 'status'], VCMD_STATUSES, 'status');
     }
-    if (o.pasid === undefined && o.status === undefined) {
-      this.err(path, 'expect as a mapping needs error, pasid or status (or write expect: ok / any / ENOSPC)');
+    if (o.pasid === undefined && o.status === undefined && hazard === undefined) {
+      this.err(path, 'expect as a mapping needs error, pasid, status or hazard (or write expect: ok / any / ENOSPC)');
       return null;
     }
-    return { type: 'ok', ...(pasid !== undefined ? { pasid } : {}), ...(status !== undefined ? { status } : {}) };
+    return { type: 'ok', ...(pasid !== undefined ? { pasid } : {}), ...(status !== undefined ? { status } : {}), ...(hazard !== undefined ? { hazard } : {}) };
+  }
+
+  /** `hazard: none`, `hazard: kind` or `hazard: [kind, ...]`. */
+  hazard(v: unknown, path: Path): HazardExpectation | undefined {
+    if (v === 'none') return 'none';
+    const list = Array.isArray(v) ? v : [v];
+    if (list.length === 0) {
+      this.err(path, 'an empty list of hazards matches nothing (write hazard: none)');
+      return undefined;
+    }
+    const out: string[] = [];
+    list.forEach((k, i) => {
+      const at = Array.isArray(v) ? [...path, i] : path;
+      if (typeof k === 'string' && HAZARD_KINDS.includes(k)) out.push(k);
+      else this.err(at, `hazard must be none or a kernel hazard kind (${HAZARD_KINDS.join(', ')}), got ${typeName(k)}${typeof k === 'string' ? suggest(k, [...HAZARD_KINDS, 'none']) : ''}`);
+    });
+    return out.length === list.length ? out : undefined;
   }
 
   code(v: unknown, path: Path): IoasidErrorCode | undefined {

@@ -88,7 +88,9 @@ export function formatReport(r: RunReport, opts: FormatOptions = {}): string {
     r.records.forEach((rec, i) => {
       out.push(lines[i + 1] as string);
       if (rec.name !== undefined) out.push(p.dim(`${' '.repeat(indent)}${cut(rec.name, Math.max(20, width - indent))}`));
+      for (const h of rec.hazards) out.push(p.warn(`${' '.repeat(indent)}⚠ ${cut(h.message, Math.max(20, width - indent - 2))}`));
     });
+    for (const h of r.hazards.setup) out.push(p.warn(`  ⚠ setup: ${cut(h.message, Math.max(20, width - 11))}`));
   } else {
     out.push('');
     const rows = Object.entries(r.byKind)
@@ -142,6 +144,7 @@ function failureLines(f: StepRecord, p: Paint, random: RunReport['random']): str
   const out = [p.bad(p.bold(`FAILED at ${where}`))];
   if (f.kind !== 'setup' && f.kind !== 'final-check') out.push(`  step: ${f.action}   expected: ${f.expected}   outcome: ${fmtOutcome(f.outcome)}`);
   if (f.unexpected !== null) out.push(`  ${p.bad('unexpected outcome:')} ${f.unexpected}`);
+  for (const h of f.hazards) out.push(`  ${p.warn('kernel hazard')}: ${h.message}`);
   for (const v of f.violations) out.push(`  ${p.bad(`violation of ${v.invariant}`)} ${p.dim(`(${v.check} check)`)}: ${v.message}`);
   const last = random?.lastSteps;
   if (Array.isArray(last) && last.length > 0) {
@@ -159,8 +162,10 @@ function verdict(r: RunReport, p: Paint): string {
   ].filter((x) => x !== null).join(', ');
   const rate = r.steps.run >= 1000 ? `, ${fmtInt(r.stepsPerSecond)} steps/s` : '';
   const time = r.durationMs >= 1000 ? `${(r.durationMs / 1000).toFixed(1)} s` : `${Math.round(r.durationMs)} ms`;
+  const kinds = Object.entries(r.hazards.byKind).map(([k, n]) => `${k} ${fmtInt(n)}`).join(', ');
+  const hazards = r.hazards.total > 0 ? ` ${p.warn(`${fmtInt(r.hazards.total)} kernel hazards (${kinds})`)}: where a real kernel would have gone wrong.` : '';
   const head = `${fmtInt(r.steps.run)}${r.steps.total !== null && r.steps.total !== r.steps.run ? ` of ${fmtInt(r.steps.total)}` : ''} steps in ${time}${rate}: ` +
-    `${fmtInt(r.steps.asExpected)} as expected, ${fmtInt(r.steps.unexpected)} unexpected; ${checks} (${fmtInt(c.fullRuns)} full runs): ${fmtInt(c.violations)} violations.`;
+    `${fmtInt(r.steps.asExpected)} as expected, ${fmtInt(r.steps.unexpected)} unexpected; ${checks} (${fmtInt(c.fullRuns)} full runs): ${fmtInt(c.violations)} violations.${hazards}`;
   return `${head} ${r.ok ? p.ok(p.bold('PASS')) : p.bad(p.bold('FAIL'))}`;
 }
 

@@ -13,8 +13,12 @@
  *  3. The run stops at the first failing step (unexpected outcome or violation) unless told to go
  *     on; the report names the step by index (1-based), `name` and line.
  *  4. Steps run strictly one after another; a step's promise settles before the next one starts.
+ *  5. Kernel hazards (log level `hazard`, from every guest and host at every level) are recorded
+ *     with the step during which they were logged; a step that expects `hazard: kind` fails
+ *     without it, one that expects `hazard: none` fails with any. Those of the setup are reported
+ *     apart.
  */
-import { IoasidError, PASID_MAX, isIoasidError, type IoasidErrorCode } from '../core/index.ts';
+import { INVALID_IOASID, IoasidError, PASID_MAX, isIoasidError, type AllocatorOps, type IoasidErrorCode, type IoasidSpace, type LogFn, type Profile } from '../core/index.ts';
 import { VCMD_CMD, decodeVcrsp, encodeRangedAllocate, encodeVcmd, registerOffset, statusName } from '../vtd/index.ts';
 import { Host, type HostOptions } from '../host/index.ts';
 import type { Vm } from '../host/index.ts';
@@ -23,7 +27,7 @@ import { checkInvariants, type Violation } from './invariants.ts';
 import { IncrementalChecker } from './invariants-incremental.ts';
 import {
   describeAction, describeExpectation,
-  type Expectation, type Outcome, type PasidArg, type PasidMatch, type Scenario, type ScenarioGuest, type ScenarioHost,
+  type Expectation, type Outcome, type StepHazard, type PasidArg, type PasidMatch, type Scenario, type ScenarioGuest, type ScenarioHost,
   type ScenarioStep, type ScenarioVm, type StateCheck, type StepAction, type StepKind,
 } from './scenario.ts';
 
@@ -45,6 +49,11 @@ export interface RunOptions {
   readonly progressEvery?: number;
   /** Most violations kept per check (default 20). */
   readonly violationLimit?: number;
+  /**
+   * Boot every guest with this profile instead of the scenario's: the same steps on another
+   * kernel (e.g. `linux-6.x`, what replaced the design, or a Linux form of it).
+   */
+  readonly guestProfile?: Profile;
 }
 
 export interface CheckedViolation extends Violation {
@@ -64,6 +73,8 @@ export interface StepRecord {
   /** Why the outcome is not the expected one; null when it is. */
   readonly unexpected: string | null;
   readonly violations: readonly CheckedViolation[];
+  /** Kernel hazards logged while the step ran (a Linux guest doing what a real kernel got wrong). */
+  readonly hazards: readonly StepHazard[];
   /** As expected and no violation. */
   readonly pass: boolean;
 }
@@ -110,10 +121,13 @@ export interface RunReport {
   readonly vms: readonly VmSummary[];
   readonly durationMs: number;
   readonly stepsPerSecond: number;
+  /** Kernel hazards in all (setup included), by kind; those of the setup. */
+  readonly hazards: { readonly total: number; readonly byKind: Readonly<Record<string, number>>; readonly setup: readonly StepHazard[] };
   readonly random?: Readonly<Record<string, unknown>>;
 }
 
 const OK: Outcome = Object.freeze({ ok: true });
+const NO_HAZARDS: readonly StepHazard[] = Object.freeze([]);
 
 /** A `$name` whose step did not produce a PASID. */
 class UnsetName extends Error {}
@@ -136,6 +150,9 @@ export class ScenarioRunner {
   readonly #onProgress: ((done: number, total: number | null) => void) | undefined;
   readonly #progressEvery: number;
   readonly #wrapBackend: HostOptions['wrapBackend'];
+  readonly #guestProfile: Profile | undefined;
+  /** Per guest kernel: the `allocator` steps' ops objects by name, and their functions by name. */
+  readonly #driverOps = new WeakMap<IoasidSpace, { ops: Map<string, AllocatorOps>; fns: Map<string, Pick<AllocatorOps, 'alloc' | 'free'>> }>();
   /** VM id -> parent VM id (null: root host). */
   readonly #parents = new Map<string, string | null>();
   /** Every VM id ever created -> its latest VM object, in creation order. */
@@ -161,9 +178,14 @@ export class ScenarioRunner {
   #violationCount = 0;
   #t0 = performance.now();
   #stopped = false;
+  /** Hazards logged since the current step (or the setup) began; filled by the log sink. */
+  readonly #hazardSink: StepHazard[];
+  readonly #hazardsByKind = new Map<string, number>();
+  #setupHazards: readonly StepHazard[] = [];
 
-  private constructor(root: Host, opts: RunOptions) {
+  private constructor(root: Host, opts: RunOptions, sink: StepHazard[]) {
     this.root = root;
+    this.#hazardSink = sink;
     this.#incremental = opts.incremental ?? true;
     this.#fullEvery = opts.fullEvery ?? 1;
     this.#stopOnFailure = opts.stopOnFailure ?? true;
@@ -173,6 +195,7 @@ export class ScenarioRunner {
     this.#onProgress = opts.onProgress;
     this.#progressEvery = Math.max(1, opts.progressEvery ?? 1000);
     this.#wrapBackend = opts.hostOptions?.wrapBackend;
+    this.#guestProfile = opts.guestProfile;
     this.#checker = new IncrementalChecker(this.#scratch, this.#limit);
     if (!Number.isInteger(this.#fullEvery) || this.#fullEvery < 0) throw new IoasidError('EINVAL', `fullEvery must be a non-negative integer, got ${this.#fullEvery}`, { fullEvery: this.#fullEvery });
   }
@@ -182,14 +205,22 @@ export class ScenarioRunner {
    * capacity) is a failure of the setup, recorded as step 0; the runner is then stopped.
    */
   static async create(decl: ScenarioHost, opts: RunOptions = {}): Promise<ScenarioRunner> {
+    // Every kernel of the tree logs through the root host's log (guests and nested hosts inherit it).
+    const sink: StepHazard[] = [];
+    const userLog = opts.hostOptions?.log;
+    const log: LogFn = (level, message, details) => {
+      if (level === 'hazard') sink.push({ kind: typeof details?.hazard === 'string' ? details.hazard : 'unknown', message });
+      userLog?.(level, message, details);
+    };
     const root = new Host({
       ...(opts.hostOptions ?? {}),
+      log,
       ...(decl.name !== undefined ? { name: decl.name } : {}),
       ...(decl.pasidMin !== undefined ? { pasidMin: decl.pasidMin } : {}),
       ...(decl.pasidMax !== undefined ? { pasidMax: decl.pasidMax } : {}),
       ...(decl.defaultQuota !== undefined ? { defaultQuota: decl.defaultQuota } : {}),
     });
-    const r = new ScenarioRunner(root, opts);
+    const r = new ScenarioRunner(root, opts, sink);
     r.#watch(root);
     let outcome: Outcome = OK;
     try {
@@ -228,7 +259,7 @@ export class ScenarioRunner {
     built?.push({ host, vm });
     this.#onVm?.(vm, host);
     if (decl.guest !== null) {
-      const guest = host.boot(decl.id, guestOptions(decl.guest));
+      const guest = host.boot(decl.id, this.#guestOptions(decl.guest));
       if (decl.host !== null) {
         const nested = guest.startHost({
           ...(decl.host.name !== undefined ? { name: decl.host.name } : {}),
@@ -262,6 +293,7 @@ export class ScenarioRunner {
   }
 
   #afterSetup(outcome: Outcome): void {
+    this.#setupHazards = this.#takeHazards();
     const violations: CheckedViolation[] = [];
     if (outcome.ok) {
       if (this.#incremental) {
@@ -277,7 +309,7 @@ export class ScenarioRunner {
     const rec: StepRecord = {
       index: 0, kind: 'setup', action: 'build the host tree', expected: 'ok', outcome,
       unexpected: outcome.ok ? null : `the host tree could not be built: ${outcome.code}: ${outcome.message}`,
-      violations, pass: false,
+      violations, hazards: this.#setupHazards, pass: false,
     };
     this.#violationCount += violations.length;
     this.#records.push(rec);
@@ -287,12 +319,17 @@ export class ScenarioRunner {
 
   // ------------------------------------------------------------------ steps
 
+  #guestOptions(g: ScenarioGuest): GuestOptions {
+    return guestOptions(g, this.#guestProfile);
+  }
+
   /** Run one step; returns its outcome. */
   async step(step: ScenarioStep): Promise<Outcome> {
     if (this.#stopped) throw new IoasidError('EINVAL', 'the runner has stopped (a step failed)', {});
     const index = ++this.#index;
     this.#scratch.length = 0;
     this.#unbound.length = 0;
+    this.#hazardSink.length = 0;
     const a = step.action;
     let outcome: Outcome;
     try {
@@ -304,7 +341,8 @@ export class ScenarioRunner {
     if (this.#incremental) {
       for (const u of this.#unbound) if (!u.vm.destroyed) this.#checker.pasid(u.host, u.vm, u.host.guest(u.vm.id), u.pasid);
     }
-    const unexpected = this.#mismatch(step.expect, outcome);
+    const hazards = this.#takeHazards();
+    const unexpected = this.#mismatch(step.expect, outcome) ?? this.#hazardMismatch(step.expect, hazards);
 
     let violations: CheckedViolation[] | null = null;
     if (this.#scratch.length > 0) violations = this.#scratch.map((v) => ({ ...v, check: 'incremental' as const }));
@@ -336,6 +374,7 @@ export class ScenarioRunner {
         outcome,
         unexpected,
         violations: violations ?? [],
+        hazards,
         pass,
       };
       this.#records.push(rec);
@@ -344,6 +383,24 @@ export class ScenarioRunner {
     if (!pass && this.#stopOnFailure) this.#stopped = true;
     if (this.#onProgress !== undefined && index % this.#progressEvery === 0) this.#onProgress(index, this.#total);
     return outcome;
+  }
+
+  /** The hazards logged since the last call, counted by kind. */
+  #takeHazards(): readonly StepHazard[] {
+    if (this.#hazardSink.length === 0) return NO_HAZARDS;
+    const out = [...this.#hazardSink];
+    this.#hazardSink.length = 0;
+    for (const h of out) this.#hazardsByKind.set(h.kind, (this.#hazardsByKind.get(h.kind) ?? 0) + 1);
+    return out;
+  }
+
+  /** null when the step's hazards are what it expects; else why not. */
+  #hazardMismatch(e: Expectation, hazards: readonly StepHazard[]): string | null {
+    if (e.type === 'any' || e.hazard === undefined) return null;
+    const got = hazards.length === 0 ? 'none' : [...new Set(hazards.map((h) => h.kind))].join(', ');
+    if (e.hazard === 'none') return hazards.length === 0 ? null : `expected no kernel hazard, got ${got}: ${hazards[0]?.message ?? ''}`;
+    const missing = e.hazard.filter((k) => !hazards.some((h) => h.kind === k));
+    return missing.length === 0 ? null : `expected kernel hazard ${missing.join(', ')}, got ${got}`;
   }
 
   #full(): Violation[] {
@@ -454,6 +511,22 @@ export class ScenarioRunner {
         await this.#guestOf(host, host.vm(a.vm)).svaUnbind(a.device, a.mm);
         return OK;
       }
+      case 'exit': {
+        // The unbinds come through the host's events; the freed PASID is checked here.
+        const host = this.#hostOf(a.vm);
+        const vm = host.vm(a.vm);
+        const guest = this.#guestOf(host, vm);
+        let p = -1;
+        try {
+          p = await guest.mmExit(a.mm);
+          return OK;
+        } finally {
+          if (inc) {
+            if (p >= 0) this.#checker.pasid(host, vm, guest, p);
+            else this.#checker.quota(host, vm);
+          }
+        }
+      }
       case 'addViommu': {
         // Plugging a vIOMMU or a device changes no PASID and no binding.
         const host = this.#hostOf(a.vm);
@@ -532,7 +605,7 @@ export class ScenarioRunner {
         const host = this.#hostOf(a.vm);
         const vm = host.vm(a.vm);
         try {
-          host.boot(a.vm, guestOptions(a.guest));
+          host.boot(a.vm, this.#guestOptions(a.guest));
           return OK;
         } finally {
           this.#scopeVm(host, vm);
@@ -555,9 +628,35 @@ export class ScenarioRunner {
           }
         }
       }
+      case 'allocator': {
+        const host = this.#hostOf(a.vm);
+        const vm = host.vm(a.vm);
+        const space = this.#guestOf(host, vm).space;
+        try {
+          const ops = this.#opsOf(space, a.ops, a.functions);
+          if (a.call === 'register') space.registerAllocator(ops);
+          else space.unregisterAllocator(ops);
+          return OK;
+        } finally {
+          this.#scopeVm(host, vm);
+        }
+      }
       case 'check':
         return this.#check(a.check);
     }
+  }
+
+  /** The `allocator` steps' ops named `name` in a guest kernel (made on first use). */
+  #opsOf(space: IoasidSpace, name: string, functions: string): AllocatorOps {
+    let d = this.#driverOps.get(space);
+    if (d === undefined) this.#driverOps.set(space, (d = { ops: new Map(), fns: new Map() }));
+    const known = d.ops.get(name);
+    if (known !== undefined) return known;
+    let fns = d.fns.get(functions);
+    if (fns === undefined) d.fns.set(functions, (fns = { alloc: () => INVALID_IOASID, free: () => {} }));
+    const ops: AllocatorOps = Object.freeze({ ...fns, pdata: name });
+    d.ops.set(name, ops);
+    return ops;
   }
 
   /** A raw VCMD command written by the VMM straight into a vIOMMU's registers. */
@@ -688,7 +787,7 @@ export class ScenarioRunner {
         if (full.length > 0) {
           const rec: StepRecord = {
             index: this.#index + 1, kind: 'final-check', action: 'final full check', expected: 'no violation', outcome: OK,
-            unexpected: null, violations: full.map((v) => ({ ...v, check: 'full' as const })), pass: false,
+            unexpected: null, violations: full.map((v) => ({ ...v, check: 'full' as const })), hazards: NO_HAZARDS, pass: false,
           };
           this.#violationCount += full.length;
           this.#records.push(rec);
@@ -711,6 +810,11 @@ export class ScenarioRunner {
       vms: this.vmSummaries(),
       durationMs,
       stepsPerSecond: durationMs > 0 ? (this.#index * 1000) / durationMs : 0,
+      hazards: {
+        total: [...this.#hazardsByKind.values()].reduce((a, n) => a + n, 0),
+        byKind: Object.fromEntries(this.#hazardsByKind),
+        setup: this.#setupHazards,
+      },
       ...(meta.random !== undefined ? { random: meta.random } : {}),
     };
   }
@@ -766,9 +870,10 @@ export async function runScenario(scenario: Scenario, opts: RunOptions = {}): Pr
   return runner.finish({ scenario: scenario.name, ...(scenario.file !== undefined ? { file: scenario.file } : {}) });
 }
 
-function guestOptions(g: ScenarioGuest): GuestOptions {
+function guestOptions(g: ScenarioGuest, profile?: Profile): GuestOptions {
+  const p = profile ?? g.profile;
   return {
-    ...(g.profile !== undefined ? { profile: g.profile } : {}),
+    ...(p !== undefined ? { profile: p } : {}),
     ...(g.layout !== undefined ? { layout: g.layout } : {}),
     ...(g.pasBit !== undefined ? { pasBit: g.pasBit } : {}),
     ...(g.rangeExtension !== undefined ? { rangeExtension: g.rangeExtension } : {}),

@@ -13,9 +13,24 @@
  *     `as: name`. A name whose step failed is unset: a step that refers to it is `UNSET`.
  *  3. Every step has an expectation; none means `ok`. `any` accepts every outcome except a crash
  *     (an exception that is not an IoasidError).
+ *  4. A step records the kernel hazards logged while it ran (a Linux guest doing what a real kernel
+ *     would get wrong). An expectation may require some (`hazard: kind`) or none (`hazard: none`);
+ *     without one, hazards are reported and do not fail the step.
  */
-import type { IoasidErrorCode, Profile } from '../core/index.ts';
-import type { Layout, PasBit } from '../vtd/index.ts';
+import { CORE_HAZARDS, type IoasidErrorCode, type Profile } from '../core/index.ts';
+import { VTD_HAZARDS, type Layout, type PasBit } from '../vtd/index.ts';
+
+/** Every kernel hazard kind a step can expect (docs/core.md and docs/vtd.md list them). */
+export const HAZARD_KINDS: readonly string[] = Object.freeze([...Object.keys(CORE_HAZARDS), ...Object.keys(VTD_HAZARDS)]);
+
+/** A kernel hazard logged during a step. */
+export interface StepHazard {
+  readonly kind: string;
+  readonly message: string;
+}
+
+/** The hazards a step must show (each of these kinds, at least once), or `none`. */
+export type HazardExpectation = 'none' | readonly string[];
 
 /** A PASID literal, or a `$name` reference to the PASID an earlier step produced. */
 export type PasidArg = number | `$${string}`;
@@ -64,9 +79,9 @@ export interface ScenarioHost {
 }
 
 export const STEP_KINDS = [
-  'alloc', 'free', 'bind', 'unbind',
+  'alloc', 'free', 'bind', 'unbind', 'exit',
   'addViommu', 'removeViommu', 'assignDevice', 'removeDevice',
-  'createVm', 'destroyVm', 'boot', 'vcmd', 'check',
+  'createVm', 'destroyVm', 'boot', 'vcmd', 'allocator', 'check',
 ] as const;
 export type StepKind = (typeof STEP_KINDS)[number];
 
@@ -82,6 +97,8 @@ export type StepAction =
   | { readonly kind: 'free'; readonly vm: string; readonly pasid: PasidArg }
   | { readonly kind: 'bind'; readonly vm: string; readonly device: string; readonly mm: string }
   | { readonly kind: 'unbind'; readonly vm: string; readonly device: string; readonly mm: string }
+  /** The address space exits: its devices are unbound and its PASID freed (`Guest.mmExit`). */
+  | { readonly kind: 'exit'; readonly vm: string; readonly mm: string }
   | { readonly kind: 'addViommu'; readonly vm: string; readonly viommu: ScenarioViommu }
   | { readonly kind: 'removeViommu'; readonly vm: string; readonly segment: number }
   | { readonly kind: 'assignDevice'; readonly vm: string; readonly device: ScenarioDevice }
@@ -100,6 +117,12 @@ export type StepAction =
       readonly min?: number;
       readonly max?: number;
     }
+  /**
+   * Another driver of the guest kernel registers (or unregisters) a custom allocator of its own,
+   * `ops` by name; ops with the same `functions` name share their functions (one group). Its
+   * allocator has no PASIDs to give (INVALID_IOASID).
+   */
+  | { readonly kind: 'allocator'; readonly vm: string; readonly call: 'register' | 'unregister'; readonly ops: string; readonly functions: string }
   | { readonly kind: 'check'; readonly check: StateCheck };
 
 /** A `check` step: compare state with what the scenario says. Omitted fields are not compared. */
@@ -120,8 +143,8 @@ export type PasidMatch =
   | { readonly min?: number; readonly max?: number; readonly not?: readonly PasidArg[] };
 
 export type Expectation =
-  | { readonly type: 'ok'; readonly pasid?: PasidMatch; readonly status?: string }
-  | { readonly type: 'error'; readonly codes: readonly IoasidErrorCode[] }
+  | { readonly type: 'ok'; readonly pasid?: PasidMatch; readonly status?: string; readonly hazard?: HazardExpectation }
+  | { readonly type: 'error'; readonly codes: readonly IoasidErrorCode[]; readonly hazard?: HazardExpectation }
   | { readonly type: 'any' };
 
 export const EXPECT_OK: Expectation = Object.freeze({ type: 'ok' });
@@ -160,6 +183,8 @@ export function describeAction(a: StepAction): string {
     case 'bind':
     case 'unbind':
       return `${a.kind} ${a.vm} ${a.device} mm=${a.mm}`;
+    case 'exit':
+      return `exit ${a.vm} mm=${a.mm}`;
     case 'addViommu':
       return `addViommu ${a.vm} seg ${a.viommu.segment}${a.viommu.layout === 'A' ? ' layout A' : ''}${a.viommu.rangeExtension === true ? ' +range' : ''}`;
     case 'removeViommu':
@@ -176,6 +201,8 @@ export function describeAction(a: StepAction): string {
       return `boot ${a.vm}${a.guest.profile !== undefined ? ` (${a.guest.profile})` : ''}`;
     case 'vcmd':
       return `vcmd ${a.vm}${a.segment !== null ? ` seg ${a.segment}` : ''} ${a.command}${a.pasid !== undefined ? ` ${a.pasid}` : ''}${a.min !== undefined || a.max !== undefined ? ` [${a.min ?? 1}, ${a.max ?? 'max'}]` : ''}`;
+    case 'allocator':
+      return `allocator ${a.vm} ${a.call} ${a.ops}${a.functions !== a.ops ? ` (functions of ${a.functions})` : ''}`;
     case 'check': {
       const c = a.check;
       const parts: string[] = [];
@@ -197,7 +224,12 @@ function fmtList(x: number | readonly PasidArg[]): string {
 /** Short text of an expectation: `ok`, `ENOSPC`, `pasid 1..1023`. */
 export function describeExpectation(e: Expectation): string {
   if (e.type === 'any') return 'any';
-  if (e.type === 'error') return e.codes.join('|');
+  const h = e.hazard === undefined ? '' : e.hazard === 'none' ? ', no hazard' : `, hazard ${e.hazard.join('+')}`;
+  if (e.type === 'error') return `${e.codes.join('|')}${h}`;
+  return `${describeOk(e)}${h}`;
+}
+
+function describeOk(e: Extract<Expectation, { type: 'ok' }>): string {
   const parts: string[] = [];
   if (e.pasid !== undefined) {
     const m = e.pasid;

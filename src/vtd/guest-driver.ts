@@ -26,19 +26,31 @@
  *     last registered unit first frees the guest's outstanding PASIDs to the host through it, and
  *     from then on allocation is ENODEV (no silent fallback to a guest-local namespace). The Linux
  *     profiles revert to the default allocator, as the kernel did (edges 30, 34).
+ *  6. Hot-add (`intel_iommu_add`): the kernel probes the unit and registers nothing, nor does it
+ *     lower `intel_pasid_max_id` (only `init_dmars()` does both, at boot). The Linux profiles do
+ *     the same; strict registers the unit (it may take over from rule 7's refusal) and lowers the
+ *     bound (ours).
+ *  7. Strict: a guest under caching mode with scalable mode that obtains no VCMD allocator (VCS or
+ *     PAS clear, a register layout mismatch) never hands out guest-local PASIDs: allocation is
+ *     ENODEV naming the unit and what its VCCAP read showed. The Linux profiles go on with their
+ *     default allocator, as the kernel did, and log the kernel hazard.
+ *  8. Profiles and kernel versions (kernel-rules.ts): v5.8-v5.11 read layout A's "no PASID" as
+ *     status 1; layout B's Free operand is computed in 32 bits (v5.15+); v6.x has no VCMD at all.
  */
 import {
   INVALID_IOASID,
   IoasidError,
   isIoasidError,
+  logHazard,
   PASID_MIN,
   type AllocatorOps,
   type IoasidSpace,
   type LogFn,
 } from '../core/index.ts';
 import { GuestViommu, guestRegisterMap, type PollClock, type ViommuHost } from './guest-viommu.ts';
+import { VTD_HAZARDS, VTD_RULES, type VtdRules } from './kernel-rules.ts';
 import type { MmioAccessor } from './mmio.ts';
-import type { Layout, PasBit, RegisterMap } from './registers.ts';
+import { registerSpec, type Layout, type PasBit, type RegisterMap } from './registers.ts';
 
 /** The kernel's PASID_MAX (exclusive): 20-bit PASIDs. */
 export const INTEL_PASID_MAX = 0x100000;
@@ -62,7 +74,10 @@ export interface VtdGuestDriverOptions {
   readonly now?: () => number;
   /** How to pause between polls. Default: `setTimeout`. */
   readonly sleep?: (ms: number) => Promise<void>;
-  /** Linux v5.8-v5.11 decoded "no PASID" as status 1 in layout A (fixed in v5.12). Default false. */
+  /**
+   * Read layout A's "no PASID" as status 1, as Linux v5.8-v5.11 did (fixed in v5.12). Default:
+   * what the profile's kernel did (`linux-5.8`, `linux-5.11`: true; the others false).
+   */
   readonly legacyStatusCodes?: boolean;
   /** Where the guest kernel would printk. */
   readonly log?: LogFn;
@@ -103,16 +118,23 @@ function intelVcmdIoasidFree(id: number, pdata: unknown): void | Promise<void> {
   return driver.vcmdFree(id, pdata as GuestViommu);
 }
 
-/** Strict after the last unit left: allocation is refused instead of going guest-local. */
-function noViommuAlloc(min: number, max: number): number {
-  throw new IoasidError('ENODEV', `no vIOMMU left to allocate a PASID in [${min}, ${max}] from the host`, { min, max });
+/**
+ * Strict, no unit can allocate through VCMD (the last one left, or none could at boot): allocation
+ * is refused instead of going guest-local. The pdata is the reason.
+ */
+function noViommuAlloc(min: number, max: number, pdata: unknown): number {
+  const why = pdata as { message: string; details: Record<string, unknown> };
+  throw new IoasidError('ENODEV', `${why.message}: no PASID in [${min}, ${max}] can come from the host`, { ...why.details, min, max });
 }
 
 function noViommuFree(): void {}
 
+const LAST_UNIT_GONE = Object.freeze({ message: 'no vIOMMU left to allocate from', details: {} });
+
 export class VtdGuestDriver {
   readonly space: IoasidSpace;
   readonly #host: ViommuHost;
+  readonly #rules: VtdRules;
   readonly #map: RegisterMap;
   readonly #useRange: boolean;
   #sm: boolean;
@@ -134,15 +156,22 @@ export class VtdGuestDriver {
     if (!(pollIntervalMs >= 0) || !Number.isFinite(pollIntervalMs)) throw new IoasidError('EINVAL', `pollIntervalMs must be a non-negative number, got ${pollIntervalMs}`, { pollIntervalMs });
     this.#sm = options.scalableMode ?? true;
     this.#useRange = options.rangeExtension ?? true;
+    this.#rules = VTD_RULES[space.profile];
     this.#host = {
       map: this.#map,
       profile: space.profile,
+      rules: this.#rules,
       clock: makeClock(options.now, options.sleep),
       timeoutMs,
       pollIntervalMs,
-      legacyStatusCodes: options.legacyStatusCodes ?? false,
+      legacyStatusCodes: options.legacyStatusCodes ?? this.#rules.legacyStatusCodes,
       log: options.log ?? noop,
     };
+  }
+
+  /** The status codes read as "no PASID" / "invalid PASID" in layout A: 1 (v5.8-v5.11) or 2. */
+  get legacyStatusCodes(): boolean {
+    return this.#host.legacyStatusCodes;
   }
 
   /** `intel_pasid_max_id` (exclusive). */
@@ -173,21 +202,84 @@ export class VtdGuestDriver {
     const units = mmios.map((m) => this.#probe(m));
     for (const u of units) this.#lowerPasidMax(u);
     for (const u of units) this.#register(u);
+    if (this.#ops.size === 0) this.#noVcmdAllocator(units);
     return units;
   }
 
-  /** Hot-add a unit (`dmar_iommu_hotplug`): probe, lower the PASID bound, register. */
+  /**
+   * Hot-add a unit (`dmar_iommu_hotplug` -> `intel_iommu_add`). The kernel probes it and does no
+   * more for PASIDs: no `register_pasid_allocator()`, `intel_pasid_max_id` untouched (Linux
+   * profiles). Strict lowers the bound and registers the unit, which takes over from a refusing
+   * allocator (ours).
+   */
   hotplug(mmio: MmioAccessor, name?: string): GuestViommu {
     const u = this.#probe(name === undefined ? mmio : { mmio, name });
+    if (!this.#rules.hotplugRegisters) {
+      if (this.#rules.vcmd && u.cachingMode && this.#smSupported(u) && u.caps.allocate && this.space.activeAllocator() === null) {
+        logHazard(this.#host.log, VTD_HAZARDS['guest-local-pasids'],
+          `hot-added ${u.name} has VCCAP.PAS, but intel_iommu_add() registers no allocator: the guest goes on with PASIDs of its own`,
+          { iommu: u.name });
+      }
+      return u;
+    }
     this.#lowerPasidMax(u);
     this.#register(u);
     if (u.registered && this.#tombstone !== null) {
-      // A unit is back: it takes over from the "no vIOMMU" allocator (which holds no IDs).
+      // A unit is back: it takes over from the refusing allocator (which holds no IDs).
       const t = this.#tombstone;
       this.#tombstone = null;
       this.space.unregisterAllocator(t);
     }
     return u;
+  }
+
+  /**
+   * After boot, no unit registered the VCMD allocator. A guest under caching mode with scalable
+   * mode then has no way to host PASIDs: strict refuses allocation (ENODEV, naming the unit and
+   * its VCCAP read); the Linux profiles go on with guest-local PASIDs, as the kernel did.
+   */
+  #noVcmdAllocator(units: readonly GuestViommu[]): void {
+    if (!this.#rules.vcmd) return; // v6.x: guest PASIDs are the guest's own by design
+    const u = units.find((x) => x.cachingMode && this.#smSupported(x));
+    if (u === undefined) return;
+    const why = this.#whyNoVcmd(u);
+    if (!this.#rules.noGuestLocalPasids) {
+      logHazard(this.#host.log, VTD_HAZARDS['guest-local-pasids'], `${why.message}: the guest allocates PASIDs of its own, unknown to the host`, why.details);
+      return;
+    }
+    if (why.details.layoutMismatch !== undefined) this.#host.log('error', why.message, why.details);
+    this.#refuseFromNowOn(why);
+  }
+
+  /** What the unit's probe showed, for the refusal: VCS, the VCCAP read, a layout mismatch. */
+  #whyNoVcmd(u: GuestViommu): { message: string; details: Record<string, unknown> } {
+    const off = registerSpec(this.#map, 'VCCAP_REG').offset;
+    const hex = (n: number | bigint) => `0x${n.toString(16)}`;
+    const details: Record<string, unknown> = { iommu: u.name, layout: this.#map.layout, VCCAP_REG: hex(u.vccap), offset: hex(off) };
+    if (u.ecapFields.VCS !== 1n) {
+      return { message: `no VCMD allocator: ${u.name} runs under caching mode with scalable mode, but ECAP.VCS is clear (no virtual command interface; VCCAP_REG not read)`, details };
+    }
+    let message = `no VCMD allocator: ${u.name} runs under caching mode with scalable mode, but VCCAP_REG (${hex(off)}, layout ${this.#map.layout}) read ${hex(u.vccap)}: PAS clear`;
+    const m = u.layoutMismatch;
+    if (m !== null) {
+      message += `; its registers answer as layout ${m.layout} (VCCAP_REG at ${hex(m.offset)} = ${hex(m.vccap)}): a guest/host register layout mismatch`;
+      details.layoutMismatch = { layout: m.layout, offset: hex(m.offset), VCCAP_REG: hex(m.vccap) };
+    }
+    return { message, details };
+  }
+
+  /** Strict: register the refusing allocator (waits behind an active group, if any). */
+  #refuseFromNowOn(why: { message: string; details: Record<string, unknown> }): void {
+    if (this.#tombstone !== null) return;
+    const t: AllocatorOps = Object.freeze({ alloc: noViommuAlloc, free: noViommuFree, pdata: why });
+    try {
+      this.space.registerAllocator(t);
+    } catch (e) {
+      // The default allocator already handed out IDs: the kernel's EAGAIN; nothing to refuse with.
+      this.#host.log('error', `${why.message}; cannot refuse guest-local PASIDs: ${isIoasidError(e) ? e.message : String(e)}`, why.details);
+      return;
+    }
+    this.#tombstone = t;
   }
 
   #probe(m: MmioAccessor | { readonly mmio: MmioAccessor; readonly name: string }): GuestViommu {
@@ -215,6 +307,7 @@ export class VtdGuestDriver {
   /** `register_pasid_allocator(iommu)`. */
   #register(u: GuestViommu): void {
     const log = this.#host.log;
+    if (!this.#rules.vcmd) return; // removed in v6.4
     if (!u.cachingMode) return;
     if (!this.#smSupported(u)) {
       log('warn', 'VT-d Scalable Mode not enabled, no PASID allocation', { iommu: u.name });
@@ -239,33 +332,58 @@ export class VtdGuestDriver {
   /** @internal `intel_vcmd_ioasid_alloc` body. */
   vcmdAlloc(min: number, max: number, unit: GuestViommu): number | Promise<number> {
     const strict = this.space.profile === 'strict';
+    if (!strict && !unit.present) this.#freedUnit(unit, 'intel_vcmd_ioasid_alloc');
     // The kernel's bound is exclusive but it only rejects max > intel_pasid_max_id (off by one).
     const tooHigh = strict ? max >= this.#pasidMaxId : max > this.#pasidMaxId;
     if (min < PASID_MIN || tooHigh) {
       if (!strict) return INVALID_IOASID;
       throw new IoasidError('EINVAL', `PASID range [${min}, ${max}] is outside [${PASID_MIN}, ${this.#pasidMaxId - 1}]`, { min, max, pasidMaxId: this.#pasidMaxId });
     }
-    if (strict && this.#useRange && unit.caps.rangeExtension && this.#map.layout === 'B') {
-      return unit.allocate({ min, max });
+    if (strict) {
+      if (this.#useRange && unit.caps.rangeExtension && this.#map.layout === 'B') return unit.allocate({ min, max });
+      return unit.allocate();
     }
-    return unit.allocate();
+    // The host's answer goes back unchecked (edge 45); a narrower device may get a PASID it cannot emit.
+    const r = unit.allocate();
+    if (typeof r === 'number') return this.#unchecked(r, min, max, unit);
+    return r.then((p) => this.#unchecked(p, min, max, unit));
+  }
+
+  #unchecked(pasid: number, min: number, max: number, unit: GuestViommu): number {
+    if (pasid < min || pasid > max) {
+      logHazard(this.#host.log, VTD_HAZARDS['range-ignored'], `${unit.name}: the host answered PASID ${pasid} for [${min}, ${max}]; it is returned unchecked`, { iommu: unit.name, pasid, min, max });
+    }
+    return pasid;
+  }
+
+  /** Linux: the group's ops still point at a hot-removed unit (the kernel's freed intel_iommu). */
+  #freedUnit(unit: GuestViommu, fn: string): void {
+    logHazard(this.#host.log, VTD_HAZARDS['freed-iommu-ops'], `${fn}() is called with the pdata of ${unit.name}, whose struct intel_iommu free_dmar_iommu() freed`, { iommu: unit.name });
   }
 
   /** @internal `intel_vcmd_ioasid_free` body. */
   vcmdFree(id: number, unit: GuestViommu): void | Promise<void> {
+    const strict = this.space.profile === 'strict';
+    if (!strict && !unit.present) this.#freedUnit(unit, 'intel_vcmd_ioasid_free');
     if (!this.#draining.has(id)) {
+      // ioasid_find(NULL, id, NULL): its data, or ERR_PTR(-ENOENT) for an ID the core does not track.
       let priv: unknown = null;
+      let tracked = true;
       try {
         priv = this.space.find(null, id);
       } catch (e) {
-        // Unknown to the core (an out-of-range answer being handed back): nothing is bound.
         if (!isIoasidError(e, 'ENOENT')) throw e;
+        tracked = false;
       }
-      if (priv !== null && priv !== undefined) {
+      // Strict: an untracked ID is an answer being handed back (out of range): nothing is bound.
+      if ((priv !== null && priv !== undefined) || (!tracked && !strict)) {
         this.#host.log('error', `Cannot free active IOASID ${id}`, { id });
-        if (this.space.profile === 'strict') {
+        if (strict) {
           throw new IoasidError('EBUSY', `PASID ${id} still has a device bound (private data set); unbind before freeing`, { id });
         }
+        logHazard(this.#host.log, VTD_HAZARDS['pasid-leak'],
+          `${tracked ? `PASID ${id} still has private data` : `ioasid_find(${id}) is ERR_PTR(-ENOENT), not NULL`}: no VCMD Free is sent and the host keeps PASID ${id}`,
+          { id, iommu: unit.name, tracked });
         return;
       }
     }
@@ -298,7 +416,7 @@ export class VtdGuestDriver {
     if (strict && last) {
       if (this.#tombstone === null) {
         // Registered now, while our group is active: it waits (inactive) behind it.
-        this.#tombstone = Object.freeze({ alloc: noViommuAlloc, free: noViommuFree, pdata: null });
+        this.#tombstone = Object.freeze({ alloc: noViommuAlloc, free: noViommuFree, pdata: LAST_UNIT_GONE });
         this.space.registerAllocator(this.#tombstone);
       }
       if (this.space.activeAllocator()?.alloc === intelVcmdIoasidAlloc) {
@@ -321,7 +439,13 @@ export class VtdGuestDriver {
       }
     }
     await unit.idle();
+    const outstanding = this.space.size;
     this.space.unregisterAllocator(ops);
+    if (!strict && last && this.space.activeAllocator() === null && this.#rules.vcmd) {
+      logHazard(this.#host.log, VTD_HAZARDS['guest-local-pasids'],
+        `${unit.name} was the last unit: ioasid_unregister_allocator() switched to the default allocator, orphaning ${outstanding} host PASID(s); the guest's next PASIDs are its own, unknown to the host`,
+        { iommu: unit.name, orphaned: outstanding });
+    }
     this.#ops.delete(unit);
     unit.setRegistered(false);
     unit.markRemoved();

@@ -8,7 +8,7 @@
  * Polling has a deadline (`DMAR_OPERATION_TIMEOUT`, ~10 s): the kernel panics, we fail with
  * ETIMEDOUT. A synchronous device answers on the first VCRSP read, and then no Promise is made.
  */
-import { IoasidError, isIoasidError, PASID_MAX, type LogFn, type Profile } from '../core/index.ts';
+import { IoasidError, isIoasidError, logHazard, PASID_MAX, type LogFn, type Profile } from '../core/index.ts';
 import type { MmioAccessor } from './mmio.ts';
 import {
   VCMD_CMD,
@@ -19,9 +19,11 @@ import {
   registerMap,
   registerSpec,
   type FieldSpec,
+  type Layout,
   type RegisterMap,
   type VccapCapabilities,
 } from './registers.ts';
+import { VTD_HAZARDS, type VtdRules } from './kernel-rules.ts';
 
 /** Time for the poll loop: injected, never read from a global clock. */
 export interface PollClock {
@@ -33,6 +35,7 @@ export interface PollClock {
 export interface ViommuHost {
   readonly map: RegisterMap;
   readonly profile: Profile;
+  readonly rules: VtdRules;
   readonly clock: PollClock;
   readonly timeoutMs: number;
   readonly pollIntervalMs: number;
@@ -42,6 +45,15 @@ export interface ViommuHost {
 
 const IP = 1n;
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+const U32 = 0xffffffffn;
+
+/** What a unit's registers showed when probed at the other layout's VCCAP offset (strict). */
+export interface LayoutMismatch {
+  /** The layout the unit's registers answer as. */
+  readonly layout: Layout;
+  readonly offset: number;
+  readonly vccap: bigint;
+}
 
 export class GuestViommu {
   readonly name: string;
@@ -50,6 +62,12 @@ export class GuestViommu {
   readonly ecap: bigint;
   readonly vccap: bigint;
   readonly caps: VccapCapabilities;
+  /**
+   * Strict: ECAP.VCS set but VCCAP.PAS clear at the driver's offset, while the other layout's
+   * VCCAP offset shows PAS: the unit speaks the other register layout. Null otherwise (and in the
+   * Linux profiles, which do not look: the kernel read VCCAP once, at its own offset).
+   */
+  readonly layoutMismatch: LayoutMismatch | null;
 
   readonly #host: ViommuHost;
   readonly #mmio: MmioAccessor;
@@ -93,6 +111,14 @@ export class GuestViommu {
     this.ecap = mmio.read(registerSpec(map, 'ECAP_REG').offset, 8);
     this.vccap = decodeRegister(map, 'ECAP_REG', this.ecap).VCS === 1n ? mmio.read(registerSpec(map, 'VCCAP_REG').offset, 8) : 0n;
     this.caps = Object.freeze(decodeVccap(map, this.vccap));
+    this.layoutMismatch = null;
+    if (host.rules.noGuestLocalPasids && !this.caps.allocate && decodeRegister(map, 'ECAP_REG', this.ecap).VCS === 1n) {
+      // One more read, at probe only: does the unit answer as the other register layout?
+      const other = registerMap(map.layout === 'A' ? 'B' : 'A', map.pasBit);
+      const offset = registerSpec(other, 'VCCAP_REG').offset;
+      const vccap = mmio.read(offset, 8);
+      if (decodeVccap(other, vccap).allocate) this.layoutMismatch = Object.freeze({ layout: other.layout, offset, vccap });
+    }
 
     this.#offVcmd = registerSpec(map, 'VCMD_REG').offset;
     this.#offVcmdEo = map.layout === 'B' ? registerSpec(map, 'VCMD_EO_REG').offset : -1;
@@ -193,7 +219,16 @@ export class GuestViommu {
       throw new IoasidError('EINVAL', `PASID ${pasid} does not fit the VCMD operand (20 bits)`, { pasid });
     }
     // VCMD_CMD_OPERAND(pasid) | VCMD_CMD_FREE, with the operand shift of this layout's table.
-    const rsp = this.#run(VCMD_CMD.FREE, (BigInt(pasid) << this.#operandShift) | 2n, null);
+    let operand = BigInt(pasid) << this.#operandShift;
+    if (this.#host.rules.truncatedFreeOperand && operand > U32) {
+      // The kernel shifts a u32: bits 31:16 keep PASID bits 15:0, the rest is lost.
+      operand &= U32;
+      const sent = Number(operand >> this.#operandShift);
+      logHazard(this.#host.log, VTD_HAZARDS['vcmd-free-truncated'],
+        `${this.name}: Free of PASID 0x${pasid.toString(16)} writes VCMD_REG 0x${(operand | 2n).toString(16)}, a Free of PASID 0x${sent.toString(16)}; PASID 0x${pasid.toString(16)} leaks on the host`,
+        { iommu: this.name, pasid, sent, VCMD_REG: `0x${(operand | 2n).toString(16)}` });
+    }
+    const rsp = this.#run(VCMD_CMD.FREE, operand | 2n, null);
     if (typeof rsp === 'bigint') {
       this.#freeResult(rsp, pasid);
       return;

@@ -55,6 +55,8 @@ export type { VcmdDeviceConfig, VcmdDeviceConfigInput } from './vcmd-device-conf
 export { parseDeviceSnapshot, parseGuestState, parseWriter } from './vcmd-device-snapshot.ts';
 export type { VcmdDeviceSnapshot, VcmdGuestState, VcmdLogEntry, VcmdStats, VcmdWriter } from './vcmd-device-snapshot.ts';
 export { GuestViommu } from './guest-viommu.ts';
-export type { PollClock } from './guest-viommu.ts';
+export type { LayoutMismatch, PollClock } from './guest-viommu.ts';
+export { VTD_HAZARDS, VTD_RULES } from './kernel-rules.ts';
+export type { VtdHazardKind, VtdRules } from './kernel-rules.ts';
 export { VtdGuestDriver, INTEL_PASID_MAX, DEFAULT_VCMD_TIMEOUT_MS } from './guest-driver.ts';
 export type { UnplugReport, VtdGuestDriverOptions } from './guest-driver.ts';
