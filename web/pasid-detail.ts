@@ -3,7 +3,7 @@
  * when an event about that PASID arrives. A free PASID with no history is reported as such.
  */
 import type { IoasidClient, PasidInfo } from '../src/service/client.ts';
-import { describeEvent } from './event-feed.ts';
+import { describeEvent, toPageEvent } from './events.ts';
 import { errorCode, fill, fmtPasid, fmtTime, h, swatch, throttle } from './dom.ts';
 import type { NamespaceModel } from './model.ts';
 
@@ -37,6 +37,8 @@ export class PasidDetail {
     this.#pasid = pasid;
     this.#panel.hidden = false;
     this.#title.textContent = `PASID ${fmtPasid(pasid)}`;
+    // What an earlier answer said must not pass for this one's.
+    fill(this.#body, h('p', { class: 'muted' }, 'Loading…'));
     await this.refresh();
   }
 
@@ -45,9 +47,9 @@ export class PasidDetail {
     this.#panel.hidden = true;
   }
 
-  /** An event touched this PASID: reload soon. */
-  touched(pasid: number): void {
-    if (pasid === this.#pasid) this.#later();
+  /** An event touched these PASIDs: reload soon if one is shown. */
+  touched(pasids: readonly number[]): void {
+    if (this.#pasid !== null && pasids.includes(this.#pasid)) this.#later();
   }
 
   async refresh(): Promise<void> {
@@ -79,7 +81,7 @@ export class PasidDetail {
     fill(this.#body,
       h('dl', {},
         h('dt', {}, 'Owner'),
-        h('dd', { 'data-owner': info.owner ?? '' }, owner !== null ? [swatch(owner.css), ' ', info.owner] : this.#model.cells[pasid] === 1 ? 'the host' : 'free'),
+        h('dd', { 'data-owner': info.owner ?? '' }, owner !== null ? [swatch(owner.css, owner.pattern), ' ', info.owner] : this.#model.cells[pasid] === 1 ? 'the host' : 'free'),
         h('dt', {}, 'Bindings'),
         h('dd', { 'data-bindings': info.bindings.join(' ') }, info.bindings.length === 0 ? 'none' : h('ul', { class: 'plain' }, info.bindings.map((b) => h('li', {}, h('code', {}, b)))))),
       where,
@@ -88,7 +90,7 @@ export class PasidDetail {
         ? h('p', { class: 'muted' }, 'No events recorded.')
         : h('table', { class: 'history' },
           h('thead', {}, h('tr', {}, ['Seq', 'Time', 'Event', 'What'].map((t) => h('th', { scope: 'col' }, t)))),
-          h('tbody', {}, [...info.history].reverse().map((e) => h('tr', {},
+          h('tbody', {}, [...info.history].reverse().map(toPageEvent).map((e) => h('tr', {},
             h('td', { class: 'num' }, String(e.seq)),
             h('td', {}, fmtTime(e.at)),
             h('td', {}, e.type),
