@@ -24,24 +24,35 @@ const skip = existsSync(CHROMIUM) ? false : `${CHROMIUM} is absent: install Debi
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
 /**
- * The CSS pixel at the centre of a PASID's cell on the map canvas, and the colour drawn there
- * (sampled a little off centre, clear of a pattern's stroke or a binding's ring). The window is
- * what the canvas says it drew: first PASID, cells per row, PASIDs per cell.
+ * The CSS pixel at the centre of a PASID's cell on the map canvas, and the colour drawn in the cell
+ * (the commonest of the device pixels the map gives it: pixel x shows column
+ * floor((x + 0.5) * cols / width); a pattern's stroke or a binding's ring covers only part).
  */
 async function cellColour(page: Page, pasid: number): Promise<{ x: number; y: number; rgb: string } | null> {
   return page.evaluate((p) => {
     const c = document.getElementById('map') as HTMLCanvasElement;
     const start = Number(c.dataset.start);
-    const cols = Number(c.dataset.cols);
-    const per = Number(c.dataset.perCell);
     if (p < start || p > Number(c.dataset.last)) return null;
-    const i = Math.floor((p - start) / per);
-    const col = i % cols;
-    const row = Math.floor(i / cols);
-    const cell = c.width / cols;
-    const px = c.getContext('2d')?.getImageData(Math.floor((col + 0.2) * cell), Math.floor((row + 0.8) * cell), 1, 1).data;
+    const cols = Number(c.dataset.cols);
+    const i = Math.floor((p - start) / Number(c.dataset.perCell));
+    const [col, row] = [i % cols, Math.floor(i / cols)];
+    const W = c.width;
+    const x0 = Math.max(0, Math.floor((col * W) / cols) - 1);
+    const y0 = Math.max(0, Math.floor((row * W) / cols) - 1);
+    const n = Math.ceil(W / cols) + 2;
+    const d = c.getContext('2d')?.getImageData(x0, y0, n, n).data ?? new Uint8ClampedArray();
+    const votes = new Map<string, number>();
+    for (let y = y0; y < Math.min(W, y0 + n); y++) {
+      for (let x = x0; x < Math.min(W, x0 + n); x++) {
+        // (inline: tsx would wrap an inner function in a helper the page lacks)
+        if (Math.min(cols - 1, Math.floor(((x + 0.5) * cols) / W)) !== col || Math.min(cols - 1, Math.floor(((y + 0.5) * cols) / W)) !== row) continue;
+        const k = ((y - y0) * n + (x - x0)) * 4;
+        const rgb = `rgb(${d[k]}, ${d[k + 1]}, ${d[k + 2]})`;
+        votes.set(rgb, (votes.get(rgb) ?? 0) + 1);
+      }
+    }
     const r = c.getBoundingClientRect();
-    return { x: r.left + ((col + 0.5) * r.width) / cols, y: r.top + ((row + 0.5) * r.height) / cols, rgb: px ? `rgb(${px[0]}, ${px[1]}, ${px[2]})` : '' };
+    return { x: r.left + ((col + 0.5) * r.width) / cols, y: r.top + ((row + 0.5) * r.height) / cols, rgb: [...votes].sort((a, b) => b[1] - a[1])[0]?.[0] ?? '' };
   }, pasid);
 }
 
@@ -142,14 +153,9 @@ describe('dashboard in headless Chromium', { skip, timeout: 120_000 }, () => {
     let t0 = Date.now();
     const [pasid] = await vmA.allocPasids('vm-a');
     assert.equal(pasid, 6);
-    await page.waitForFunction(([p, want]) => {
-      const c = document.getElementById('map') as HTMLCanvasElement;
-      const i = Math.floor((p - Number(c.dataset.start)) / Number(c.dataset.perCell));
-      const cols = Number(c.dataset.cols);
-      const cell = c.width / cols;
-      const d = c.getContext('2d')?.getImageData(Math.floor(((i % cols) + 0.2) * cell), Math.floor((Math.floor(i / cols) + 0.8) * cell), 1, 1).data;
-      return d !== undefined && `rgb(${d[0]}, ${d[1]}, ${d[2]})` === want;
-    }, [6, colourA] as const, { timeout: LIVE_MS });
+    for (let t = Date.now(); (await cellColour(page, 6))?.rgb !== colourA; await new Promise((r) => setTimeout(r, 10))) {
+      assert.ok(Date.now() - t < LIVE_MS, `PASID 6 not in vm-a's colour after ${LIVE_MS} ms`);
+    }
     await page.locator('tr[data-vm="vm-a"]', { hasText: '1 / 8' }).waitFor({ timeout: LIVE_MS });
     await page.locator('#cursor-status', { hasText: 'vm-a' }).waitFor({ timeout: LIVE_MS });
     const allocMs = Date.now() - t0;

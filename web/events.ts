@@ -107,8 +107,9 @@ export function describePasids(type: 'alloc' | 'free', vm: string | null, pasids
 /**
  * A line of the feed: one event, or allocations (or frees) of one owner committed together.
  * The service's batch event is one line by itself; single-PASID events of the same type and VM
- * that follow each other in seq and are stamped within `JOIN_MS` of each other (the way a batch
- * arrives from a service that announces one event per PASID) are joined into one line too.
+ * that follow each other in seq and are stamped within `JOIN_MS` of the line's first (the way a
+ * batch arrives from a service that announces one event per PASID) are joined into one line too;
+ * a steady trickle of single allocations still gets a line per `JOIN_MS`.
  */
 export interface FeedLine {
   readonly type: PageEvent['type'];
@@ -127,7 +128,8 @@ export interface FeedLine {
   readonly joinable: boolean;
 }
 
-export const JOIN_MS = 25;
+/** A batch announced one event per PASID is stamped over as long as publishing it takes (milliseconds, more on a loaded host). */
+export const JOIN_MS = 250;
 
 export function newLine(e: PageEvent): FeedLine {
   const pasids = e.type === 'alloc' || e.type === 'free' ? [...e.pasids] : [];
@@ -140,7 +142,7 @@ export function newLine(e: PageEvent): FeedLine {
 /** Fold `e` into `line` if it continues it (returns whether it did). */
 export function join(line: FeedLine, e: PageEvent): boolean {
   if (!line.joinable || (e.type !== 'alloc' && e.type !== 'free') || e.pasids.length !== 1) return false;
-  if (e.type !== line.type || e.vm !== line.vm || e.seq !== line.lastSeq + 1 || Math.abs(e.at - line.lastAt) > JOIN_MS) return false;
+  if (e.type !== line.type || e.vm !== line.vm || e.seq !== line.lastSeq + 1 || Math.abs(e.at - line.at) > JOIN_MS) return false;
   line.pasids.push(e.pasids[0] as number);
   line.lastSeq = e.seq;
   line.lastAt = e.at;

@@ -48,13 +48,15 @@ export class MapView {
   readonly canvas: HTMLCanvasElement;
   readonly #model: NamespaceModel;
   readonly #opts: MapViewOptions;
-  /** One pixel per cell of the window. */
-  readonly #grid: HTMLCanvasElement;
-  readonly #gctx: CanvasRenderingContext2D;
-  #img: ImageData | null = null;
-  #px = new Uint32Array(0);
+  /** The colour of each cell of the window (cols x cols). */
+  #cellPx = new Uint32Array(0);
   /** The owner index each cell is drawn with. */
   #shown = new Uint16Array(0);
+  /** The canvas's pixels: device pixel x shows cell column floor((x + 0.5) * cols / width). */
+  #screen: ImageData | null = null;
+  #screenPx = new Uint32Array(0);
+  /** Cell column (or row) of each device pixel. */
+  #cellOfPx = new Int32Array(0);
   #counts = new Uint32Array(0);
   #palette = new Uint32Array(0);
   #highlight: number | null = null;
@@ -77,10 +79,6 @@ export class MapView {
     this.canvas = canvas;
     this.#model = model;
     this.#opts = opts;
-    this.#grid = document.createElement('canvas');
-    const g = this.#grid.getContext('2d', { alpha: false });
-    if (g === null) throw new Error('no 2D canvas');
-    this.#gctx = g;
     this.#view = viewAt(levelAt(0, 1024), 0);
     this.#rebuildPalette();
     model.on((c) => {
@@ -231,16 +229,27 @@ export class MapView {
     }
   }
 
-  /** Paint the cells' colours into the one-pixel-per-cell image (all, or the dirty rows). */
+  /**
+   * Paint the cells' colours (all, or the dirty rows), then the canvas pixels they cover. The
+   * scaling is ours, not the browser's: every device pixel shows exactly one cell, the one its
+   * centre falls in, so a cell's colour is where the readout and the pointer say it is.
+   */
   #paint(): void {
     const v = this.#view;
     const cols = v.cols;
-    if (this.#img === null || this.#img.width !== cols) {
-      this.#grid.width = cols;
-      this.#grid.height = cols;
-      this.#img = this.#gctx.createImageData(cols, cols);
-      this.#px = new Uint32Array(this.#img.data.buffer);
+    const W = this.canvas.width;
+    if (this.#cellPx.length !== cols * cols) {
+      this.#cellPx = new Uint32Array(cols * cols);
       this.#shown = new Uint16Array(cols * cols);
+      this.#dirtyAll = true;
+    }
+    if (this.#screen === null || this.#screen.width !== W || this.#cellOfPx.length !== W || this.#cellOfPx[W - 1] !== cols - 1) {
+      const ctx = this.canvas.getContext('2d', { alpha: false });
+      if (ctx === null) return;
+      this.#screen = ctx.createImageData(W, W);
+      this.#screenPx = new Uint32Array(this.#screen.data.buffer);
+      this.#cellOfPx = new Int32Array(W);
+      for (let x = 0; x < W; x++) this.#cellOfPx[x] = Math.min(cols - 1, Math.floor(((x + 0.5) * cols) / W));
       this.#dirtyAll = true;
     }
     let lo: number;
@@ -258,7 +267,7 @@ export class MapView {
 
     const cells = this.#model.cells;
     const pal = this.#palette;
-    const px = this.#px;
+    const px = this.#cellPx;
     const shown = this.#shown;
     const k = v.perCell;
     const first = lo * cols;
@@ -293,7 +302,20 @@ export class MapView {
         px[i] = pal[o] as number;
       }
     }
-    this.#gctx.putImageData(this.#img, 0, 0, 0, lo, cols, hi - lo + 1);
+    // The device pixel rows of cell rows lo..hi; rows of one cell row are copies of its first.
+    const of = this.#cellOfPx;
+    const out = this.#screenPx;
+    let y = 0;
+    while (y < W && (of[y] as number) < lo) y++;
+    for (; y < W && (of[y] as number) <= hi; y++) {
+      const base = (of[y] as number) * cols;
+      const row = y * W;
+      if (y > 0 && of[y - 1] === of[y]) {
+        out.copyWithin(row, row - W, row);
+        continue;
+      }
+      for (let x = 0; x < W; x++) out[row + x] = px[base + (of[x] as number)] as number;
+    }
   }
 
   #draw(): void {
@@ -305,8 +327,7 @@ export class MapView {
     const cols = v.cols;
     const cell = W / cols;
     const dpr = window.devicePixelRatio || 1;
-    ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(this.#grid, 0, 0, cols, cols, 0, 0, W, W);
+    if (this.#screen !== null) ctx.putImageData(this.#screen, 0, 0);
     const owners = this.#model.owners;
 
     if (cell >= DETAIL_PX) {
