@@ -73,6 +73,22 @@ function cellRgb(page: Page, pasid: number): Promise<string | null> {
   }, pasid);
 }
 
+/**
+ * The overview strip's columns that show a density bar (sampled just above the strip's bottom
+ * edge, inside the window outline; bars are light, the ground and its shade dark).
+ */
+function overviewBars(page: Page): Promise<{ width: number; bars: number[] }> {
+  return page.evaluate(() => {
+    const c = document.getElementById('overview') as HTMLCanvasElement;
+    const dpr = window.devicePixelRatio || 1;
+    const y = Math.round(30 * dpr) - Math.round(3 * dpr) - 1;
+    const d = c.getContext('2d')?.getImageData(0, y, c.width, 1).data ?? new Uint8ClampedArray();
+    const bars: number[] = [];
+    for (let x = 0; x < c.width; x++) if ((d[4 * x] as number) > 50) bars.push(x);
+    return { width: c.width, bars };
+  });
+}
+
 /** What the legend shows per owner: colour, pattern, count and runs. */
 async function legend(page: Page): Promise<Map<string, { colour: string; pattern: string; count: string; runs: string }>> {
   const rows = await page.locator('#legend > li').evaluateAll((lis) => lis.map((li) => ({
@@ -109,6 +125,14 @@ async function drawnAt(page: Page, seq: number): Promise<void> {
   await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
 }
 
+/** The legend's runs are counted for the model at (or after) seq `seq` (they follow a frame later). */
+async function legendCounted(page: Page, seq: number): Promise<void> {
+  await page.waitForFunction((s) => {
+    const d = document.getElementById('legend')?.dataset.seq;
+    return d !== undefined && d !== '' && Number(d) >= s;
+  }, seq, { timeout: 5000 });
+}
+
 async function lastSeq(admin: IoasidClient): Promise<number> {
   return (await admin.recentEvents(1))[0]?.seq ?? 0;
 }
@@ -142,6 +166,7 @@ describe('the namespace map at 0, 5, 2,000 and 1,000,000 PASIDs, in headless Chr
     await page.goto(server.url);
     await page.waitForSelector('html[data-rendered="true"]', { timeout: 30_000 });
     await page.locator('#conn', { hasText: 'Live' }).waitFor({ timeout: 10_000 });
+    await legendCounted(page, await lastSeq(admin));
     return {
       server, admin, page,
       close: async () => {
@@ -259,6 +284,7 @@ describe('the namespace map at 0, 5, 2,000 and 1,000,000 PASIDs, in headless Chr
       const fresh = await admin.allocPasids('aaa-newcomer', { count: 100 });
       await drawnAt(page, await lastSeq(admin));
       await page.locator('#legend li[data-owner="aaa-newcomer"] .num', { hasText: '100' }).waitFor({ timeout: 2000 });
+      await legendCounted(page, await lastSeq(admin));
       const lg2 = await legend(page);
       for (const id of ids) {
         const b = before.get(id);
@@ -271,6 +297,7 @@ describe('the namespace map at 0, 5, 2,000 and 1,000,000 PASIDs, in headless Chr
       await page.waitForSelector('html[data-rendered="true"]', { timeout: 30_000 });
       await page.locator('#conn', { hasText: 'Live' }).waitFor({ timeout: 10_000 });
       await drawnAt(page, await lastSeq(admin));
+      await legendCounted(page, await lastSeq(admin));
       const lg3 = await legend(page);
       for (const id of [...ids, 'aaa-newcomer']) assert.deepEqual(lg3.get(id), lg2.get(id), `${id} after a reload`);
       for (const id of ids) assert.equal(await cellRgb(page, Math.min(...(held.get(id) as number[]))), before.get(id)?.cell, `${id} on the map after a reload`);
@@ -343,6 +370,23 @@ describe('the namespace map at 0, 5, 2,000 and 1,000,000 PASIDs, in headless Chr
       v = await view(page);
       assert.ok(v.start <= first && v.last >= last && v.zoom >= 5, JSON.stringify(v));
       assert.equal(await cellRgb(page, last), rgbOf(lg2.get('cache')?.colour ?? ''));
+
+      // The overview: the allocations are a sliver at the bottom of the namespace; one far PASID
+      // shows as a bar of its own at its place, and F frames the allocated PASIDs again, it included.
+      let strip = await overviewBars(page);
+      assert.ok(strip.bars.length > 0 && strip.bars.every((x) => x < 4), `bars at ${strip.bars.join(',')}`);
+      await admin.allocPasids('cache', { min: 0x80000, max: 0x80000 });
+      await page.focus('#map');
+      await page.keyboard.press('f');
+      await drawnAt(page, await lastSeq(admin));
+      await page.locator('#zoom-readout', { hasText: 'PASIDs 0x0–0xfffff (1,048,576)' }).waitFor({ timeout: 2000 });
+      for (let t = Date.now(); !(strip = await overviewBars(page)).bars.some((x) => x > 4); await page.waitForTimeout(50)) {
+        assert.ok(Date.now() - t < 2000, 'the far PASID reaches the overview within 2 s');
+      }
+      const mid = strip.width / 2;
+      assert.ok(strip.bars.some((x) => Math.abs(x - mid) <= 1), `a bar at ${mid}: ${strip.bars.join(',')}`);
+      assert.ok(strip.bars.every((x) => x < 4 || Math.abs(x - mid) <= 1 || x >= strip.width - 3), `nothing else: ${strip.bars.join(',')}`);
+      assert.equal(await cellRgb(page, 0x80000), rgbOf(lg2.get('cache')?.colour ?? ''));
     } finally {
       await h.close();
     }
@@ -376,6 +420,13 @@ describe('the namespace map at 0, 5, 2,000 and 1,000,000 PASIDs, in headless Chr
       // Turn t went to vm-(t mod 100) and took PASIDs 1 + 1024 t .. 1024 (t + 1): check a few cells.
       for (const t of [0, 1, 99, 500, 976]) assert.equal(await cellRgb(page, 1 + 1024 * t + 512), rgbOf(lg.get(id(t % 100))?.colour ?? ''), `turn ${t}`);
       assert.equal(await cellRgb(page, 0xfffff), FREE_RGB);
+      // The overview: full up to PASID 1,000,000 (95.4% of the namespace), empty after it.
+      for (let t = Date.now(); (await overviewBars(page)).bars.length < 100; await page.waitForTimeout(50)) assert.ok(Date.now() - t < 2000, 'overview counted');
+      const strip = await overviewBars(page);
+      const edge = Math.floor((1_000_000 / 2 ** 20) * strip.width);
+      const inner = strip.bars.filter((x) => x < strip.width - 3);
+      assert.equal(inner.length, edge + 1, `bars on columns 0..${edge}: ${inner.length}`);
+      assert.equal(inner[inner.length - 1], edge);
       // vm-042's PASIDs span the namespace; its second run (turn 142) is framed by Next run twice.
       await page.click('#legend li[data-owner="vm-042"] button');
       await page.click('#run-next');

@@ -164,7 +164,7 @@ export class MapView {
     let v: View;
     if (this.#mode === 'whole') v = viewAt(levelAt(0, px), 0);
     else if (this.#mode === 'fit') {
-      const { lo, hi } = this.#model.summary();
+      const { lo, hi } = this.#model.bounds();
       this.#fittedAt = this.#model.version;
       v = lo < 0 ? viewAt(levelAt(0, px), 0) : frame(lo, hi, px);
     } else v = resize(this.#view, px);
@@ -282,6 +282,15 @@ export class MapView {
       const counts = this.#counts;
       const hl = this.#highlight ?? -1;
       for (let i = first, p = v.start + first * k; i < end; i++, p += k) {
+        // Most cells of a busy namespace are one owner's run: no counting for those.
+        const c0 = cells[p] as number;
+        let j = p + 1;
+        while (j < p + k && cells[j] === c0) j++;
+        if (j === p + k) {
+          shown[i] = c0;
+          px[i] = pal[c0] as number;
+          continue;
+        }
         let best = FREE;
         let bestN = 0;
         let hasHl = false;

@@ -58,6 +58,7 @@ export class NamespaceModel {
   /** Bumped by every change of a cell (the cached summaries and runs follow it). */
   version = 0;
   #summary: { version: number; value: Summary } | null = null;
+  #bounds: { version: number; value: { lo: number; hi: number } } | null = null;
   #runs: { version: number; index: number; value: Uint32Array } | null = null;
   #listeners = new Set<(c: ModelChange) => void>();
   /** Called when the event sequence has a gap: the page should fetch the map again. */
@@ -251,6 +252,27 @@ export class NamespaceModel {
     }
     if (changed.length > 0) this.#emit({ kind: 'cells', pasids: changed });
     if (gap) this.onGap();
+  }
+
+  /**
+   * Lowest and highest allocated PASID (-1, -1 when none is): scans in from both ends, so it costs
+   * the free space at the ends, not the namespace (the map's framing needs it on every change).
+   */
+  bounds(): { lo: number; hi: number } {
+    if (this.#bounds?.version === this.version) return this.#bounds.value;
+    const cells = this.cells;
+    let lo = 1;
+    while (lo < CAPACITY && cells[lo] === FREE) lo++;
+    let hi = CAPACITY - 1;
+    while (hi >= lo && cells[hi] === FREE) hi--;
+    const value = lo < CAPACITY ? { lo, hi } : { lo: -1, hi: -1 };
+    this.#bounds = { version: this.version, value };
+    return value;
+  }
+
+  /** The summary if it is current, else null (it costs a pass over the namespace). */
+  summaryIfCurrent(): Summary | null {
+    return this.#summary?.version === this.version ? this.#summary.value : null;
   }
 
   /** Lowest and highest allocated PASID, and each owner's number of runs (one pass, cached). */

@@ -1,6 +1,6 @@
 /**
  * The overview strip: the whole namespace (2^20 PASIDs) left to right, one bar per device pixel
- * whose height is the share of its PASIDs that are allocated (any allocation shows at least two
+ * whose height is the share of its PASIDs that are allocated (any allocation shows at least four
  * pixels, so a few PASIDs never vanish), with the map's window outlined and everything outside it
  * shaded. A click moves the map's window there. Recounted at most every 200 ms under a stream of
  * events; the window outline follows the map at once.
@@ -41,21 +41,30 @@ export class Overview {
     });
   }
 
-  /** Draw soon: the window now, the counts within RECOUNT_MS. */
+  /**
+   * Draw soon: the window in the next frame, the counts (a pass over the namespace) outside the
+   * frame, at most every RECOUNT_MS, so they never hold up the map.
+   */
   schedule(): void {
-    if (this.#frame !== 0) return;
-    this.#frame = requestAnimationFrame(() => {
-      this.#frame = 0;
-      const stale = this.#countedAt !== this.#model.version;
-      const due = performance.now() - this.#lastCount >= RECOUNT_MS;
-      if (stale && !due) {
-        this.#timer ??= setTimeout(() => {
-          this.#timer = null;
-          this.schedule();
-        }, RECOUNT_MS);
-      }
-      this.#draw(stale && due);
-    });
+    if (this.#frame === 0) {
+      this.#frame = requestAnimationFrame(() => {
+        this.#frame = 0;
+        this.#draw(false);
+      });
+    }
+    if ((this.#countedAt !== this.#model.version || this.#counts.length !== this.#width()) && this.#timer === null) {
+      const wait = Math.max(0, this.#lastCount + RECOUNT_MS - performance.now());
+      this.#timer = setTimeout(() => {
+        this.#timer = null;
+        this.#draw(true);
+        if (this.#countedAt !== this.#model.version || this.#counts.length !== this.#width()) this.schedule();
+      }, wait);
+    }
+  }
+
+  /** The strip's width in device pixels (one bucket each). */
+  #width(): number {
+    return Math.max(1, Math.round(this.canvas.clientWidth * (window.devicePixelRatio || 1)));
   }
 
   #recount(buckets: number): void {
@@ -75,13 +84,13 @@ export class Overview {
   #draw(recount: boolean): void {
     const c = this.canvas;
     const dpr = window.devicePixelRatio || 1;
-    const W = Math.max(1, Math.round(c.clientWidth * dpr));
+    const W = this.#width();
     const H = Math.round((BARS_H + AXIS_H) * dpr);
     if (c.width !== W || c.height !== H) {
       c.width = W;
       c.height = H;
     }
-    if (recount || this.#counts.length !== W || this.#countedAt < 0) this.#recount(W);
+    if (recount) this.#recount(W);
     const ctx = c.getContext('2d');
     if (ctx === null) return;
     const bars = BARS_H * dpr;
@@ -89,12 +98,14 @@ export class Overview {
     ctx.fillStyle = FREE_CSS;
     ctx.fillRect(0, 0, W, bars);
     ctx.fillStyle = BAR_CSS;
-    const per = CAPACITY / W;
+    // Counts of another width (before the recount after a resize) are stretched to this one.
     const counts = this.#counts;
+    const per = CAPACITY / Math.max(1, counts.length);
+    const stretch = counts.length / W;
     for (let x = 0; x < W; x++) {
-      const n = counts[x] as number;
+      const n = counts[Math.floor(x * stretch)] ?? 0;
       if (n === 0) continue;
-      const h = Math.max(2 * dpr, Math.round((n / per) * bars));
+      const h = Math.max(4 * dpr, Math.round((n / per) * bars));
       ctx.fillRect(x, bars - h, 1, h);
     }
     // The map's window: shade outside it, outline it (at least 3 px wide, so a small one shows).
@@ -123,12 +134,5 @@ export class Overview {
     }
     c.dataset.windowStart = String(v.start);
     c.dataset.windowLast = String(lastShown(v));
-  }
-
-  /** Allocated PASIDs counted in the strip (the tests compare it with the model). */
-  get counted(): number {
-    let n = 0;
-    for (const x of this.#counts) n += x;
-    return n;
   }
 }
