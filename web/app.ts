@@ -10,7 +10,7 @@
  * Everything goes through the typed client; the page holds no rule of the domain.
  */
 import { IoasidClient, type AuthorityEvent, type NamespaceMap, type VmInfo } from '../src/service/client.ts';
-import { byId, errorCode, errorMessage, fill, fmtPasid, h, hex, parsePasid, swatch, throttle } from './dom.ts';
+import { afterFrame, byId, errorCode, errorMessage, fill, fmtPasid, h, hex, parsePasid, swatch, throttle } from './dom.ts';
 import { EventFeed } from './event-feed.ts';
 import { fmtRange, pasidsOf, toPageEvent, type PageEvent } from './events.ts';
 import { describeView } from './layout.ts';
@@ -663,15 +663,15 @@ class Dashboard {
     const legend = this.model.legend();
     // Runs cost a pass over the namespace: counted just after this frame, then the legend again.
     const summary = this.model.summaryIfCurrent();
-    if (summary === null && !this.#runsDue) {
+    if (summary === null && !this.#runsDue && this.model.loaded) {
       this.#runsDue = true;
-      setTimeout(() => {
+      afterFrame(() => {
         this.#runsDue = false;
         this.model.summary();
         this.#scheduleLegend();
-      }, 0);
+      });
     }
-    const { hi } = this.model.bounds();
+    const hi = this.model.loaded ? this.model.bounds().hi : -1;
     const used = CAPACITY - 1 - (this.model.owners[FREE]?.count ?? 0);
     this.#el.nsSummary.textContent = `${used.toLocaleString('en')} of ${(CAPACITY - 1).toLocaleString('en')} PASIDs allocated${hi > 0 ? `, the highest ${hex(hi)}` : ''}`;
     if (this.#selected !== null && this.model.owners[this.#selected]?.alive === false) this.#select(null);

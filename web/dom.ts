@@ -79,6 +79,11 @@ export function throttle(fn: () => void, ms: number): () => void {
   };
 }
 
+/** Run `fn` once the next frame is drawn (work that must not hold up the map's first picture). */
+export function afterFrame(fn: () => void): void {
+  requestAnimationFrame(() => setTimeout(fn, 0));
+}
+
 /** A colour swatch with the owner's pattern (decorative: the owner's name is always written beside it). */
 export function swatch(css: string, pattern = 0): HTMLSpanElement {
   const s = h('span', { class: 'swatch', 'aria-hidden': 'true', 'data-colour': css, 'data-pattern': pattern });

@@ -58,6 +58,8 @@ export class MapView {
   /** Cell column (or row) of each device pixel. */
   #cellOfPx = new Int32Array(0);
   #counts = new Uint32Array(0);
+  /** The model's cells two at a time (little-endian, as every browser is). */
+  readonly #words: Uint32Array;
   #palette = new Uint32Array(0);
   #highlight: number | null = null;
   #view: View;
@@ -80,6 +82,7 @@ export class MapView {
     this.#model = model;
     this.#opts = opts;
     this.#view = viewAt(levelAt(0, 1024), 0);
+    this.#words = new Uint32Array(model.cells.buffer, model.cells.byteOffset, model.cells.length >> 1);
     this.#rebuildPalette();
     model.on((c) => {
       if (c.kind === 'reset' || c.kind === 'owners') {
@@ -164,7 +167,7 @@ export class MapView {
     let v: View;
     if (this.#mode === 'whole') v = viewAt(levelAt(0, px), 0);
     else if (this.#mode === 'fit') {
-      const { lo, hi } = this.#model.bounds();
+      const { lo, hi } = this.#model.loaded ? this.#model.bounds() : { lo: -1, hi: -1 };
       this.#fittedAt = this.#model.version;
       v = lo < 0 ? viewAt(levelAt(0, px), 0) : frame(lo, hi, px);
     } else v = resize(this.#view, px);
@@ -205,7 +208,11 @@ export class MapView {
     if (this.#frame !== 0) return;
     this.#frame = requestAnimationFrame(() => {
       this.#frame = 0;
+      // Not displayed (before sign-in): nothing to draw; the resize observer calls again when it is.
+      if (this.canvas.clientWidth === 0) return;
       this.#sizeCanvas();
+      // Before the first map this paints an empty namespace: cheap, while the map is on its way,
+      // and it readies the painting code for the real one.
       if (this.#mode === 'fit' && this.#fittedAt !== this.#model.version) this.#relayout(false);
       this.#paint();
       this.#draw();
@@ -281,15 +288,20 @@ export class MapView {
     } else {
       const counts = this.#counts;
       const hl = this.#highlight ?? -1;
+      const words = this.#words;
       for (let i = first, p = v.start + first * k; i < end; i++, p += k) {
-        // Most cells of a busy namespace are one owner's run: no counting for those.
-        const c0 = cells[p] as number;
-        let j = p + 1;
-        while (j < p + k && cells[j] === c0) j++;
-        if (j === p + k) {
-          shown[i] = c0;
-          px[i] = pal[c0] as number;
-          continue;
+        // Most cells of a busy namespace are one owner's run: no counting for those. Two cells
+        // at a time (k is even and p a multiple of k): both halves of every word alike.
+        const w0 = words[p >> 1] as number;
+        if ((w0 & 0xffff) === w0 >>> 16) {
+          let j = (p >> 1) + 1;
+          const end = (p + k) >> 1;
+          while (j < end && words[j] === w0) j++;
+          if (j === end) {
+            shown[i] = w0 & 0xffff;
+            px[i] = pal[w0 & 0xffff] as number;
+            continue;
+          }
         }
         let best = FREE;
         let bestN = 0;

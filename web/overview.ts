@@ -8,6 +8,7 @@
 import { CAPACITY, lastShown } from './layout.ts';
 import type { MapView } from './map-view.ts';
 import { FREE_CSS } from './colors.ts';
+import { afterFrame } from './dom.ts';
 import type { NamespaceModel } from './model.ts';
 
 const BAR_CSS = '#7fb2d6';
@@ -52,12 +53,14 @@ export class Overview {
         this.#draw(false);
       });
     }
-    if ((this.#countedAt !== this.#model.version || this.#counts.length !== this.#width()) && this.#timer === null) {
+    if (this.#model.loaded && (this.#countedAt !== this.#model.version || this.#counts.length !== this.#width()) && this.#timer === null) {
       const wait = Math.max(0, this.#lastCount + RECOUNT_MS - performance.now());
       this.#timer = setTimeout(() => {
-        this.#timer = null;
-        this.#draw(true);
-        if (this.#countedAt !== this.#model.version || this.#counts.length !== this.#width()) this.schedule();
+        afterFrame(() => {
+          this.#timer = null;
+          this.#draw(true);
+          if (this.#countedAt !== this.#model.version || this.#counts.length !== this.#width()) this.schedule();
+        });
       }, wait);
     }
   }
