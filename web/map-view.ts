@@ -303,21 +303,37 @@ export class MapView {
             continue;
           }
         }
+        // The owner that first holds the most of the cell's PASIDs (ties: the first to get there).
         let best = FREE;
         let bestN = 0;
         let hasHl = false;
-        for (let j = p; j < p + k; j++) {
-          const o = cells[j] as number;
-          if (o === FREE) continue;
-          const n = ((counts[o] as number) + 1) | 0;
-          counts[o] = n;
-          if (n > bestN) {
-            bestN = n;
-            best = o;
+        if (k <= 16) {
+          // Few PASIDs: count each one's owner among those before it (no table to clear).
+          for (let j = p; j < p + k; j++) {
+            const o = cells[j] as number;
+            if (o === FREE) continue;
+            let n = 1;
+            for (let q = p; q < j; q++) if (cells[q] === o) n++;
+            if (n > bestN) {
+              bestN = n;
+              best = o;
+            }
+            if (o === hl) hasHl = true;
           }
-          if (o === hl) hasHl = true;
+        } else {
+          for (let j = p; j < p + k; j++) {
+            const o = cells[j] as number;
+            if (o === FREE) continue;
+            const n = ((counts[o] as number) + 1) | 0;
+            counts[o] = n;
+            if (n > bestN) {
+              bestN = n;
+              best = o;
+            }
+            if (o === hl) hasHl = true;
+          }
+          if (bestN > 0) for (let j = p; j < p + k; j++) counts[cells[j] as number] = 0;
         }
-        if (bestN > 0) for (let j = p; j < p + k; j++) counts[cells[j] as number] = 0;
         const o = hasHl ? hl : best;
         shown[i] = o;
         px[i] = pal[o] as number;
