@@ -103,6 +103,7 @@ class Dashboard {
       },
       onView: () => {
         this.#describeView();
+        this.#describeCursor(this.map.cursor);
         this.overview.schedule();
       },
       onKey: (ev) => {
@@ -614,6 +615,7 @@ class Dashboard {
   // ---------------------------------------------------------------- text
 
   #describe(p: number): string {
+    if (p === 0) return 'PASID 0x00000 (0) · no PASID (reserved: requests without a PASID)';
     const o = this.model.ownerAt(p);
     const owner = o.index === FREE ? 'free' : o.id === null ? 'the host' : o.label;
     const bound = this.model.bound.get(p);
@@ -621,7 +623,9 @@ class Dashboard {
   }
 
   #describeCursor(p: number): void {
-    this.#el.cursor.textContent = `Cursor: ${this.#describe(p)}`;
+    const k = this.map.view.perCell;
+    const first = Math.floor(p / k) * k;
+    this.#el.cursor.textContent = `Cursor: ${this.#describe(p)}${k > 1 ? ` · its cell ${this.#describeCell(first, k)}` : ''}`;
   }
 
   /** A cell of several PASIDs: its range and who holds how many of them. */
