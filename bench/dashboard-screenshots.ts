@@ -78,7 +78,7 @@ async function smallHost(ctx: BrowserContext, path: string): Promise<void> {
       tokens.set(vm.id, new IoasidClient({ url: server.url, token }));
     }
     const rnd = new XorShift32(11);
-    for (let round = 0; round < 7; round++) {
+    for (let round = 0; round < 8; round++) {
       for (const vm of fleet) {
         if (rnd.below(4) === 0) continue;
         const n = vm.batch * (1 + rnd.below(2));
@@ -123,6 +123,19 @@ async function smallHost(ctx: BrowserContext, path: string): Promise<void> {
     await page.evaluate(() => window.scrollTo(0, 0));
     await page.locator('#map').focus();
     await page.keyboard.press('f'); // frame the allocated PASIDs (the default view)
+    await sleep(200);
+    // Open a bound PASID of db-primary by clicking its cell (the window stays as it is).
+    const bound = (await db.getVm('db-primary')).bindings[1]?.pasid ?? 1;
+    const at = await page.evaluate((p) => {
+      const c = document.getElementById('map') as HTMLCanvasElement;
+      const cols = Number(c.dataset.cols);
+      const i = Math.floor((p - Number(c.dataset.start)) / Number(c.dataset.perCell));
+      const r = c.getBoundingClientRect();
+      return { x: r.left + (((i % cols) + 0.5) * r.width) / cols, y: r.top + ((Math.floor(i / cols) + 0.5) * r.height) / cols };
+    }, bound);
+    await page.mouse.click(at.x, at.y);
+    await page.locator('#detail-body dd[data-owner="db-primary"]').waitFor();
+    await page.mouse.move(at.x + 40, at.y + 25); // the pointer readout, on a neighbour
     await sleep(400);
     const n = await page.evaluate(() => document.getElementById('ns-summary')?.textContent ?? '');
     await page.locator('#map').blur();

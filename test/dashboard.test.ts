@@ -203,6 +203,13 @@ describe('dashboard in headless Chromium', { skip, timeout: 120_000 }, () => {
     await page.keyboard.press('f');
     assert.equal(await page.getAttribute('#zoom-fit', 'aria-pressed'), 'true');
     assert.match(await readout(), /^PASIDs 0x0–0x3f \(64\)/);
+    // The details bring their PASID back under the cursor.
+    await page.keyboard.press('ArrowDown');
+    await page.keyboard.press('ArrowDown');
+    await page.locator('#cursor-status', { hasText: 'PASID 0x00017 (23)' }).waitFor({ timeout: 2000 });
+    await page.click('#detail-body button[data-show-pasid="7"]');
+    await page.locator('#cursor-status', { hasText: 'PASID 0x00007 (7)' }).waitFor({ timeout: 2000 });
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'map');
   });
 
   it('the register inspector decodes VCCAP, VCMD and VCRSP after a VCMD command, and lists the command', async () => {

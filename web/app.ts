@@ -13,7 +13,7 @@ import { IoasidClient, type AuthorityEvent, type NamespaceMap, type VmInfo } fro
 import { afterFrame, byId, errorCode, errorMessage, fill, fmtPasid, h, hex, parsePasid, swatch, throttle } from './dom.ts';
 import { EventFeed } from './event-feed.ts';
 import { fmtRange, pasidsOf, toPageEvent, type PageEvent } from './events.ts';
-import { describeView } from './layout.ts';
+import { describeView, lastShown } from './layout.ts';
 import { MapView } from './map-view.ts';
 import { CAPACITY, FREE, HOST, NamespaceModel, type Owner } from './model.ts';
 import { Overview } from './overview.ts';
@@ -147,7 +147,12 @@ class Dashboard {
     });
     this.inspector = new RegisterInspector(byId('regs-form', HTMLFormElement), byId('regs-vm', HTMLSelectElement), byId('regs-seg', HTMLSelectElement),
       byId('regs-out', HTMLElement), byId('regs-status', HTMLElement));
-    this.detail = new PasidDetail(byId('detail', HTMLElement), byId('detail-h', HTMLElement), byId('detail-body', HTMLElement), byId('detail-close', HTMLButtonElement), this.model);
+    this.detail = new PasidDetail(byId('detail', HTMLElement), byId('detail-h', HTMLElement), byId('detail-body', HTMLElement), byId('detail-close', HTMLButtonElement), this.model,
+      (p) => {
+        this.map.moveTo(p, !this.#inView(p));
+        el.canvas.focus({ preventScroll: true });
+        byId('map-h', HTMLElement).scrollIntoView({ block: 'nearest' });
+      });
 
     this.model.onGap = () => void this.resync();
     this.model.on((c) => {
@@ -545,6 +550,11 @@ class Dashboard {
     el.goto.removeAttribute('aria-invalid');
     el.gotoError.textContent = '';
     void this.openPasid(p, true);
+  }
+
+  #inView(p: number): boolean {
+    const v = this.map.view;
+    return p >= v.start && p <= lastShown(v);
   }
 
   // ---------------------------------------------------------------- owners

@@ -1,6 +1,7 @@
 /**
  * The PASID detail view: owner, bound devices and history (`GET /v1/pasids/:pasid`), refreshed
- * when an event about that PASID arrives. A free PASID with no history is reported as such.
+ * when an event about that PASID arrives, and a button that brings it into view on the map. A
+ * free PASID with no history is reported as such.
  */
 import type { IoasidClient, PasidInfo } from '../src/service/client.ts';
 import { describeEvent, toPageEvent } from './events.ts';
@@ -17,12 +18,16 @@ export class PasidDetail {
   #ticket = 0;
   readonly #later = throttle(() => void this.refresh(), 250);
 
-  constructor(panel: HTMLElement, title: HTMLElement, body: HTMLElement, close: HTMLButtonElement, model: NamespaceModel) {
+  constructor(panel: HTMLElement, title: HTMLElement, body: HTMLElement, close: HTMLButtonElement, model: NamespaceModel, onShow: (pasid: number) => void) {
     this.#panel = panel;
     this.#title = title;
     this.#body = body;
     this.#model = model;
     close.addEventListener('click', () => this.close());
+    body.addEventListener('click', (ev) => {
+      const b = (ev.target as Element).closest('button');
+      if (b?.dataset.showPasid !== undefined) onShow(Number(b.dataset.showPasid));
+    });
   }
 
   setClient(c: IoasidClient | null): void {
@@ -70,9 +75,7 @@ export class PasidDetail {
       fill(this.#body, h('p', { class: 'error' }, `Could not load PASID ${pasid}: ${error}`));
       return;
     }
-    const row = pasid >> 10;
-    const col = pasid & 1023;
-    const where = h('p', { class: 'muted' }, `Map row ${row}, column ${col}.`);
+    const where = h('p', {}, h('button', { type: 'button', class: 'link', 'data-show-pasid': pasid }, 'Show it on the map'));
     if (info === null) {
       fill(this.#body, h('dl', {}, h('dt', {}, 'Owner'), h('dd', { 'data-owner': '' }, 'free')), h('p', {}, 'Not allocated, and no history since the service started.'), where);
       return;
