@@ -341,7 +341,7 @@ class Dashboard {
     });
     openP.catch(() => {});
     this.#stopEvents = client.events((e) => {
-      if (!stale()) this.#onEvent(toPageEvent(e));
+      if (!stale()) this.#onEvent(e);
     }, {
       onOpen: () => {
         if (stale()) return;
@@ -461,7 +461,8 @@ class Dashboard {
     this.#describeCursor(this.map.cursor);
   }
 
-  #onEvent(e: PageEvent): void {
+  #onEvent(raw: AuthorityEvent): void {
+    const e = toPageEvent(raw);
     if (this.#live) {
       this.#buffer?.push(e);
       this.model.apply(e);
@@ -603,14 +604,13 @@ class Dashboard {
     const runs = this.model.runsOf(o.index);
     const n = runs.length / 2;
     const name = ownerName(o);
-    el.runPrev.disabled = n < 2 && this.#run >= 0;
-    el.runNext.disabled = n < 2 && this.#run >= 0;
+    // Disabled only when there is nothing to frame (a button that loses focus under the user is worse).
+    el.runPrev.disabled = el.runNext.disabled = el.runAll.disabled = n === 0;
     if (n === 0) {
       el.runsStatus.textContent = `${name} holds no PASIDs.`;
-      el.runPrev.disabled = el.runNext.disabled = el.runAll.disabled = true;
       return;
     }
-    el.runAll.disabled = this.#run < 0;
+    if (this.#run >= n) this.#run = n - 1; // its runs merged or went since
     const head = `${name}: ${o.count.toLocaleString('en')} PASID${o.count === 1 ? '' : 's'} in ${n.toLocaleString('en')} run${n === 1 ? '' : 's'}.`;
     if (this.#run < 0) {
       const last = (runs[2 * n - 2] as number) + (runs[2 * n - 1] as number) - 1;

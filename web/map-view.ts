@@ -20,7 +20,7 @@
  */
 import { dim, PATTERN_INK, pixelOf, luminance, traceDot, tracePattern } from './colors.ts';
 import {
-  CAPACITY, capacityAt, cellOf, frame, lastShown, levelAt, MAX_ZOOM, pasidAt, resize, rowSpan, viewAt, zoomAround, type View,
+  CAPACITY, capacityAt, cellOf, frame, lastShown, levelAt, pasidAt, resize, rowSpan, viewAt, zoomAround, type View,
 } from './layout.ts';
 import { FREE, type NamespaceModel } from './model.ts';
 
@@ -571,4 +571,3 @@ export class MapView {
   }
 }
 
-export { MAX_ZOOM };
