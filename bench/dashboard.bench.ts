@@ -10,18 +10,15 @@
  * every response, the browser cache disabled), over several loads. Targets: < 1 s, < 1 MiB.
  *
  *   npm run bench:dashboard                       # or: node --import tsx bench/dashboard.bench.ts
- *   node --import tsx bench/dashboard.bench.ts --screenshot docs/dashboard.png
  *
- * `--screenshot PATH` also renders a smaller, varied namespace (a dozen VMs, bindings, holes, a
- * VCMD command, a PASID opened) and saves a full-page screenshot there.
+ * The pictures in docs/ come from bench/dashboard-screenshots.ts.
  */
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { chromium, type BrowserContext, type CDPSession, type Page } from 'playwright-core';
 import { startServer, type RunningServer } from '../src/service/server.ts';
 import { IoasidClient } from '../src/service/client.ts';
-import { encodeVcmd, registerOffset, VCMD_CMD } from '../src/vtd/index.ts';
 import { median, saveResult, XorShift32 } from './util.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -32,10 +29,6 @@ const VMS = 100;
 const LOADS = 5;
 const MiB = 1 << 20;
 const TARGET_MS = 1000;
-
-const argv = process.argv.slice(2);
-const shotAt = argv.indexOf('--screenshot');
-const screenshot = shotAt >= 0 ? resolve(argv[shotAt + 1] ?? 'docs/dashboard.png') : null;
 
 if (!existsSync(CHROMIUM)) {
   console.log(`dashboard bench skipped: ${CHROMIUM} is absent (install Debian's chromium)`);
@@ -165,69 +158,10 @@ async function scenario(ctx: BrowserContext, layout: 'batched' | 'random'): Prom
   }
 }
 
-/** A smaller, varied namespace for the README's picture. */
-async function showcase(ctx: BrowserContext, path: string): Promise<void> {
-  const server = await serve();
-  try {
-    const a = server.authority;
-    const names = ['web-frontend', 'db-primary', 'db-replica', 'ml-train-0', 'ml-train-1', 'ci-runner', 'cache', 'analytics', 'batch-etl', 'gateway', 'search', 'storage'];
-    const tokens = new Map<string, string>();
-    for (const [i, id] of names.entries()) {
-      const { token } = await a.createVm({
-        id, quota: 50_000 + i * 9_000,
-        viommus: [{ segment: 0, layout: i % 3 === 0 ? 'A' : 'B', ...(i % 3 === 2 ? { rangeExtension: true } : {}) }],
-        devices: [{ bdf: `0000:00:${String(2 + i).padStart(2, '0')}.0`, pasidBits: 20 }, ...(i % 4 === 0 ? [{ bdf: `0000:01:${String(i).padStart(2, '0')}.0`, pasidBits: 16 }] : [])],
-      });
-      tokens.set(id, token);
-    }
-    const rnd = new XorShift32(7);
-    const target = 780_000;
-    for (let round = 0; round < 90 && a.host.space.size < target; round++) {
-      for (const [i, id] of names.entries()) {
-        if (rnd.below(3) === 0 || a.host.space.size >= target) continue;
-        const vm = a.vm(id);
-        const left = vm.quota - a.host.space.setCount(vm.set);
-        const count = Math.min(left, 256 + rnd.below(1536 + i * 192));
-        if (count > 0) await a.allocPasids(id, { count });
-      }
-    }
-    // Holes: some VMs give back part of what they hold.
-    for (const id of ['ci-runner', 'batch-etl', 'ml-train-1']) {
-      const ps = a.vm(id).pasids();
-      for (let k = 0; k < ps.length; k++) if (rnd.below(10) < 4) await a.freePasid(id, ps[k] as number);
-    }
-    for (const [i, id] of names.entries()) {
-      const ps = a.vm(id).pasids();
-      for (let k = 0; k < 3 && k < ps.length; k++) await a.bind(id, ps[k * 97] ?? (ps[0] as number), `0000:00:${String(2 + i).padStart(2, '0')}.0`);
-    }
-    const page = await ctx.newPage();
-    await page.setViewportSize({ width: 1440, height: 1000 });
-    await page.goto(server.url);
-    await page.waitForSelector('html[data-rendered="true"]', { timeout: 30_000 });
-    // Live activity the page sees: a guest allocates through VCMD, a device is bound.
-    const vm = new IoasidClient({ url: server.url, token: tokens.get('db-primary') as string });
-    await vm.mmioWrite('db-primary', 0, registerOffset('B', 'VCMD_REG'), encodeVcmd('B', VCMD_CMD.ALLOCATE), 8);
-    await new Promise((r) => setTimeout(r, 100));
-    const [p] = await vm.allocPasids('db-primary');
-    await vm.bind('db-primary', p as number, '0000:00:03.0');
-    await page.click('tr[data-vm="db-primary"] button[data-segment="0"]');
-    await page.locator('#regs-status', { hasText: 'Registers of db-primary' }).waitFor();
-    await page.fill('#goto', String(p));
-    await page.press('#goto', 'Enter');
-    await page.locator('#detail-body dd[data-owner="db-primary"]').waitFor();
-    await page.locator('#map').focus();
-    await page.keyboard.press('0'); // the whole namespace, cursor on the PASID opened
-    await new Promise((r) => setTimeout(r, 300));
-    await page.screenshot({ path, fullPage: true });
-    await page.close();
-    console.log(`screenshot: ${path}`);
-  } finally {
-    await server.close();
-  }
-}
-
 const ctx = await chromium.launchPersistentContext(join(dir, 'profile'), { executablePath: CHROMIUM, headless: true, args: ARGS, viewport: { width: 1440, height: 1000 } });
-await ctx.addInitScript((token) => sessionStorage.setItem('ioasid.adminToken', token), ADMIN);
+await ctx.addInitScript((token) => {
+  if (location.protocol === 'http:') sessionStorage.setItem('ioasid.adminToken', token);
+}, ADMIN);
 try {
   const probe = await ctx.newPage();
   const browser = (await probe.evaluate(() => navigator.userAgent)).match(/(?:Headless)?Chrome\/[\d.]+/)?.[0] ?? 'unknown';
@@ -248,10 +182,6 @@ try {
     pass: { renderMs: medianMs < TARGET_MS, bytes: worstBytes < MiB },
   });
   console.log(`first full render ${medianMs} ms (slower layout's median; slowest single load ${worstMs} ms; target < ${TARGET_MS}), at most ${(worstBytes / 1024).toFixed(0)} KiB transferred (target < 1024 KiB) -> ${path}`);
-  if (screenshot !== null) {
-    await ctx.clearCookies();
-    await showcase(ctx, screenshot);
-  }
 } finally {
   await ctx.close();
   rmSync(dir, { recursive: true, force: true });

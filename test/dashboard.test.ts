@@ -23,24 +23,42 @@ const skip = existsSync(CHROMIUM) ? false : `${CHROMIUM} is absent: install Debi
 
 const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 
-/** The CSS pixel at the centre of a PASID's cell on the map canvas, and the colour drawn there. */
+/**
+ * The CSS pixel at the centre of a PASID's cell on the map canvas, and the colour drawn in the cell
+ * (the commonest of the device pixels the map gives it: pixel x shows column
+ * floor((x + 0.5) * cols / width); a pattern's stroke or a binding's ring covers only part).
+ */
 async function cellColour(page: Page, pasid: number): Promise<{ x: number; y: number; rgb: string } | null> {
   return page.evaluate((p) => {
     const c = document.getElementById('map') as HTMLCanvasElement;
-    const [vx, vy, vc] = (c.dataset.view ?? '0,0,1024').split(',').map(Number) as [number, number, number];
-    const col = (p & 1023) - vx;
-    const row = (p >> 10) - vy;
-    if (col < 0 || row < 0 || col >= vc || row >= vc) return null;
-    const cell = c.width / vc;
-    const px = c.getContext('2d')?.getImageData(Math.floor((col + 0.5) * cell), Math.floor((row + 0.5) * cell), 1, 1).data;
+    const start = Number(c.dataset.start);
+    if (p < start || p > Number(c.dataset.last)) return null;
+    const cols = Number(c.dataset.cols);
+    const i = Math.floor((p - start) / Number(c.dataset.perCell));
+    const [col, row] = [i % cols, Math.floor(i / cols)];
+    const W = c.width;
+    const x0 = Math.max(0, Math.floor((col * W) / cols) - 1);
+    const y0 = Math.max(0, Math.floor((row * W) / cols) - 1);
+    const n = Math.ceil(W / cols) + 2;
+    const d = c.getContext('2d')?.getImageData(x0, y0, n, n).data ?? new Uint8ClampedArray();
+    const votes = new Map<string, number>();
+    for (let y = y0; y < Math.min(W, y0 + n); y++) {
+      for (let x = x0; x < Math.min(W, x0 + n); x++) {
+        // (inline: tsx would wrap an inner function in a helper the page lacks)
+        if (Math.min(cols - 1, Math.floor(((x + 0.5) * cols) / W)) !== col || Math.min(cols - 1, Math.floor(((y + 0.5) * cols) / W)) !== row) continue;
+        const k = ((y - y0) * n + (x - x0)) * 4;
+        const rgb = `rgb(${d[k]}, ${d[k + 1]}, ${d[k + 2]})`;
+        votes.set(rgb, (votes.get(rgb) ?? 0) + 1);
+      }
+    }
     const r = c.getBoundingClientRect();
-    return { x: r.left + ((col + 0.5) * r.width) / vc, y: r.top + ((row + 0.5) * r.height) / vc, rgb: px ? `rgb(${px[0]}, ${px[1]}, ${px[2]})` : '' };
+    return { x: r.left + ((col + 0.5) * r.width) / cols, y: r.top + ((row + 0.5) * r.height) / cols, rgb: [...votes].sort((a, b) => b[1] - a[1])[0]?.[0] ?? '' };
   }, pasid);
 }
 
 /** The colour the legend shows for an owner. */
 function legendColour(page: Page, label: string): Promise<string> {
-  return page.locator('#legend button', { hasText: label }).locator('.swatch').evaluate((s) => getComputedStyle(s).backgroundColor);
+  return page.locator('#legend li', { hasText: label }).locator('.swatch').evaluate((s) => getComputedStyle(s).backgroundColor);
 }
 
 describe('dashboard in headless Chromium', { skip, timeout: 120_000 }, () => {
@@ -87,7 +105,7 @@ describe('dashboard in headless Chromium', { skip, timeout: 120_000 }, () => {
     assert.equal(await page.evaluate(() => sessionStorage.getItem('ioasid.adminToken')), null, 'a refused token is not kept');
   });
 
-  it('signing in shows the whole map, the owners and the VM table; the token lives in sessionStorage only', async () => {
+  it('signing in frames the allocated PASIDs and shows the owners and the VM table; the token lives in sessionStorage only', async () => {
     await page.fill('#token', ADMIN);
     await page.click('#signin-submit');
     await page.waitForSelector('html[data-rendered="true"]', { timeout: 10_000 });
@@ -103,10 +121,18 @@ describe('dashboard in headless Chromium', { skip, timeout: 120_000 }, () => {
     assert.match((await rowA.textContent()) ?? '', /0 \/ 8/);
     assert.match((await rowA.textContent()) ?? '', /layout B \(VT-d 3\.3\+\) · range extension/);
     assert.match((await rowA.textContent()) ?? '', /0000:00:02\.0 · seg 0 · 20-bit PASIDs/);
-    // The map is drawn: vm-b's first PASID has vm-b's colour once zoomed in on it.
+    // The map frames the 5 allocated PASIDs (the smallest window, 64 PASIDs), vm-b's colour on them.
+    assert.equal(await page.getAttribute('#map', 'data-mode'), 'fit');
+    assert.equal(await page.textContent('#zoom-readout'), 'PASIDs 0x0–0x3f (64) · 1 PASID per cell · 8 cells per row');
+    assert.equal((await cellColour(page, 2))?.rgb, await legendColour(page, 'vm-b'));
+    // From the whole namespace, Go to a PASID zooms in to a 32 x 32 window around it.
+    await page.click('#zoom-reset');
+    await page.waitForFunction(() => (document.getElementById('map') as HTMLCanvasElement).dataset.zoom === '0');
+    assert.equal(await page.getAttribute('#zoom-reset', 'aria-pressed'), 'true');
+    assert.equal(await page.getAttribute('#zoom-fit', 'aria-pressed'), 'false');
     await page.fill('#goto', '1');
     await page.press('#goto', 'Enter');
-    await page.waitForFunction(() => (document.getElementById('map') as HTMLCanvasElement).dataset.view?.endsWith(',32'));
+    await page.waitForFunction(() => (document.getElementById('map') as HTMLCanvasElement).dataset.zoom === '5');
     assert.equal((await cellColour(page, 2))?.rgb, await legendColour(page, 'vm-b'));
     assert.equal(await page.evaluate(() => sessionStorage.getItem('ioasid.adminToken')), ADMIN);
     assert.equal(await page.evaluate(() => localStorage.length), 0);
@@ -127,13 +153,9 @@ describe('dashboard in headless Chromium', { skip, timeout: 120_000 }, () => {
     let t0 = Date.now();
     const [pasid] = await vmA.allocPasids('vm-a');
     assert.equal(pasid, 6);
-    await page.waitForFunction(([p, want]) => {
-      const c = document.getElementById('map') as HTMLCanvasElement;
-      const [vx, vy, vc] = (c.dataset.view ?? '').split(',').map(Number) as [number, number, number];
-      const cell = c.width / vc;
-      const d = c.getContext('2d')?.getImageData(Math.floor(((p & 1023) - vx + 0.5) * cell), Math.floor(((p >> 10) - vy + 0.5) * cell), 1, 1).data;
-      return d !== undefined && `rgb(${d[0]}, ${d[1]}, ${d[2]})` === want;
-    }, [6, colourA] as const, { timeout: LIVE_MS });
+    for (let t = Date.now(); (await cellColour(page, 6))?.rgb !== colourA; await new Promise((r) => setTimeout(r, 10))) {
+      assert.ok(Date.now() - t < LIVE_MS, `PASID 6 not in vm-a's colour after ${LIVE_MS} ms`);
+    }
     await page.locator('tr[data-vm="vm-a"]', { hasText: '1 / 8' }).waitFor({ timeout: LIVE_MS });
     await page.locator('#cursor-status', { hasText: 'vm-a' }).waitFor({ timeout: LIVE_MS });
     const allocMs = Date.now() - t0;
@@ -165,15 +187,29 @@ describe('dashboard in headless Chromium', { skip, timeout: 120_000 }, () => {
     await page.keyboard.press('Enter');
     await page.locator('#detail-h', { hasText: 'PASID 0x00007 (7)' }).waitFor({ timeout: 5000 });
     await page.locator('#detail-body', { hasText: 'Not allocated' }).waitFor({ timeout: 5000 });
-    const zoom = async () => (await page.textContent('#zoom-readout')) ?? '';
-    assert.match(await zoom(), /^×32 /);
+    // Zoom keys: each step shows a quarter (or four times) as many PASIDs, and the readout says which.
+    const readout = async () => (await page.textContent('#zoom-readout')) ?? '';
+    assert.match(await readout(), /^PASIDs 0x0–0x3f \(64\) · 1 PASID per cell · 8 cells per row$/);
+    await page.keyboard.press('-');
+    assert.match(await readout(), /^PASIDs 0x0–0xff \(256\) · 1 PASID per cell · 16 cells per row$/);
+    await page.keyboard.press('-');
+    assert.match(await readout(), /^PASIDs 0x0–0x3ff \(1,024\) · 1 PASID per cell · 32 cells per row$/);
+    assert.equal(await page.getAttribute('#zoom-fit', 'aria-pressed'), 'false', 'zooming leaves the fitted frame');
     await page.keyboard.press('+');
-    assert.match(await zoom(), /^×64 /);
-    await page.keyboard.press('-');
-    await page.keyboard.press('-');
-    assert.match(await zoom(), /^×16 /);
+    assert.match(await readout(), /^PASIDs 0x0–0xff \(256\) · 1 PASID per cell · 16 cells per row$/);
     await page.keyboard.press('0');
-    assert.match(await zoom(), /^×1 /);
+    assert.match(await readout(), /^PASIDs 0x0–0xfffff \(1,048,576\) · \d+ PASIDs? per cell · \d+ cells per row$/);
+    assert.equal(await page.getAttribute('#zoom-reset', 'aria-pressed'), 'true');
+    await page.keyboard.press('f');
+    assert.equal(await page.getAttribute('#zoom-fit', 'aria-pressed'), 'true');
+    assert.match(await readout(), /^PASIDs 0x0–0x3f \(64\)/);
+    // The details bring their PASID back under the cursor.
+    await page.keyboard.press('ArrowDown');
+    await page.keyboard.press('ArrowDown');
+    await page.locator('#cursor-status', { hasText: 'PASID 0x00017 (23)' }).waitFor({ timeout: 2000 });
+    await page.click('#detail-body button[data-show-pasid="7"]');
+    await page.locator('#cursor-status', { hasText: 'PASID 0x00007 (7)' }).waitFor({ timeout: 2000 });
+    assert.equal(await page.evaluate(() => document.activeElement?.id), 'map');
   });
 
   it('the register inspector decodes VCCAP, VCMD and VCRSP after a VCMD command, and lists the command', async () => {

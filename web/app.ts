@@ -10,10 +10,13 @@
  * Everything goes through the typed client; the page holds no rule of the domain.
  */
 import { IoasidClient, type AuthorityEvent, type NamespaceMap, type VmInfo } from '../src/service/client.ts';
-import { byId, errorCode, errorMessage, fill, fmtPasid, h, hex, parsePasid, swatch, throttle } from './dom.ts';
+import { afterFrame, byId, errorCode, errorMessage, fill, fmtPasid, h, hex, parsePasid, swatch, throttle } from './dom.ts';
 import { EventFeed } from './event-feed.ts';
-import { GRID, MapView } from './map-view.ts';
-import { CAPACITY, FREE, NamespaceModel } from './model.ts';
+import { fmtRange, pasidsOf, toPageEvent, type PageEvent } from './events.ts';
+import { describeView, lastShown } from './layout.ts';
+import { MapView } from './map-view.ts';
+import { CAPACITY, FREE, HOST, NamespaceModel, type Owner } from './model.ts';
+import { Overview } from './overview.ts';
 import { PasidDetail } from './pasid-detail.ts';
 import { RegisterInspector } from './register-inspector.ts';
 import { VmTable } from './vm-table.ts';
@@ -27,6 +30,7 @@ const STRUCTURAL = new Set(['vm-created', 'vm-destroyed', 'viommu-added', 'viomm
 class Dashboard {
   readonly model = new NamespaceModel();
   readonly map: MapView;
+  readonly overview: Overview;
   readonly vms: VmTable;
   readonly feed: EventFeed;
   readonly inspector: RegisterInspector;
@@ -44,6 +48,14 @@ class Dashboard {
     canvas: byId('map', HTMLCanvasElement),
     nsSummary: byId('ns-summary', HTMLElement),
     zoomReadout: byId('zoom-readout', HTMLElement),
+    fit: byId('zoom-fit', HTMLButtonElement),
+    whole: byId('zoom-reset', HTMLButtonElement),
+    runs: byId('runs', HTMLElement),
+    runsStatus: byId('runs-status', HTMLElement),
+    runPrev: byId('run-prev', HTMLButtonElement),
+    runNext: byId('run-next', HTMLButtonElement),
+    runAll: byId('run-all', HTMLButtonElement),
+    ownerClear: byId('owner-clear', HTMLButtonElement),
     cursor: byId('cursor-status', HTMLElement),
     hover: byId('hover-status', HTMLElement),
     legend: byId('legend', HTMLUListElement),
@@ -60,9 +72,14 @@ class Dashboard {
   #signedIn = false;
   /** Stream events are applied to the model (else held until the map and the stream line up). */
   #live = false;
-  #held: AuthorityEvent[] = [];
+  #held: PageEvent[] = [];
   /** While live, events received during a map reload (re-applied on top of it). */
-  #buffer: AuthorityEvent[] | null = null;
+  #buffer: PageEvent[] | null = null;
+  /** The owner pressed in the legend (its PASIDs framed, the others dimmed), and which run is framed (-1: all). */
+  #selected: number | null = null;
+  #run = -1;
+  /** The legend's run counts are being counted (after the current frame). */
+  #runsDue = false;
   #mapDrawn = false;
   /** The stream opened before in this session (a reopened stream may be a restarted service's). */
   #streamOpened = false;
@@ -81,10 +98,30 @@ class Dashboard {
     this.map = new MapView(el.canvas, this.model, {
       onOpen: (p) => void this.openPasid(p),
       onCursor: (p) => this.#describeCursor(p),
-      onHover: (p) => {
-        el.hover.textContent = p === null || p === 0 ? '' : `Pointer: ${this.#describe(p)}`;
+      onHover: (cell) => {
+        el.hover.textContent = cell === null ? '' : `Pointer: ${cell.count === 1 ? this.#describe(cell.first) : this.#describeCell(cell.first, cell.count)}`;
       },
-      onView: () => this.#describeView(),
+      onView: () => {
+        this.#describeView();
+        this.#describeCursor(this.map.cursor);
+        this.overview.schedule();
+      },
+      onKey: (ev) => {
+        if (ev.key === ']' || ev.key === '[') {
+          if (this.#selected === null) return false;
+          this.#step(ev.key === ']' ? 1 : -1);
+          return true;
+        }
+        if (ev.key === 'Escape' && this.#selected !== null) {
+          this.#select(null);
+          return true;
+        }
+        return false;
+      },
+    });
+    this.overview = new Overview(byId('overview', HTMLCanvasElement), this.model, this.map, (p) => {
+      if (this.map.view.zoom === 0) this.map.zoomBy(1, p);
+      this.map.moveTo(p, true);
     });
     this.vms = new VmTable(byId('vms-body', HTMLTableSectionElement), byId('vms-summary', HTMLElement), this.model, {
       onInspect: (vm, seg) => {
@@ -93,11 +130,29 @@ class Dashboard {
         byId('inspector', HTMLElement).scrollIntoView({ block: 'start' });
       },
       onPasid: (p) => void this.openPasid(p, true),
+      onShow: (vm) => {
+        const o = this.model.find(vm);
+        if (o === undefined) return;
+        this.#select(o.index);
+        byId('map-h', HTMLElement).scrollIntoView({ block: 'start' });
+        el.canvas.focus({ preventScroll: true });
+      },
     });
-    this.feed = new EventFeed(byId('feed', HTMLOListElement), byId('feed-count', HTMLElement), (p) => void this.openPasid(p, true));
+    this.feed = new EventFeed(byId('feed', HTMLOListElement), byId('feed-count', HTMLElement), {
+      onPasid: (p) => void this.openPasid(p, true),
+      onRange: (a, b) => {
+        this.map.frameRange(a, b);
+        byId('map-h', HTMLElement).scrollIntoView({ block: 'start' });
+      },
+    });
     this.inspector = new RegisterInspector(byId('regs-form', HTMLFormElement), byId('regs-vm', HTMLSelectElement), byId('regs-seg', HTMLSelectElement),
       byId('regs-out', HTMLElement), byId('regs-status', HTMLElement));
-    this.detail = new PasidDetail(byId('detail', HTMLElement), byId('detail-h', HTMLElement), byId('detail-body', HTMLElement), byId('detail-close', HTMLButtonElement), this.model);
+    this.detail = new PasidDetail(byId('detail', HTMLElement), byId('detail-h', HTMLElement), byId('detail-body', HTMLElement), byId('detail-close', HTMLButtonElement), this.model,
+      (p) => {
+        this.map.moveTo(p, !this.#inView(p));
+        el.canvas.focus({ preventScroll: true });
+        byId('map-h', HTMLElement).scrollIntoView({ block: 'nearest' });
+      });
 
     this.model.onGap = () => void this.resync();
     this.model.on((c) => {
@@ -111,7 +166,8 @@ class Dashboard {
     el.signout.addEventListener('click', () => this.signOut(null));
     byId('zoom-in', HTMLButtonElement).addEventListener('click', () => this.map.zoomBy(1));
     byId('zoom-out', HTMLButtonElement).addEventListener('click', () => this.map.zoomBy(-1));
-    byId('zoom-reset', HTMLButtonElement).addEventListener('click', () => this.map.resetZoom());
+    el.whole.addEventListener('click', () => this.map.showWhole());
+    el.fit.addEventListener('click', () => this.map.fitAllocated());
     byId('goto-form', HTMLFormElement).addEventListener('submit', (ev) => {
       ev.preventDefault();
       this.#goto();
@@ -120,9 +176,12 @@ class Dashboard {
       const b = (ev.target as Element).closest('button');
       if (b === null || b.dataset.index === undefined) return;
       const i = Number(b.dataset.index);
-      this.map.setHighlight(this.map.highlight === i ? null : i);
-      this.#renderLegend();
+      this.#select(this.#selected === i ? null : i);
     });
+    el.runPrev.addEventListener('click', () => this.#step(-1));
+    el.runNext.addEventListener('click', () => this.#step(1));
+    el.runAll.addEventListener('click', () => this.#frameSelected(-1));
+    el.ownerClear.addEventListener('click', () => this.#select(null));
     el.feedPause.addEventListener('click', () => {
       const p = !this.feed.paused;
       this.feed.setPaused(p);
@@ -219,7 +278,7 @@ class Dashboard {
     this.#showVms(vms);
     this.#maybeRendered();
     void client.recentEvents(50).then((evs) => {
-      if (gen === this.#generation) this.feed.backfill(evs);
+      if (gen === this.#generation) this.feed.backfill(evs.map(toPageEvent));
     }, () => {});
     if (!auto) el.canvas.focus();
   }
@@ -330,6 +389,8 @@ class Dashboard {
     this.#held = [];
     this.#live = true;
     for (const e of all) this.model.apply(e);
+    // Events fetched to close the window were never in the stream: the feed shows them too.
+    for (const e of missing ?? []) this.feed.push(e);
     if (missing === null) void this.resync(); // the window could not be closed from the event log
     this.#retryDelay = 1000;
     this.#banner(null);
@@ -338,7 +399,7 @@ class Dashboard {
   }
 
   /** Events after `seq` the stream did not carry: [] none, null unknown (resync), undefined stale. */
-  async #missing(client: IoasidClient, seq: number, stale: () => boolean): Promise<AuthorityEvent[] | null | undefined> {
+  async #missing(client: IoasidClient, seq: number, stale: () => boolean): Promise<PageEvent[] | null | undefined> {
     const covered = () => (this.#held[0]?.seq ?? Infinity) <= seq + 1;
     if (covered()) return [];
     try {
@@ -347,7 +408,7 @@ class Dashboard {
       if (latest <= seq || covered()) return [];
       const need = latest - seq + 1000;
       if (need > CATCH_UP_MAX) return null;
-      const after = (await client.recentEvents(need)).filter((e) => e.seq > seq);
+      const after = (await client.recentEvents(need)).filter((e) => e.seq > seq).map(toPageEvent);
       if (stale()) return undefined;
       return after[0]?.seq === seq + 1 ? after : null;
     } catch {
@@ -400,14 +461,15 @@ class Dashboard {
     this.#describeCursor(this.map.cursor);
   }
 
-  #onEvent(e: AuthorityEvent): void {
+  #onEvent(raw: AuthorityEvent): void {
+    const e = toPageEvent(raw);
     if (this.#live) {
       this.#buffer?.push(e);
       this.model.apply(e);
     } else this.#held.push(e);
     this.feed.push(e);
     if (STRUCTURAL.has(e.type)) this.#refreshVms();
-    if ('pasid' in e) this.detail.touched(e.pasid);
+    this.detail.touched(pasidsOf(e));
     if (e.vm !== null && e.vm === this.inspector.vm) this.#refreshInspector();
   }
 
@@ -462,7 +524,7 @@ class Dashboard {
   }
 
   #showVms(vms: VmInfo[]): void {
-    for (const vm of vms) this.model.owner(vm.id);
+    this.model.setVms(vms);
     this.model.setBindings(vms);
     this.vms.render(vms);
     this.inspector.setVms(vms);
@@ -472,7 +534,7 @@ class Dashboard {
   async openPasid(p: number, center = false): Promise<void> {
     if (p < 1 || p >= CAPACITY) return;
     if (center) {
-      if (this.map.zoom < 5) this.map.zoomBy(5 - this.map.zoom);
+      if (this.map.view.zoom < 5) this.map.zoomBy(5 - this.map.view.zoom, p);
       this.map.moveTo(p, true);
     }
     await this.detail.open(p);
@@ -491,9 +553,79 @@ class Dashboard {
     void this.openPasid(p, true);
   }
 
+  #inView(p: number): boolean {
+    const v = this.map.view;
+    return p >= v.start && p <= lastShown(v);
+  }
+
+  // ---------------------------------------------------------------- owners
+
+  /** Press an owner: dim the others and frame its PASIDs (null: every owner again, the window stays). */
+  #select(index: number | null): void {
+    this.#selected = index;
+    this.#run = -1;
+    this.map.setHighlight(index);
+    if (index !== null) this.#frameSelected(-1);
+    this.#renderLegend();
+  }
+
+  /** Frame all of the selected owner's PASIDs (run -1) or one of its runs. */
+  #frameSelected(run: number): void {
+    const index = this.#selected;
+    if (index === null) return;
+    const runs = this.model.runsOf(index);
+    const n = runs.length / 2;
+    this.#run = n === 0 ? -1 : Math.max(-1, Math.min(n - 1, run));
+    if (n > 0) {
+      if (this.#run < 0) this.map.frameRange(runs[0] as number, (runs[2 * n - 2] as number) + (runs[2 * n - 1] as number) - 1);
+      else {
+        const start = runs[2 * this.#run] as number;
+        this.map.frameRange(start, start + (runs[2 * this.#run + 1] as number) - 1);
+      }
+    }
+    this.#describeRuns();
+  }
+
+  /** The next (1) or previous (-1) run of the selected owner, wrapping. */
+  #step(dir: 1 | -1): void {
+    if (this.#selected === null) return;
+    const n = this.model.runsOf(this.#selected).length / 2;
+    if (n === 0) return;
+    const at = this.#run < 0 ? (dir > 0 ? 0 : n - 1) : (this.#run + dir + n) % n;
+    this.#frameSelected(at);
+  }
+
+  #describeRuns(): void {
+    const el = this.#el;
+    const index = this.#selected;
+    const o = index === null ? undefined : this.model.owners[index];
+    el.runs.hidden = o === undefined;
+    if (o === undefined) return;
+    const runs = this.model.runsOf(o.index);
+    const n = runs.length / 2;
+    const name = ownerName(o);
+    // Disabled only when there is nothing to frame (a button that loses focus under the user is worse).
+    el.runPrev.disabled = el.runNext.disabled = el.runAll.disabled = n === 0;
+    if (n === 0) {
+      el.runsStatus.textContent = `${name} holds no PASIDs.`;
+      return;
+    }
+    if (this.#run >= n) this.#run = n - 1; // its runs merged or went since
+    const head = `${name}: ${o.count.toLocaleString('en')} PASID${o.count === 1 ? '' : 's'} in ${n.toLocaleString('en')} run${n === 1 ? '' : 's'}.`;
+    if (this.#run < 0) {
+      const last = (runs[2 * n - 2] as number) + (runs[2 * n - 1] as number) - 1;
+      el.runsStatus.textContent = `${head} Framing all of them: ${fmtRange([runs[0] as number, last])}.`;
+    } else {
+      const start = runs[2 * this.#run] as number;
+      const len = runs[2 * this.#run + 1] as number;
+      el.runsStatus.textContent = `${head} Framing run ${(this.#run + 1).toLocaleString('en')} of ${n.toLocaleString('en')}: ${fmtRange([start, start + len - 1])} (${len.toLocaleString('en')} PASID${len === 1 ? '' : 's'}).`;
+    }
+  }
+
   // ---------------------------------------------------------------- text
 
   #describe(p: number): string {
+    if (p === 0) return 'PASID 0x00000 (0) · no PASID (reserved: requests without a PASID)';
     const o = this.model.ownerAt(p);
     const owner = o.index === FREE ? 'free' : o.id === null ? 'the host' : o.label;
     const bound = this.model.bound.get(p);
@@ -501,15 +633,34 @@ class Dashboard {
   }
 
   #describeCursor(p: number): void {
-    this.#el.cursor.textContent = `Cursor: ${this.#describe(p)}`;
+    const k = this.map.view.perCell;
+    const first = Math.floor(p / k) * k;
+    this.#el.cursor.textContent = `Cursor: ${this.#describe(p)}${k > 1 ? ` · its cell ${this.#describeCell(first, k)}` : ''}`;
+  }
+
+  /** A cell of several PASIDs: its range and who holds how many of them. */
+  #describeCell(first: number, count: number): string {
+    const last = Math.min(CAPACITY - 1, first + count - 1);
+    const by = new Map<number, number>();
+    for (let p = first; p <= last; p++) {
+      const o = this.model.cells[p] as number;
+      by.set(o, (by.get(o) ?? 0) + 1);
+    }
+    const parts = [...by].sort((a, b) => b[1] - a[1] || a[0] - b[0])
+      .map(([i, n]) => `${ownerName(this.model.owners[i] as Owner)} ${n.toLocaleString('en')}`);
+    return `PASIDs ${hex(first)}–${hex(last)}: ${parts.slice(0, 4).join(', ')}${parts.length > 4 ? `, and ${parts.length - 4} more owners` : ''}`;
   }
 
   #describeView(): void {
+    const el = this.#el;
     const m = this.map;
-    const vc = m.viewCells;
-    const first = m.vy * GRID + m.vx;
-    const last = (m.vy + vc - 1) * GRID + m.vx + vc - 1;
-    this.#el.zoomReadout.textContent = `×${1 << m.zoom} · rows ${m.vy}–${m.vy + vc - 1} · PASIDs ${hex(first)}–${hex(last)}`;
+    const v = m.view;
+    const text = describeView(v);
+    el.zoomReadout.textContent = text;
+    el.fit.setAttribute('aria-pressed', String(m.mode === 'fit'));
+    el.whole.setAttribute('aria-pressed', String(m.mode === 'whole'));
+    const what = m.mode === 'fit' ? 'the allocated PASIDs framed' : m.mode === 'whole' ? 'the whole namespace' : 'a window of the namespace';
+    el.canvas.setAttribute('aria-label', `Map of ${what}: ${text}, coloured by owner`);
   }
 
   #scheduleLegend(): void {
@@ -524,17 +675,44 @@ class Dashboard {
 
   #renderLegend(): void {
     const legend = this.model.legend();
+    // Runs cost a pass over the namespace: counted just after this frame, then the legend again.
+    const summary = this.model.summaryIfCurrent();
+    if (summary === null && !this.#runsDue && this.model.loaded) {
+      this.#runsDue = true;
+      afterFrame(() => {
+        this.#runsDue = false;
+        this.model.summary();
+        this.#scheduleLegend();
+      });
+    }
+    const hi = this.model.loaded ? this.model.bounds().hi : -1;
     const used = CAPACITY - 1 - (this.model.owners[FREE]?.count ?? 0);
-    this.#el.nsSummary.textContent = `${used.toLocaleString('en')} of ${(CAPACITY - 1).toLocaleString('en')} PASIDs allocated`;
-    const hl = this.map.highlight;
+    this.#el.nsSummary.textContent = `${used.toLocaleString('en')} of ${(CAPACITY - 1).toLocaleString('en')} PASIDs allocated${hi > 0 ? `, the highest ${hex(hi)}` : ''}`;
+    if (this.#selected !== null && this.model.owners[this.#selected]?.alive === false) this.#select(null);
+    const sel = this.#selected;
     const focused = document.activeElement instanceof HTMLElement && this.#el.legend.contains(document.activeElement) ? document.activeElement.dataset.index : undefined;
-    fill(this.#el.legend, legend.map((o) => h('li', {},
-      h('button', { type: 'button', 'data-index': o.index, 'aria-pressed': String(hl === o.index) },
-        swatch(o.css),
+    fill(this.#el.legend, legend.map((o) => {
+      const runs = summary?.runs[o.index];
+      const parts = [
+        swatch(o.css, o.pattern),
         h('span', { class: 'label' }, o.index === FREE ? 'free' : o.id === null ? 'host' : o.label),
-        h('span', { class: 'num' }, o.count.toLocaleString('en'))))));
+        h('span', { class: 'num' }, o.count.toLocaleString('en')),
+        h('span', { class: 'runs-n num' }, o.index === FREE ? '' : runs === undefined ? '…' : `${runs.toLocaleString('en')} run${runs === 1 ? '' : 's'}`),
+      ];
+      // Free is no owner to frame: a row, not a button.
+      return h('li', { 'data-owner': o.id ?? (o.index === HOST ? '(host)' : '(free)') }, o.index === FREE
+        ? h('div', { class: 'owner-row' }, parts)
+        : h('button', { type: 'button', 'data-index': o.index, 'aria-pressed': String(sel === o.index), title: `Frame ${ownerName(o)}'s PASIDs on the map` }, parts));
+    }));
     if (focused !== undefined) this.#el.legend.querySelector<HTMLButtonElement>(`button[data-index="${focused}"]`)?.focus();
+    // The tests and the pictures wait for the runs to be counted.
+    this.#el.legend.dataset.seq = summary === null ? '' : String(this.model.seq);
+    this.#describeRuns();
   }
+}
+
+function ownerName(o: Owner): string {
+  return o.index === FREE ? 'free' : o.id === null ? 'the host' : o.label;
 }
 
 performance.mark('ioasid:script');

@@ -3,6 +3,7 @@
  * a text node, so nothing the service returns can inject markup), lookups that fail loudly, and
  * the formatting shared by the views.
  */
+import { swatchBackground } from './colors.ts';
 
 type Attrs = Record<string, string | number | boolean | null | undefined>;
 type Child = Node | string | number | null | undefined | false;
@@ -78,10 +79,15 @@ export function throttle(fn: () => void, ms: number): () => void {
   };
 }
 
-/** A colour swatch (decorative: the owner's name is always written beside it). */
-export function swatch(css: string): HTMLSpanElement {
-  const s = h('span', { class: 'swatch', 'aria-hidden': 'true' });
-  s.style.background = css;
+/** Run `fn` once the next frame is drawn (work that must not hold up the map's first picture). */
+export function afterFrame(fn: () => void): void {
+  requestAnimationFrame(() => setTimeout(fn, 0));
+}
+
+/** A colour swatch with the owner's pattern (decorative: the owner's name is always written beside it). */
+export function swatch(css: string, pattern = 0): HTMLSpanElement {
+  const s = h('span', { class: 'swatch', 'aria-hidden': 'true', 'data-colour': css, 'data-pattern': pattern });
+  s.style.background = swatchBackground(css, pattern);
   return s;
 }
 

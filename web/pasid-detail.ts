@@ -1,9 +1,10 @@
 /**
  * The PASID detail view: owner, bound devices and history (`GET /v1/pasids/:pasid`), refreshed
- * when an event about that PASID arrives. A free PASID with no history is reported as such.
+ * when an event about that PASID arrives, and a button that brings it into view on the map. A
+ * free PASID with no history is reported as such.
  */
 import type { IoasidClient, PasidInfo } from '../src/service/client.ts';
-import { describeEvent } from './event-feed.ts';
+import { describeEvent, toPageEvent } from './events.ts';
 import { errorCode, fill, fmtPasid, fmtTime, h, swatch, throttle } from './dom.ts';
 import type { NamespaceModel } from './model.ts';
 
@@ -17,12 +18,16 @@ export class PasidDetail {
   #ticket = 0;
   readonly #later = throttle(() => void this.refresh(), 250);
 
-  constructor(panel: HTMLElement, title: HTMLElement, body: HTMLElement, close: HTMLButtonElement, model: NamespaceModel) {
+  constructor(panel: HTMLElement, title: HTMLElement, body: HTMLElement, close: HTMLButtonElement, model: NamespaceModel, onShow: (pasid: number) => void) {
     this.#panel = panel;
     this.#title = title;
     this.#body = body;
     this.#model = model;
     close.addEventListener('click', () => this.close());
+    body.addEventListener('click', (ev) => {
+      const b = (ev.target as Element).closest('button');
+      if (b?.dataset.showPasid !== undefined) onShow(Number(b.dataset.showPasid));
+    });
   }
 
   setClient(c: IoasidClient | null): void {
@@ -37,6 +42,8 @@ export class PasidDetail {
     this.#pasid = pasid;
     this.#panel.hidden = false;
     this.#title.textContent = `PASID ${fmtPasid(pasid)}`;
+    // What an earlier answer said must not pass for this one's.
+    fill(this.#body, h('p', { class: 'muted' }, 'Loading…'));
     await this.refresh();
   }
 
@@ -45,9 +52,9 @@ export class PasidDetail {
     this.#panel.hidden = true;
   }
 
-  /** An event touched this PASID: reload soon. */
-  touched(pasid: number): void {
-    if (pasid === this.#pasid) this.#later();
+  /** An event touched these PASIDs: reload soon if one is shown. */
+  touched(pasids: readonly number[]): void {
+    if (this.#pasid !== null && pasids.includes(this.#pasid)) this.#later();
   }
 
   async refresh(): Promise<void> {
@@ -68,9 +75,7 @@ export class PasidDetail {
       fill(this.#body, h('p', { class: 'error' }, `Could not load PASID ${pasid}: ${error}`));
       return;
     }
-    const row = pasid >> 10;
-    const col = pasid & 1023;
-    const where = h('p', { class: 'muted' }, `Map row ${row}, column ${col}.`);
+    const where = h('p', {}, h('button', { type: 'button', class: 'link', 'data-show-pasid': pasid }, 'Show it on the map'));
     if (info === null) {
       fill(this.#body, h('dl', {}, h('dt', {}, 'Owner'), h('dd', { 'data-owner': '' }, 'free')), h('p', {}, 'Not allocated, and no history since the service started.'), where);
       return;
@@ -79,7 +84,7 @@ export class PasidDetail {
     fill(this.#body,
       h('dl', {},
         h('dt', {}, 'Owner'),
-        h('dd', { 'data-owner': info.owner ?? '' }, owner !== null ? [swatch(owner.css), ' ', info.owner] : this.#model.cells[pasid] === 1 ? 'the host' : 'free'),
+        h('dd', { 'data-owner': info.owner ?? '' }, owner !== null ? [swatch(owner.css, owner.pattern), ' ', info.owner] : this.#model.cells[pasid] === 1 ? 'the host' : 'free'),
         h('dt', {}, 'Bindings'),
         h('dd', { 'data-bindings': info.bindings.join(' ') }, info.bindings.length === 0 ? 'none' : h('ul', { class: 'plain' }, info.bindings.map((b) => h('li', {}, h('code', {}, b)))))),
       where,
@@ -88,7 +93,7 @@ export class PasidDetail {
         ? h('p', { class: 'muted' }, 'No events recorded.')
         : h('table', { class: 'history' },
           h('thead', {}, h('tr', {}, ['Seq', 'Time', 'Event', 'What'].map((t) => h('th', { scope: 'col' }, t)))),
-          h('tbody', {}, [...info.history].reverse().map((e) => h('tr', {},
+          h('tbody', {}, [...info.history].reverse().map(toPageEvent).map((e) => h('tr', {},
             h('td', { class: 'num' }, String(e.seq)),
             h('td', {}, fmtTime(e.at)),
             h('td', {}, e.type),

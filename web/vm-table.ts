@@ -10,6 +10,8 @@ import type { NamespaceModel } from './model.ts';
 export interface VmTableOptions {
   readonly onInspect: (vm: string, segment: number) => void;
   readonly onPasid: (pasid: number) => void;
+  /** Frame a VM's PASIDs on the map (as pressing it in the legend does). */
+  readonly onShow: (vm: string) => void;
 }
 
 const MAX_BINDINGS_SHOWN = 8;
@@ -65,7 +67,8 @@ export class VmTable {
         shown.map((b) => h('li', {}, h('code', {}, b.bdf), ' → ', h('button', { type: 'button', class: 'link', 'data-pasid': b.pasid, title: `Details of PASID ${b.pasid}` }, hex(b.pasid)))),
         vm.bindings.length > shown.length ? h('li', { class: 'muted' }, `and ${vm.bindings.length - shown.length} more`) : null);
     const row = h('tr', { 'data-vm': vm.id },
-      h('th', { scope: 'row' }, swatch(owner.css), ' ', vm.id),
+      h('th', { scope: 'row' }, swatch(owner.css, owner.pattern), ' ',
+        h('button', { type: 'button', class: 'link vm-link', 'data-show': vm.id, 'aria-label': `Show ${vm.id}'s PASIDs on the map` }, vm.id)),
       h('td', {}, h('span', { class: 'bar', 'aria-hidden': 'true' }, bar), text),
       h('td', {}, viommus),
       h('td', {}, devices),
@@ -73,7 +76,8 @@ export class VmTable {
     row.addEventListener('click', (ev) => {
       const t = ev.target;
       if (!(t instanceof HTMLButtonElement)) return;
-      if (t.dataset.pasid !== undefined) this.#opts.onPasid(Number(t.dataset.pasid));
+      if (t.dataset.show !== undefined) this.#opts.onShow(t.dataset.show);
+      else if (t.dataset.pasid !== undefined) this.#opts.onPasid(Number(t.dataset.pasid));
       else if (t.dataset.segment !== undefined && t.dataset.vm !== undefined) this.#opts.onInspect(t.dataset.vm, Number(t.dataset.segment));
     });
     return row;
