@@ -13,8 +13,8 @@ import { join } from 'node:path';
 import { deflateSync, gunzipSync } from 'node:zlib';
 import { buildApp, PasidAuthority, hashToken, startServer } from '../src/service/index.ts';
 import { registerDashboard } from '../src/service/dashboard.ts';
-import { decodeNamespaceMap, encodeNamespaceMap } from '../src/service/namespace-map.ts';
-import { IoasidClient } from '../src/service/client.ts';
+import { decodeNamespaceMap, encodeNamespaceMap } from '../src/api/index.ts';
+import { IoasidClient } from '../src/client/index.ts';
 import { openStore } from '../src/store/index.ts';
 import { XorShift32 } from '../bench/util.ts';
 
@@ -106,7 +106,7 @@ describe('GET /v1/namespace/map', () => {
     const before = await client.namespaceMap();
     const [p] = await ctx.authority.allocPasids('vm-b');
     const later = ctx.authority.recentEvents().filter((e) => e.seq > before.seq);
-    assert.deepEqual(later.map((e) => [e.type, 'pasid' in e ? e.pasid : null]), [['alloc', p]]);
+    assert.deepEqual(later.map((e) => [e.type, 'pasids' in e ? e.pasids : null]), [['alloc', [p]]]);
     assert.equal(before.cells[p as number], 0);
     assert.equal((await client.namespaceMap()).cells[p as number], 3);
     const wrong = new IoasidClient({ url: 'http://in-process', token: 'not-a-token', fetch: injectFetch(ctx.app) });

@@ -16,7 +16,9 @@ import { fileURLToPath } from 'node:url';
 import { isIoasidError } from '../src/core/index.ts';
 import type { Vm } from '../src/host/index.ts';
 import { checkInvariants } from '../src/sim/index.ts';
-import { IoasidClient, RemoteMmio, SyncServiceChannel, startServer, type RunningServer } from '../src/service/index.ts';
+import { IoasidClient } from '../src/client/index.ts';
+import { RemoteMmio, SyncServiceChannel } from '../src/remote/index.ts';
+import { startServer, type RunningServer } from '../src/service/index.ts';
 
 const ADMIN = 'admin-token-for-remote-guest-tests-0123456789';
 const FIXTURE = fileURLToPath(new URL('./fixtures/remote-guest-process.ts', import.meta.url));
@@ -269,9 +271,11 @@ describe('remote guests: two guest processes against one service', () => {
     const allocatedTo = new Map<number, Set<string>>();
     for (const e of server.authority.recentEvents()) {
       if (e.type !== 'alloc' || e.vm === null) continue;
-      let s = allocatedTo.get(e.pasid);
-      if (s === undefined) allocatedTo.set(e.pasid, (s = new Set()));
-      s.add(e.vm);
+      for (const p of e.pasids) {
+        let s = allocatedTo.get(p);
+        if (s === undefined) allocatedTo.set(p, (s = new Set()));
+        s.add(e.vm);
+      }
     }
     const reported = (lines: Line[], vm: string) => {
       for (const l of lines) {

@@ -5,15 +5,29 @@
  * one DOM update. The list is a `log` without live announcements (bursts would drown a screen
  * reader); Pause freezes it for reading.
  */
-import type { AuthorityEvent } from '../src/service/client.ts';
+import type { AuthorityEvent } from '../src/client/index.ts';
 import { fmtTime, h, hex } from './dom.ts';
 
 const KEEP = 200;
 
+/** `PASID 0x5`, or `3 PASIDs from 0x5` for a batch. */
+function pasids(ids: readonly number[]): string {
+  const [first] = ids;
+  if (first === undefined) return 'no PASID';
+  return ids.length === 1 ? `PASID ${hex(first)}` : `${ids.length} PASIDs from ${hex(Math.min(...ids))}`;
+}
+
+/** The one PASID an event is about, if it is about exactly one. */
+function pasidOf(e: AuthorityEvent): number | null {
+  if ('pasid' in e) return e.pasid;
+  if ('pasids' in e && e.pasids.length === 1) return e.pasids[0] ?? null;
+  return null;
+}
+
 export function describeEvent(e: AuthorityEvent): string {
   switch (e.type) {
-    case 'alloc': return `PASID ${hex(e.pasid)} allocated to ${e.vm ?? 'the host'}`;
-    case 'free': return `PASID ${hex(e.pasid)} freed by ${e.vm ?? 'the host'}`;
+    case 'alloc': return `${pasids(e.pasids)} allocated to ${e.vm ?? 'the host'}`;
+    case 'free': return `${pasids(e.pasids)} freed by ${e.vm ?? 'the host'}`;
     case 'bind': return `${e.vm}: device ${e.bdf} bound to PASID ${hex(e.pasid)}`;
     case 'unbind': return `${e.vm}: device ${e.bdf} unbound from PASID ${hex(e.pasid)}`;
     case 'vm-created': return `VM ${e.vm} created, quota ${e.quota === 0 ? 'none' : e.quota}`;
@@ -106,7 +120,7 @@ export class EventFeed {
   }
 
   #item(e: AuthorityEvent): HTMLLIElement {
-    const pasid = 'pasid' in e ? e.pasid : null;
+    const pasid = pasidOf(e);
     return h('li', { class: `ev ev-${e.type}`, 'data-seq': e.seq },
       h('time', { datetime: new Date(e.at).toISOString() }, fmtTime(e.at)),
       h('span', { class: 'tag' }, e.type),

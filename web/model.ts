@@ -5,7 +5,7 @@
  * the sequence (events the server dropped for a slow consumer) asks for a resync. No rules of the
  * domain live here: the page only mirrors what the service reports.
  */
-import type { AuthorityEvent, NamespaceMap } from '../src/service/client.ts';
+import type { AuthorityEvent, NamespaceMap } from '../src/client/index.ts';
 import { ownerColor } from './colors.ts';
 
 export const CAPACITY = 1 << 20;
@@ -151,12 +151,16 @@ export class NamespaceModel {
     this.seq = e.seq;
     const changed: number[] = [];
     switch (e.type) {
-      case 'alloc':
-        this.#set(e.pasid, this.owner(e.vm).index, changed);
+      case 'alloc': {
+        const index = this.owner(e.vm).index;
+        for (const p of e.pasids) this.#set(p, index, changed);
         break;
+      }
       case 'free':
-        this.#set(e.pasid, FREE, changed);
-        this.bound.delete(e.pasid);
+        for (const p of e.pasids) {
+          this.#set(p, FREE, changed);
+          this.bound.delete(p);
+        }
         break;
       case 'bind':
         this.#bind(e.pasid, e.bdf);

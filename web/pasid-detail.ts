@@ -2,7 +2,7 @@
  * The PASID detail view: owner, bound devices and history (`GET /v1/pasids/:pasid`), refreshed
  * when an event about that PASID arrives. A free PASID with no history is reported as such.
  */
-import type { IoasidClient, PasidInfo } from '../src/service/client.ts';
+import type { IoasidClient, PasidInfo } from '../src/client/index.ts';
 import { describeEvent } from './event-feed.ts';
 import { errorCode, fill, fmtPasid, fmtTime, h, swatch, throttle } from './dom.ts';
 import type { NamespaceModel } from './model.ts';

@@ -1,6 +1,8 @@
 /** `ioasid serve`: the PASID authority service. */
 import { Command, InvalidArgumentError } from 'commander';
+// The one module of the CLI that reaches the service: `ioasid serve` runs it (docs/decisions.md).
 import { DEFAULT_PORT, DEFAULT_STORE, serveUntilSignalled } from '../service/index.ts';
+import { DESCRIPTIONS } from './descriptions.ts';
 
 function port(v: string): number {
   const n = Number(v);
@@ -10,7 +12,7 @@ function port(v: string): number {
 
 export function serveCommand(): Command {
   return new Command('serve')
-    .description('run the PASID authority service (HTTP API, events, metrics, dashboard)')
+    .description(DESCRIPTIONS.serve)
     .option('--store <spec>', 'memory, sqlite:PATH, or etcd://HOST:PORT[,HOST:PORT...] (cluster mode: every etcd member)', DEFAULT_STORE)
     .option('--host-id <name>', "cluster mode: this host's name in the migration domain (default: the hostname)")
     .option('--domain <name>', 'cluster mode: the migration domain (one PASID namespace) to join (default: default)')

@@ -23,30 +23,15 @@ import { decodeRegister, registerOffset, type VcmdBackend, type VcmdDeviceConfig
 import { Host, parseDevice, type HostEvent, type Vm, type ViommuSpec } from '../host/index.ts';
 import type { Mutation, Store, StoredState, VmRow } from '../store/index.ts';
 import type { ClusterCoordinator, ClusterModelPort, ClusterStatus, MigrateResult, ReclaimReport } from '../cluster/index.ts';
+import type { ApiEvent, CreateVmBody, PasidInfo, VmInfo } from '../api/index.ts';
 import { timingSafeEqual } from 'node:crypto';
 import { hashToken, newToken, tokenMatches } from './tokens.ts';
+import { eventHasPasid, stampEvent } from './events.ts';
 
-export interface VmInfo {
-  readonly id: string;
-  readonly quota: number;
-  readonly used: number;
-  readonly createdAt: number;
-  readonly viommus: readonly { segment: number; layout: 'A' | 'B'; rangeExtension: boolean }[];
-  readonly devices: readonly { bdf: string; segment: number; pasidBits: number }[];
-  readonly bindings: readonly { bdf: string; pasid: number }[];
-  /** The host the VM runs on (cluster mode only). */
-  readonly host?: string;
-}
-
-export interface PasidInfo {
-  readonly pasid: number;
-  readonly owner: string | null;
-  readonly bindings: readonly string[];
-  readonly history: readonly AuthorityEvent[];
-}
-
-/** What the service streams and records (host events plus a timestamp and sequence number). */
-export type AuthorityEvent = HostEvent & { readonly seq: number; readonly at: number };
+/** The wire types (src/api) under the names the service has used. */
+export type { VmInfo, PasidInfo };
+/** What the service records and streams: one committed change (the contract's event). */
+export type AuthorityEvent = ApiEvent;
 
 export interface AuthorityOptions {
   readonly store: Store;
@@ -58,12 +43,7 @@ export interface AuthorityOptions {
   readonly cluster?: ClusterCoordinator;
 }
 
-export interface CreateVmRequest {
-  readonly id: string;
-  readonly quota?: number;
-  readonly viommus?: readonly ViommuSpec[];
-  readonly devices?: readonly { bdf: string; pasidBits?: number }[];
-}
+export type CreateVmRequest = CreateVmBody;
 
 const ADMIN_HASH_KEY = 'admin.tokenHash';
 
@@ -221,7 +201,7 @@ export class PasidAuthority {
       return;
     }
     if (this.#mutes.length > 0 && this.#mutes.some((m) => m(e))) return;
-    const ev: AuthorityEvent = { ...e, seq: ++this.#seq, at: this.#now() };
+    const ev = stampEvent(e, ++this.#seq, this.#now());
     this.#ring[this.#ringPos] = ev;
     this.#ringPos = (this.#ringPos + 1) % this.#ring.length;
     for (const l of this.#listeners) {
@@ -240,7 +220,7 @@ export class PasidAuthority {
     for (let i = 0; i < n; i++) {
       const e = this.#ring[(this.#ringPos + i) % n];
       if (e === undefined) continue;
-      if (filter.pasid !== undefined && !('pasid' in e && e.pasid === filter.pasid)) continue;
+      if (filter.pasid !== undefined && !eventHasPasid(e, filter.pasid)) continue;
       if (filter.vm !== undefined && e.vm !== filter.vm) continue;
       out.push(e);
     }

@@ -22,8 +22,7 @@
 import { IoasidError, IoasidSpace, fmtId, type LogFn, type Profile } from '../core/index.ts';
 import { VtdGuestDriver, type GuestViommu, type Layout, type MmioAccessor, type PasBit, type UnplugReport } from '../vtd/index.ts';
 import { GuestSva, parseDevice, type PciDevice } from '../host/index.ts';
-import type { VmInfo } from './authority.ts';
-import { IoasidClient } from './client.ts';
+import { IoasidClient, type VmInfo } from '../client/index.ts';
 import { RemoteMmio, SyncServiceChannel, type ChannelStats } from './remote-mmio.ts';
 
 export interface RemoteGuestOptions {
