@@ -1,6 +1,11 @@
 #!/usr/bin/env node
-// The `ioasid` command: runs the TypeScript CLI through tsx's loader (no build step).
-import { register } from 'tsx/esm/api';
+// The `ioasid` command: the compiled CLI (`npm run build` makes dist/; `npm ci` runs it).
+// In a checkout, `npm run dev -- ARGS` runs the TypeScript sources instead.
+import { existsSync } from 'node:fs';
 
-register();
-await import('../src/cli/main.ts');
+const main = new URL('../dist/cli/main.js', import.meta.url);
+if (!existsSync(main)) {
+  process.stderr.write('error: ENOENT: dist/ is missing: run `npm run build` (or `npm ci`) first, or `npm run dev -- ARGS` to run the sources\n');
+  process.exit(1);
+}
+await import(main.href);
