@@ -12,7 +12,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import type WebSocket from 'ws';
-import { IoasidClient, IoasidError, isIoasidError, type ApiEvent, type ClientOptions, type PasidInfo } from '../client/index.ts';
+import { IoasidClient, IoasidError, isIoasidError, type ApiEvent, type ClientOptions, type FetchLike, type PasidInfo } from '../client/index.ts';
+import { httpTransport, withDeadline } from './http-transport.ts';
 import {
   fmtPasid, fmtTime, formatEvent, plural, runs, style, table, vmDetails, vmTable, wantColour, type Style,
 } from './format.ts';
@@ -40,7 +41,8 @@ export interface CliIo {
   readonly setExitCode: (code: number) => void;
   /** Call `fn` when the user asks to stop (`watch`); returns an unsubscribe function. */
   readonly onStop: (fn: () => void) => () => void;
-  readonly fetch?: typeof fetch;
+  /** Transport for the requests (default node:http; tests pass one that reaches an in-process app). */
+  readonly fetch?: FetchLike;
   readonly WebSocket?: WebSocketCtor;
 }
 
@@ -148,29 +150,6 @@ function withCommon(cmd: Command): Command {
     .option('--no-color', 'plain text even on a terminal (as NO_COLOR=1)');
 }
 
-function netReason(e: unknown): string {
-  if (e instanceof Error && (e.name === 'TimeoutError' || e.name === 'AbortError')) return `no answer within ${REQUEST_TIMEOUT_MS / 1000} s`;
-  const cause = (e as { cause?: { code?: unknown; message?: unknown } } | null)?.cause;
-  const code = typeof cause?.code === 'string' ? cause.code : undefined;
-  if (code === 'ECONNREFUSED') return 'connection refused';
-  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return 'host not found';
-  if (code === 'ECONNRESET') return 'connection reset';
-  if (code === 'ETIMEDOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') return 'connection timed out';
-  if (typeof cause?.message === 'string') return cause.message;
-  return e instanceof Error ? e.message : String(e);
-}
-
-/** fetch with a deadline and a readable reason when the network fails. */
-function cliFetch(base: typeof fetch): typeof fetch {
-  return async (input, init) => {
-    try {
-      return await base(input, { ...init, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
-    } catch (e) {
-      throw new Error(netReason(e));
-    }
-  };
-}
-
 function serviceUrl(raw: string, from: string): string {
   let u: URL;
   try {
@@ -211,7 +190,7 @@ function context(io: CliIo, o: CommonOpts): Ctx {
   const client = new IoasidClient({
     url,
     ...(token !== undefined ? { token } : {}),
-    fetch: cliFetch(io.fetch ?? ((...a) => fetch(...a))),
+    fetch: io.fetch !== undefined ? withDeadline(io.fetch, REQUEST_TIMEOUT_MS) : httpTransport(REQUEST_TIMEOUT_MS),
   });
   return { io, client, url, token, tokenFrom: from, json: o.json === true, colour: o.color !== false, st: style(o.color !== false && wantColour(io.stdoutIsTTY, io.env)) };
 }

@@ -18,11 +18,17 @@ export interface ClientOptions {
   readonly url: string;
   /** Admin or VM bearer token. */
   readonly token?: string;
-  /** fetch to use (default the global one). */
-  readonly fetch?: typeof fetch;
+  /** fetch to use (default the global one); anything with fetch's shape for what the client uses. */
+  readonly fetch?: FetchLike;
   /** WebSocket constructor for `events()` (default the global one; pass `ws` on Node 20). */
   readonly WebSocket?: new (url: string, protocols?: string | string[]) => WebSocketLike;
 }
+
+/** What the client needs of `fetch`: the global one fits, and so does a small node:http transport. */
+export type FetchLike = (
+  url: string,
+  init: { readonly method: string; readonly headers: Record<string, string>; readonly body?: string },
+) => Promise<{ readonly status: number; readonly ok: boolean; text(): Promise<string>; arrayBuffer(): Promise<ArrayBuffer> }>;
 
 export interface WebSocketLike {
   onmessage: ((ev: { data: unknown }) => void) | null;
@@ -52,13 +58,13 @@ const OPS = OPERATIONS as Readonly<Record<OperationId, OperationDef>>;
 export class IoasidClient {
   readonly url: string;
   readonly #token: string | undefined;
-  readonly #fetch: typeof fetch;
+  readonly #fetch: FetchLike;
   readonly #WebSocket: ClientOptions['WebSocket'];
 
   constructor(opts: ClientOptions) {
     this.url = opts.url.replace(/\/+$/, '');
     this.#token = opts.token;
-    this.#fetch = opts.fetch ?? ((...a) => fetch(...a));
+    this.#fetch = opts.fetch ?? ((url, init) => fetch(url, init));
     this.#WebSocket = opts.WebSocket;
   }
 
@@ -91,11 +97,11 @@ export class IoasidClient {
     }
   }
 
-  async #send(method: string, path: string, body: unknown): Promise<Response> {
+  async #send(method: string, path: string, body: unknown): Promise<Awaited<ReturnType<FetchLike>>> {
     const headers: Record<string, string> = {};
     if (this.#token !== undefined) headers.authorization = `Bearer ${this.#token}`;
     if (body !== undefined) headers['content-type'] = 'application/json';
-    let res: Response;
+    let res: Awaited<ReturnType<FetchLike>>;
     try {
       res = await this.#fetch(`${this.url}${path}`, { method, headers, ...(body !== undefined ? { body: JSON.stringify(body) } : {}) });
     } catch (e) {

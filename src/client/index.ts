@@ -4,7 +4,7 @@
  * HTTP and WebSocket, and takes every path, parameter and answer type from `src/api`.
  */
 export { IoasidClient } from './client.ts';
-export type { CallInput, ClientOptions, EventStreamOptions, WebSocketLike } from './client.ts';
+export type { CallInput, ClientOptions, EventStreamOptions, FetchLike, WebSocketLike } from './client.ts';
 export {
   EVENT_STREAM, HTTP_STATUS, IOASID_ERROR_CODES, IoasidError, OPERATIONS, PASID_MAX, PASID_MIN, PROBLEM_MEDIA_TYPE,
   decodeNamespaceMap, errorFromProblem, isIoasidError, isIoasidErrorCode,
