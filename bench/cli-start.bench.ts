@@ -5,6 +5,7 @@
  *  - `ioasid --version`, 10 cold starts (a new process each; the file cache is warm, as it is
  *    for anyone who runs a command twice);
  *  - `ioasid status --url <that service>`, 10 cold starts (health, readiness, VM list, namespace);
+ *  - `node -e 0` the same way, as the floor (on a shared machine it moves with the load);
  *  - the tarball's size.
  * Prints the medians and saves bench/results/cli-start.json. Targets: at most 250 ms each, a
  * tarball of at most 500 KB.
@@ -50,7 +51,10 @@ try {
   });
   const version: number[] = [];
   const status: number[] = [];
+  const bare: number[] = [];
   for (let i = 0; i < RUNS; i++) {
+    // Node itself, started the same way: what no command can go below on this machine right now.
+    bare.push(await timed(process.execPath, ['-e', '0'], p.dir));
     version.push(await timed(p.bin, ['--version'], p.dir));
     status.push(await timed(p.bin, ['status', '--url', url, '--token', ADMIN], p.dir));
   }
@@ -59,14 +63,16 @@ try {
     workload: { runs: RUNS, how: 'the installed bin (node_modules/.bin/ioasid) spawned anew each run, wall time from spawn to exit; service on 127.0.0.1, store memory' },
     versionMedianMs: Math.round(median(version) * 10) / 10,
     statusMedianMs: Math.round(median(status) * 10) / 10,
+    nodeBaselineMedianMs: Math.round(median(bare) * 10) / 10,
     targetMs: 250,
     tarballBytes: p.tarballBytes,
     tarballTargetBytes: 500 * 1024,
-    runs: { version: round(version), status: round(status) },
+    runs: { version: round(version), status: round(status), nodeBaseline: round(bare) },
   };
   const path = saveResult('cli-start', result);
   process.stdout.write(`ioasid --version: median ${result.versionMedianMs} ms of ${RUNS} cold starts (target 250)\n`);
   process.stdout.write(`ioasid status:    median ${result.statusMedianMs} ms of ${RUNS} cold starts (target 250)\n`);
+  process.stdout.write(`node -e 0:        median ${result.nodeBaselineMedianMs} ms (the floor: Node's own start on this machine now)\n`);
   process.stdout.write(`tarball:          ${p.tarballBytes} bytes (target ${500 * 1024})\n`);
   process.stdout.write(`saved ${path}\n`);
 } finally {

@@ -2,10 +2,10 @@
  * The CLI's HTTP transport for the typed client: node:http and node:https, with a deadline. The
  * client needs only status, ok, text() and arrayBuffer() of an answer; Node's global fetch loads
  * its whole HTTP stack (undici) at the first call, which costs a short-lived command like
- * `ioasid status` more than its requests do.
+ * `ioasid status` more than its requests do. node:https (TLS, crypto) is loaded only for an
+ * https:// URL, for the same reason.
  */
 import { request as httpRequest, type IncomingMessage } from 'node:http';
-import { request as httpsRequest } from 'node:https';
 import type { FetchLike } from '../client/index.ts';
 
 type Answer = Awaited<ReturnType<FetchLike>>;
@@ -24,10 +24,10 @@ export function netReason(e: unknown, timeoutMs: number): string {
 }
 
 export function httpTransport(timeoutMs: number): FetchLike {
-  return (url, init) =>
-    new Promise<Answer>((resolve, reject) => {
-      const u = new URL(url);
-      const send = u.protocol === 'https:' ? httpsRequest : httpRequest;
+  return async (url, init) => {
+    const u = new URL(url);
+    const send = u.protocol === 'https:' ? (await import('node:https')).request : httpRequest;
+    return new Promise<Answer>((resolve, reject) => {
       const body = init.body === undefined ? undefined : Buffer.from(init.body, 'utf8');
       const req = send(u, { method: init.method, headers: { ...init.headers, ...(body !== undefined ? { 'content-length': String(body.length) } : {}) } }, (res: IncomingMessage) => {
         const chunks: Buffer[] = [];
@@ -48,6 +48,7 @@ export function httpTransport(timeoutMs: number): FetchLike {
       req.on('error', (e) => reject(new Error(netReason(e, timeoutMs))));
       req.end(body);
     });
+  };
 }
 
 /** A given fetch (tests run the commands in process) with the same deadline and reasons. */
