@@ -149,6 +149,31 @@ export { id, problems, describe, vm, used, code, statusOf, listed, method, pasid
     assert.match(demo.stdout, /All \d+ checks behaved as narrated/);
   });
 
+  it('loads only what the command needs: --version no command, status the client but no service, store or host model', async () => {
+    // A resolve hook (in Node's loader thread) writes down every module the command loads.
+    const trace = join(p.dir, 'modules.trace');
+    const hook = `import { appendFileSync } from 'node:fs';
+export async function resolve(specifier, context, next) {
+  const r = await next(specifier, context);
+  appendFileSync(${JSON.stringify(trace)}, r.url + '\\n');
+  return r;
+}`;
+    const tracer = join(p.dir, 'trace-modules.mjs');
+    writeFileSync(tracer, `import { register } from 'node:module';\nregister('data:text/javascript,' + encodeURIComponent(${JSON.stringify(hook)}));\n`);
+    const loaded = async (args: string[]): Promise<string[]> => {
+      writeFileSync(trace, '');
+      await run(p.bin, args, { cwd: p.dir, env: { NODE_OPTIONS: `--import=${tracer}` } });
+      return readFileSync(trace, 'utf8').split('\n').filter(Boolean).map((u) => u.replace(/^.*\/node_modules\/ioasid\//, 'ioasid/').replace(/^.*\/node_modules\//, ''));
+    };
+    const version = await loaded(['--version']);
+    assert.ok(version.some((m) => m === 'ioasid/dist/cli/main.js'), version.join('\n'));
+    assert.deepEqual(version.filter((m) => /^ioasid\/dist\/(?!cli\/(main|descriptions)\.js)/.test(m)), [], '--version loads no command');
+    const status = await loaded(['status', '--url', 'http://127.0.0.1:9', '--token', 'x']);
+    assert.ok(status.includes('ioasid/dist/client/index.js'), status.join('\n'));
+    const heavy = status.filter((m) => /^ioasid\/dist\/(service|store|cluster|host|sim|vtd|remote)\/|^(fastify|better-sqlite3|etcd3|@grpc|prom-client|ws|yaml|undici)\b/.test(m));
+    assert.deepEqual(heavy, [], 'status loads none of these');
+  });
+
   it('ships compiled code, declarations and the prebuilt dashboard, no tests, benchmarks or fixtures, in at most 500 KB', async () => {
     const list = await run('tar', ['-tzf', p.tarball], { cwd: p.dir });
     const files = list.stdout.trim().split('\n').map((f) => f.replace(/^package\//, ''));
