@@ -74,8 +74,7 @@ export const HANDLERS: { readonly [K in OperationId]: Handler<K> } = {
     const b = req.body;
     if (b.op === 'write' && b.value === undefined) throw new IoasidError('EINVAL', 'a write needs a value', { op: b.op });
     if (b.op === 'read' && b.value !== undefined) throw new IoasidError('EINVAL', 'a read takes no value', { op: b.op });
-    const size = b.size === 4 ? 4 : 8;
-    const v = a.mmio(req.params.vm, req.params.segment, { op: b.op, offset: b.offset, size, ...(b.value !== undefined ? { value: BigInt(b.value) } : {}) });
+    const v = a.mmio(req.params.vm, req.params.segment, { op: b.op, offset: b.offset, size: b.size, ...(b.value !== undefined ? { value: BigInt(b.value) } : {}) });
     return v === null ? {} : { value: `0x${v.toString(16)}` };
   },
   getViommu: (a, req) => a.viommuConfig(req.params.vm, req.params.segment),
