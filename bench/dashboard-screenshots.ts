@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { chromium, type BrowserContext } from 'playwright-core';
 import { startServer, type RunningServer } from '../src/service/server.ts';
-import { IoasidClient } from '../src/service/client.ts';
+import { IoasidClient } from '../src/client/index.ts';
 import { encodeVcmd, registerOffset, VCMD_CMD } from '../src/vtd/index.ts';
 import { XorShift32 } from './util.ts';
 

@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type CDPSession, type Page } from 'playwright-core';
 import { startServer, type RunningServer } from '../src/service/server.ts';
-import { IoasidClient } from '../src/service/client.ts';
+import { IoasidClient } from '../src/client/index.ts';
 import { median, saveResult, XorShift32 } from './util.ts';
 
 const CHROMIUM = '/usr/bin/chromium';

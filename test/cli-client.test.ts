@@ -14,7 +14,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Command } from 'commander';
-import { IoasidClient, startServer, type RunningServer } from '../src/service/index.ts';
+import { IoasidClient } from '../src/client/index.ts';
+import { startServer, type RunningServer } from '../src/service/index.ts';
 import { clientCommands, pasidCommand, vmCommand, type CliIo } from '../src/cli/client-commands.ts';
 import { describeEvent, runs, table } from '../src/cli/format.ts';
 
@@ -461,6 +462,7 @@ describe('client commands in process: colour and output helpers', () => {
     assert.equal(table(['A', 'BB'], [['xyz', '1'], ['q', '22']]), 'A    BB\nxyz  1\nq    22');
     assert.equal(describeEvent({ type: 'free', vm: null, pasids: [16], seq: 1, at: 0 }), 'PASID 16 (0x10) freed by the host');
     assert.equal(describeEvent({ type: 'alloc', vm: 'vm1', pasids: [1, 2, 3, 7], seq: 2, at: 0 }), '4 PASIDs (1-3, 7) allocated to VM vm1');
+    assert.equal(describeEvent({ type: 'alloc', vm: 'vm1', pasids: [5, 7, 6], seq: 2, at: 0 }), '3 PASIDs (5-7) allocated to VM vm1');
     assert.equal(describeEvent({ type: 'mystery', x: 1, seq: 1, at: 0 } as never), 'mystery {"x":1}');
   });
 });

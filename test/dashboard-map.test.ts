@@ -13,8 +13,8 @@ import { join } from 'node:path';
 import { deflateSync, gunzipSync } from 'node:zlib';
 import { buildApp, PasidAuthority, hashToken, startServer } from '../src/service/index.ts';
 import { registerDashboard } from '../src/service/dashboard.ts';
-import { decodeNamespaceMap, encodeNamespaceMap } from '../src/service/namespace-map.ts';
-import { IoasidClient } from '../src/service/client.ts';
+import { decodeNamespaceMap, encodeNamespaceMap } from '../src/api/index.ts';
+import { IoasidClient } from '../src/client/index.ts';
 import { openStore } from '../src/store/index.ts';
 import { XorShift32 } from '../bench/util.ts';
 

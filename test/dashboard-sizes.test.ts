@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { startServer, type RunningServer } from '../src/service/server.ts';
-import { IoasidClient } from '../src/service/client.ts';
+import { IoasidClient } from '../src/client/index.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const ADMIN = 'admin-token-for-dashboard-size-tests-0123456789';

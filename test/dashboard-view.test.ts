@@ -14,7 +14,7 @@ import {
 } from '../web/layout.ts';
 import { describeEvent, describeLine, groupEvents, JOIN_MS, rangesOf, toPageEvent, type PageEvent } from '../web/events.ts';
 import { FREE, HOST, NamespaceModel } from '../web/model.ts';
-import type { AuthorityEvent } from '../src/service/client.ts';
+import type { AuthorityEvent } from '../src/client/index.ts';
 
 describe('owner colours', () => {
   it('24 colours, each at least 3:1 against free cells and the page, any two at least 0.1 apart in OKLab, none near the host grey', () => {

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
 import { startServer, type RunningServer } from '../src/service/server.ts';
-import { IoasidClient } from '../src/service/client.ts';
+import { IoasidClient } from '../src/client/index.ts';
 import { encodeVcmd, registerOffset, VCMD_CMD } from '../src/vtd/index.ts';
 
 const CHROMIUM = '/usr/bin/chromium';

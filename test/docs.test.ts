@@ -43,3 +43,32 @@ it('the README library example runs as written', async () => {
   assert.equal(gp, 2);
   assert.equal((logs[0] as unknown[])[0], 'EACCES');
 });
+
+it('the README client example runs as written against a running service', async () => {
+  const md = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  const blocks = [...md.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1] as string);
+  const code = blocks.find((b) => b.includes("from 'ioasid/client'"));
+  assert.ok(code);
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { startServer } = await import('../src/service/index.ts');
+  const { IoasidClient, isIoasidError } = await import('../src/client/index.ts');
+  const dir = mkdtempSync(join(tmpdir(), 'ioasid-readme-'));
+  const tokenFile = join(dir, 'admin.token');
+  writeFileSync(tokenFile, 'readme-admin-token-0123456789\n');
+  const server = await startServer({ store: 'memory', port: 0, stateDir: dir, adminTokenFile: tokenFile, logLevel: 'silent', dashboard: false, say: () => {} });
+  try {
+    const logs: unknown[][] = [];
+    const env = { IOASID_URL: server.url, IOASID_TOKEN: 'readme-admin-token-0123456789' };
+    const body = code.replace(/^import .*$/gm, '').replace(/console\.log/g, 'log');
+    const fn = new Function('IoasidClient', 'isIoasidError', 'process', 'log', `return (async () => { ${body}; return pasids; })()`);
+    const pasids = await fn(IoasidClient, isIoasidError, { env }, (...a: unknown[]) => logs.push(a));
+    assert.deepEqual(pasids, [1, 2]);
+    assert.deepEqual(logs, [['EDQUOT', 409]]);
+    assert.deepEqual(server.authority.listVms(), [], 'the example cleans up after itself');
+  } finally {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

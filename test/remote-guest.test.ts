@@ -16,7 +16,9 @@ import { fileURLToPath } from 'node:url';
 import { isIoasidError } from '../src/core/index.ts';
 import type { VmView } from '../src/host/index.ts';
 import { checkInvariants } from '../src/sim/index.ts';
-import { IoasidClient, RemoteMmio, SyncServiceChannel, startServer, type RunningServer } from '../src/service/index.ts';
+import { IoasidClient } from '../src/client/index.ts';
+import { RemoteMmio, SyncServiceChannel } from '../src/remote/index.ts';
+import { startServer, type RunningServer } from '../src/service/index.ts';
 
 const ADMIN = 'admin-token-for-remote-guest-tests-0123456789';
 const FIXTURE = fileURLToPath(new URL('./fixtures/remote-guest-process.ts', import.meta.url));

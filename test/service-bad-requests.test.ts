@@ -2,8 +2,9 @@
  * DESIGN 7: "Every request is validated ... a bad request gets a JSON error with the errno code and
  * an HTTP status, and changes nothing." The service runs in process (fastify inject) with two VMs
  * holding PASIDs and bindings; then several hundred bad requests, generated route by route from
- * the route table and its JSON schemas, are sent one at a time. After each: a 4xx status, a JSON
- * body `{ code, errno, message }` whose code is an errno name, whose errno is its negative Linux
+ * the route table and its JSON schemas, are sent one at a time. After each: a 4xx status, an RFC
+ * 9457 `application/problem+json` body (`type`, `title`, `status`, `detail`) with `{ code, errno,
+ * message }` whose code is an errno name, whose errno is its negative Linux
  * number and whose status is the one docs/error-codes.md gives it; and the whole state (host model,
  * store rows, VM list, each vIOMMU's registers and command log, the event log) deep-equal to
  * before. Finally the valid requests the bad ones were mutated from are sent and must succeed, so
@@ -293,7 +294,7 @@ describe('service: 200+ generated bad requests are refused and change nothing', 
   after(() => f.app.close());
 
 
-  it('each gets a 4xx JSON errno error and leaves the whole state as it was', async () => {
+  it('each gets a 4xx problem+json errno error (401s with a Bearer challenge) and leaves the whole state as it was', async () => {
     const requests = generate(f.tokens);
     assert.ok(requests.length >= 200, `only ${requests.length} bad requests generated`);
     const allProblems: string[] = [];
@@ -310,18 +311,20 @@ describe('service: 200+ generated bad requests are refused and change nothing', 
       // Let anything the request set off (a VCMD command, a commit) run before looking.
       await new Promise((resolve) => setImmediate(resolve));
       const where = `${r.why}\n    ${r.method} ${r.url}${r.payload !== undefined ? ` body=${JSON.stringify(r.payload.slice(0, 120))}` : ''}${r.headers ? ` headers=${JSON.stringify(r.headers)}` : ''}\n    -> ${res.statusCode} ${res.headers['content-type'] ?? ''} ${res.body.slice(0, 200)}`;
-      let body: { code?: unknown; errno?: unknown; message?: unknown } | undefined;
+      let body: { code?: unknown; errno?: unknown; message?: unknown; type?: unknown; title?: unknown; status?: unknown; detail?: unknown } | undefined;
       try {
         body = JSON.parse(res.body) as typeof body;
       } catch {
         body = undefined;
       }
       if (res.statusCode < 400 || res.statusCode > 499) problems.push(`status not 4xx: ${where}`);
-      else if (!String(res.headers['content-type'] ?? '').startsWith('application/json') || body === undefined) problems.push(`not a JSON error: ${where}`);
+      else if (String(res.headers['content-type'] ?? '').split(';')[0] !== 'application/problem+json' || body === undefined) problems.push(`not an RFC 9457 problem+json error: ${where}`);
       else if (!isIoasidErrorCode(body.code)) problems.push(`code not an errno name: ${where}`);
       else if (body.errno !== -ERRNO[body.code]) problems.push(`errno does not match the code: ${where}`);
       else if (HTTP_STATUS[body.code] !== res.statusCode) problems.push(`status is not the code's (${HTTP_STATUS[body.code]}): ${where}`);
       else if (typeof body.message !== 'string' || body.message.length === 0) problems.push(`no message: ${where}`);
+      else if (body.status !== res.statusCode || body.type !== `urn:ioasid:error:${body.code}` || typeof body.title !== 'string' || body.detail !== body.message) problems.push(`problem members (type, title, status, detail) do not match: ${where}`);
+      else if (res.statusCode === 401 && !/^Bearer realm="ioasid"/.test(String(res.headers['www-authenticate'] ?? ''))) problems.push(`401 without WWW-Authenticate: Bearer: ${where}`);
       const after1 = state(f) as Record<string, unknown>;
       const before1 = snapshotBefore as Record<string, unknown>;
       for (const k of Object.keys(before1)) {

@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import { IoasidClient } from '../src/service/index.ts';
+import { IoasidClient } from '../src/client/index.ts';
 import { IoasidError } from '../src/core/index.ts';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));

@@ -11,7 +11,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
-import { IoasidClient, PasidAuthority, startServer, type AuthorityEvent, type RunningServer } from '../src/service/index.ts';
+import { PasidAuthority, startServer, type AuthorityEvent, type RunningServer } from '../src/service/index.ts';
+import { IoasidClient } from '../src/client/index.ts';
 import { EventHub, type HubSocket } from '../src/service/event-hub.ts';
 import { MemoryStore } from '../src/store/index.ts';
 
@@ -82,7 +83,7 @@ describe('events: durable numbering and resumption', () => {
     const sock = fakeSocket();
     hub.subscribe(sock, { caller: 'admin', vm: null, since: 1 });
     assert.deepEqual(sock.sent.map((m) => JSON.parse(m)), [
-      { type: 'gap', from: 2, to: 3 },
+      { type: 'gap', since: 1, next: 4 },
       ...authority.recentEvents().map((e) => JSON.parse(JSON.stringify(e)) as unknown),
     ]);
     assert.deepEqual(authority.recentEvents().map((e) => e.seq), [4, 5, 6]);

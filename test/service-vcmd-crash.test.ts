@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { IoasidClient } from '../src/service/index.ts';
+import { IoasidClient } from '../src/client/index.ts';
 import { openStore } from '../src/store/index.ts';
 import { decodeVcrsp, type VcmdGuestState } from '../src/vtd/index.ts';
 

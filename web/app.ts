@@ -9,7 +9,7 @@
  *  3. fetches the map again every 30 s, after a gap in the event sequence and after reconnecting.
  * Everything goes through the typed client; the page holds no rule of the domain.
  */
-import { IoasidClient, type AuthorityEvent, type NamespaceMap, type VmInfo } from '../src/service/client.ts';
+import { IoasidClient, type AuthorityEvent, type NamespaceMap, type VmInfo } from '../src/client/index.ts';
 import { afterFrame, byId, errorCode, errorMessage, fill, fmtPasid, h, hex, parsePasid, swatch, throttle } from './dom.ts';
 import { EventFeed } from './event-feed.ts';
 import { fmtRange, pasidsOf, toPageEvent, type PageEvent } from './events.ts';

@@ -4,7 +4,7 @@
  * arrive here and become one shape, `pasids`, at the edge (`toPageEvent`), so the views never
  * care. Also the feed's grouping (a batch is one line) and the words for each event. Pure: no DOM.
  */
-import type { AuthorityEvent } from '../src/service/client.ts';
+import type { AuthorityEvent } from '../src/client/index.ts';
 import { hex } from './dom.ts';
 
 interface Stamp {

@@ -5,7 +5,7 @@
  * the sequence (events the server dropped for a slow consumer) asks for a resync. No rules of the
  * domain live here: the page only mirrors what the service reports.
  */
-import type { NamespaceMap } from '../src/service/client.ts';
+import type { NamespaceMap } from '../src/client/index.ts';
 import { assignPatterns, FREE_COLOUR, HOST_COLOUR, vmColour, type Colour, type Rgb } from './colors.ts';
 import type { PageEvent } from './events.ts';
 import { CAPACITY } from './layout.ts';

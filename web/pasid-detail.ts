@@ -3,7 +3,7 @@
  * when an event about that PASID arrives, and a button that brings it into view on the map. A
  * free PASID with no history is reported as such.
  */
-import type { IoasidClient, PasidInfo } from '../src/service/client.ts';
+import type { IoasidClient, PasidInfo } from '../src/client/index.ts';
 import { describeEvent, toPageEvent } from './events.ts';
 import { errorCode, fill, fmtPasid, fmtTime, h, swatch, throttle } from './dom.ts';
 import type { NamespaceModel } from './model.ts';

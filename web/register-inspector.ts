@@ -5,7 +5,7 @@
  * PAS bit position) from `GET .../viommus/:segment`; decoding is `src/vtd`'s own tables, bundled
  * into the page, so the page and the device model can never disagree about a bit.
  */
-import type { IoasidClient, RegistersView, ViommuView } from '../src/service/client.ts';
+import type { IoasidClient, RegistersView, ViommuView } from '../src/client/index.ts';
 import {
   commandName, decodeRangedAllocate, decodeVccap, decodeVcmd, decodeVcrsp, getField, registerMap, registerSpec, statusName,
   type RegisterMap, type RegisterName, type VcmdLogEntry,

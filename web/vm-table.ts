@@ -3,7 +3,7 @@
  * register layout, range extension; each opens the register inspector), its devices and its
  * bindings. The structure comes from `GET /v1/vms`; the used counts follow the live map.
  */
-import type { VmInfo } from '../src/service/client.ts';
+import type { VmInfo } from '../src/client/index.ts';
 import { fill, h, hex, swatch } from './dom.ts';
 import type { NamespaceModel } from './model.ts';
 

@@ -11,12 +11,13 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
-import WebSocket from 'ws';
-import { IoasidError, isIoasidError } from '../core/index.ts';
-import { IoasidClient, type AuthorityEvent, type ClientOptions, type PasidInfo } from '../service/index.ts';
+import type WebSocket from 'ws';
+import { IoasidClient, IoasidError, isIoasidError, type ApiEvent, type ClientOptions, type FetchLike, type PasidInfo } from '../client/index.ts';
+import { httpTransport, withDeadline } from './http-transport.ts';
 import {
   fmtPasid, fmtTime, formatEvent, plural, runs, style, table, vmDetails, vmTable, wantColour, type Style,
 } from './format.ts';
+import { DESCRIPTIONS } from './descriptions.ts';
 
 export const DEFAULT_URL = 'http://127.0.0.1:7070';
 /** Where `ioasid serve` writes the admin token it creates (relative to its working folder). */
@@ -40,7 +41,8 @@ export interface CliIo {
   readonly setExitCode: (code: number) => void;
   /** Call `fn` when the user asks to stop (`watch`); returns an unsubscribe function. */
   readonly onStop: (fn: () => void) => () => void;
-  readonly fetch?: typeof fetch;
+  /** Transport for the requests (default node:http; tests pass one that reaches an in-process app). */
+  readonly fetch?: FetchLike;
   readonly WebSocket?: WebSocketCtor;
 }
 
@@ -148,29 +150,6 @@ function withCommon(cmd: Command): Command {
     .option('--no-color', 'plain text even on a terminal (as NO_COLOR=1)');
 }
 
-function netReason(e: unknown): string {
-  if (e instanceof Error && (e.name === 'TimeoutError' || e.name === 'AbortError')) return `no answer within ${REQUEST_TIMEOUT_MS / 1000} s`;
-  const cause = (e as { cause?: { code?: unknown; message?: unknown } } | null)?.cause;
-  const code = typeof cause?.code === 'string' ? cause.code : undefined;
-  if (code === 'ECONNREFUSED') return 'connection refused';
-  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return 'host not found';
-  if (code === 'ECONNRESET') return 'connection reset';
-  if (code === 'ETIMEDOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') return 'connection timed out';
-  if (typeof cause?.message === 'string') return cause.message;
-  return e instanceof Error ? e.message : String(e);
-}
-
-/** fetch with a deadline and a readable reason when the network fails. */
-function cliFetch(base: typeof fetch): typeof fetch {
-  return async (input, init) => {
-    try {
-      return await base(input, { ...init, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
-    } catch (e) {
-      throw new Error(netReason(e));
-    }
-  };
-}
-
 function serviceUrl(raw: string, from: string): string {
   let u: URL;
   try {
@@ -211,7 +190,7 @@ function context(io: CliIo, o: CommonOpts): Ctx {
   const client = new IoasidClient({
     url,
     ...(token !== undefined ? { token } : {}),
-    fetch: cliFetch(io.fetch ?? ((...a) => fetch(...a))),
+    fetch: io.fetch !== undefined ? withDeadline(io.fetch, REQUEST_TIMEOUT_MS) : httpTransport(REQUEST_TIMEOUT_MS),
   });
   return { io, client, url, token, tokenFrom: from, json: o.json === true, colour: o.color !== false, st: style(o.color !== false && wantColour(io.stdoutIsTTY, io.env)) };
 }
@@ -288,7 +267,7 @@ function prepare(cmd: Command, io: CliIo): Command {
 // ------------------------------------------------------------------ ioasid vm
 
 export function vmCommand(io: CliIo = processIo()): Command {
-  const vm = new Command('vm').description('create, list, inspect and destroy VMs (admin token)');
+  const vm = new Command('vm').description(DESCRIPTIONS.vm);
 
   vm.addCommand(
     withCommon(new Command('create'))
@@ -360,7 +339,7 @@ function pasidDetails(p: PasidInfo, st: Style): string {
 }
 
 export function pasidCommand(io: CliIo = processIo()): Command {
-  const pasid = new Command('pasid').description("allocate, free, list and inspect PASIDs (the VM's token or admin)");
+  const pasid = new Command('pasid').description(DESCRIPTIONS.pasid);
 
   pasid.addCommand(
     withCommon(new Command('alloc'))
@@ -460,16 +439,16 @@ export interface StatusReport {
 export function statusCommand(io: CliIo = processIo()): Command {
   return prepare(
     withCommon(new Command('status'))
-      .description('health, store, VMs and PASIDs of a running service, and the VMs using the most (admin token)')
+      .description(DESCRIPTIONS.status)
       .option('--top <n>', 'how many VMs to show (default 5)', integer('top'), 5)
       .action(action(io, async (ctx, o: { top: number }) => {
         const health = await ctx.client.health();
         let ready = false;
         let store: string | null = null;
         try {
-          const r = await ctx.client.request<{ ready?: boolean; store?: string }>('GET', '/readyz');
-          ready = r.ready === true;
-          store = typeof r.store === 'string' ? r.store : null;
+          const r = await ctx.client.ready();
+          ready = r.ready;
+          store = r.store;
         } catch (e) {
           if (!isIoasidError(e) || e.details.status === undefined) throw e; // 503 while shutting down
         }
@@ -509,8 +488,10 @@ export function statusCommand(io: CliIo = processIo()): Command {
 // ------------------------------------------------------------------ ioasid watch
 
 /** ws's WebSocket, remembering its socket and last error (the client's callbacks carry neither). */
-function tracedWebSocket(track: { socket: WebSocket | null; error: Error | null }): WebSocketCtor {
-  class Traced extends WebSocket {
+async function tracedWebSocket(track: { socket: WebSocket | null; error: Error | null }): Promise<WebSocketCtor> {
+  // Loaded here: only `watch` needs a WebSocket, and every other command starts faster without it.
+  const { default: WS } = await import('ws');
+  class Traced extends WS {
     constructor(url: string, protocols?: string | string[]) {
       super(url, protocols);
       track.socket = this;
@@ -525,14 +506,14 @@ function tracedWebSocket(track: { socket: WebSocket | null; error: Error | null 
 export function watchCommand(io: CliIo = processIo()): Command {
   return prepare(
     withCommon(new Command('watch'))
-      .description('stream the service\'s events as they happen, one line each, until Ctrl-C (admin; or a VM\'s token with --vm)')
+      .description(DESCRIPTIONS.watch)
       .option('--vm <vm>', 'only the events of this VM')
       .action(action(io, async (ctx, o: { vm?: string }) => {
         const track: { socket: WebSocket | null; error: Error | null } = { socket: null, error: null };
         const client = new IoasidClient({
           url: ctx.url,
           ...(ctx.token !== undefined ? { token: ctx.token } : {}),
-          WebSocket: io.WebSocket ?? tracedWebSocket(track),
+          WebSocket: io.WebSocket ?? (await tracedWebSocket(track)),
         });
         // Check the token, the VM and the address over HTTP first: the stream itself can only
         // say "closed", while a request names the reason (ENOENT, EPERM, unreachable...).
@@ -549,7 +530,7 @@ export function watchCommand(io: CliIo = processIo()): Command {
           let opened = false;
           let stopping = false;
           let offStop = () => {};
-          const onEvent = (e: AuthorityEvent) => io.stdout(`${ctx.json ? JSON.stringify(e) : formatEvent(e, ctx.st)}\n`);
+          const onEvent = (e: ApiEvent) => io.stdout(`${ctx.json ? JSON.stringify(e) : formatEvent(e, ctx.st)}\n`);
           const stop = client.events(onEvent, {
             ...(o.vm !== undefined ? { vm: o.vm } : {}),
             onOpen: () => {

@@ -7,13 +7,14 @@
  * 0 only if every step behaved as narrated.
  */
 import { Command } from 'commander';
-import { IoasidError, type LogFn } from '../core/index.ts';
+import { IoasidError } from '../client/index.ts';
 import {
   VCMD_CMD, commandName, decodeVcmd, decodeVcrsp, describeRegister, registerAt, statusName,
   type MmioAccessor, type RegisterMap, type RegisterName,
 } from '../vtd/index.ts';
-import { Host, type Guest, type Viommu, type Vm } from '../host/index.ts';
+import { Host, type Guest, type HostOptions, type Viommu, type Vm } from '../host/index.ts';
 import { checkInvariants } from '../sim/index.ts';
+import { DESCRIPTIONS } from './descriptions.ts';
 
 interface Style {
   title(s: string): string;
@@ -81,7 +82,7 @@ export async function runDemo(out: (line: string) => void, colour = false): Prom
   let steps = 0;
   let traceOn = true;
   const kernelLog: string[] = [];
-  const log: LogFn = (level, message) => {
+  const log: NonNullable<HostOptions['log']> = (level, message) => {
     if (level !== 'debug') kernelLog.push(`${level}: ${message}`);
   };
 
@@ -227,7 +228,7 @@ export async function runDemo(out: (line: string) => void, colour = false): Prom
 
 export function demoCommand(): Command {
   return new Command('demo')
-    .description("the seed's story, narrated: a host, a guest with two vIOMMUs, PASIDs through VCMD, min/max, quota, ownership, teardown")
+    .description(DESCRIPTIONS.demo)
     .option('--no-color', 'plain output')
     .action(async (opts: { color: boolean }) => {
       const colour = opts.color && process.stdout.isTTY === true && process.env.NO_COLOR === undefined;

@@ -3,7 +3,7 @@
  * aligned tables, PASIDs as the kernel prints them, compact PASID runs, and one human line per
  * service event. Pure functions of their inputs: nothing here reads the process or the network.
  */
-import type { AuthorityEvent, VmInfo } from '../service/index.ts';
+import type { ApiEvent, VmInfo } from '../client/index.ts';
 
 export interface Style {
   bold(s: string): string;
@@ -116,8 +116,14 @@ export function vmDetails(v: VmInfo, st: Style): string {
 
 const EVENT_WIDTH = 'quota-exhausted'.length;
 
+/** `PASID 5 (0x5)` for one, `3 PASIDs (5-7)` for a batch. */
+function pasids(ids: readonly number[]): string {
+  const [first] = ids;
+  return ids.length === 1 && first !== undefined ? `PASID ${fmtPasid(first)}` : `${plural(ids.length, 'PASID')} (${runs(ids)})`;
+}
+
 /** What an event says, without its time and sequence number. */
-export function describeEvent(e: AuthorityEvent): string {
+export function describeEvent(e: ApiEvent): string {
   const vm = (v: string | null) => (v === null ? 'the host' : `VM ${v}`);
   switch (e.type) {
     case 'vm-created':
@@ -135,9 +141,9 @@ export function describeEvent(e: AuthorityEvent): string {
     case 'device-removed':
       return `device ${e.bdf} removed from VM ${e.vm}`;
     case 'alloc':
-      return `${e.pasids.length === 1 ? `PASID ${fmtPasid(e.pasids[0] as number)}` : `${plural(e.pasids.length, 'PASID')} (${runs(e.pasids)})`} allocated to ${vm(e.vm)}`;
+      return `${pasids(e.pasids)} allocated to ${vm(e.vm)}`;
     case 'free':
-      return `${e.pasids.length === 1 ? `PASID ${fmtPasid(e.pasids[0] as number)}` : `${plural(e.pasids.length, 'PASID')} (${runs(e.pasids)})`} freed by ${vm(e.vm)}`;
+      return `${pasids(e.pasids)} freed by ${vm(e.vm)}`;
     case 'bind':
       return `device ${e.bdf} of VM ${e.vm} bound to PASID ${fmtPasid(e.pasid)}`;
     case 'unbind':
@@ -158,7 +164,7 @@ function eventColour(type: string, st: Style): (s: string) => string {
 }
 
 /** `watch` and `pasid show`: `2025-01-01T00:00:00.000Z  #12     alloc            PASID 5 (0x5) allocated to VM vm1`. */
-export function formatEvent(e: AuthorityEvent, st: Style): string {
+export function formatEvent(e: ApiEvent, st: Style): string {
   const type = String(e.type);
   return `${st.dim(fmtTime(e.at))}  ${st.dim(`#${e.seq}`.padEnd(6))}  ${eventColour(type, st)(type.padEnd(EVENT_WIDTH))}  ${describeEvent(e)}`;
 }

@@ -5,9 +5,11 @@
  * flag value exits 2, as the client commands do.
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { isIoasidError, type IoasidError } from '../core/index.ts';
+import { isIoasidError, type IoasidError } from '../client/index.ts';
+// The one module of the CLI that reaches the service: `ioasid serve` runs it (docs/decisions.md).
 import { DEFAULT_PORT, DEFAULT_STORE, serveUntilSignalled } from '../service/index.ts';
-import type { EtcdSecurityOptions } from '../store/index.ts';
+import { DESCRIPTIONS } from './descriptions.ts';
+import type { EtcdSecurityOptions } from '../service/index.ts';
 
 function port(v: string): number {
   const n = Number(v);
@@ -88,7 +90,7 @@ function quietIpServernameWarning(): void {
 
 export function serveCommand(): Command {
   return new Command('serve')
-    .description('run the PASID authority service (HTTP API, events, metrics, dashboard)')
+    .description(DESCRIPTIONS.serve)
     .option('--store <spec>', 'memory, sqlite:PATH, etcd://HOST:PORT[,HOST:PORT...] (cluster mode: every etcd member) or etcds://... (the same over TLS)', DEFAULT_STORE)
     .option('--host-id <name>', "cluster mode: this host's name in the migration domain (default: the hostname)")
     .option('--domain <name>', 'cluster mode: the migration domain (one PASID namespace) to join (default: default)')

@@ -9,12 +9,13 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, InvalidArgumentError } from 'commander';
-import { PROFILES, isProfile, type Profile } from '../core/index.ts';
+import { PROFILES, isProfile, type Profile } from '../sim/index.ts';
 import {
   ScenarioFormatError, formatIssue, formatReport, parseScenario, progressLine, runRandom, runScenario,
   type RunReport,
 } from '../sim/index.ts';
 import { wantColour } from './format.ts';
+import { DESCRIPTIONS } from './descriptions.ts';
 
 interface SimulateOptions {
   json?: boolean;
@@ -75,7 +76,7 @@ function usage(message: string, json: boolean | undefined): void {
 
 export function simulateCommand(): Command {
   return new Command('simulate')
-    .description('run a scenario file (YAML or JSON; see docs/scenarios.md) or a seeded random workload against a simulated host, checking the invariants after every step')
+    .description(DESCRIPTIONS.simulate)
     .argument('[file]', 'scenario file')
     .option('--json', 'machine-readable report on stdout')
     .option('--random', 'generate a random workload instead of reading a file')

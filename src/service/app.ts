@@ -1,16 +1,17 @@
 /**
- * The HTTP service (DESIGN 7): fastify 5 around a PasidAuthority. Every request is validated
- * against the route table's schemas (no coercion, no unknown fields, bounded bodies); a refused
- * request gets a JSON error with the errno code and changes nothing. Authentication: an admin
- * bearer token manages VMs; each VM's own token acts on that VM only.
+ * The HTTP service: fastify 5 around a PasidAuthority, its routes registered from the contract's
+ * operation table (`src/api`). Every request is validated against the contract's schemas (no
+ * coercion but the integers of paths and queries, no unknown fields, bounded bodies) and every
+ * answer is serialised by its response schema; a refused request gets an RFC 9457 problem with
+ * the errno code and changes nothing. Authentication: an admin bearer token manages VMs; each
+ * VM's own token acts on that VM only; a 401 carries `WWW-Authenticate: Bearer`.
  */
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import websocket from '@fastify/websocket';
+import { EVENT_STREAM, PROBLEM_MEDIA_TYPE, buildOpenApi, httpStatusOf, toProblem } from '../api/index.ts';
 import { IoasidBugError, IoasidError } from '../core/index.ts';
 import type { PasidAuthority, AuthorityEvent } from './authority.ts';
-import { ROUTES, type RouteDef } from './routes.ts';
-import { ERROR_SCHEMA, httpStatusOf, type ErrorBody } from './http-errors.ts';
-import { buildOpenApi } from './openapi.ts';
+import { ROUTES, type RouteDef, type ServiceContext } from './routes.ts';
 import { ServiceMetrics } from './metrics.ts';
 import { CLOSE, EventHub, type EventHubOptions } from './event-hub.ts';
 
@@ -33,6 +34,8 @@ declare module 'fastify' {
   }
 }
 
+const REALM = 'ioasid';
+
 function bearer(req: FastifyRequest): string | null {
   const h = req.headers.authorization;
   if (typeof h === 'string' && h.startsWith('Bearer ')) return h.slice(7).trim();
@@ -45,8 +48,39 @@ export function redactToken(url: string): string {
   return url.replace(/([?&]token=)[^&#]*/gi, '$1[redacted]');
 }
 
-function errorBody(e: IoasidError): ErrorBody {
-  return { code: e.code, errno: e.errno, message: e.message, details: e.details };
+/** The request path, never its query (which may hold a token). */
+function pathOf(req: FastifyRequest): string {
+  return req.url.split('?')[0] ?? '/';
+}
+
+/** Send an error as an RFC 9457 problem; a 401 also gets the Bearer challenge (RFC 6750). */
+function sendProblem(req: FastifyRequest, reply: FastifyReply, e: IoasidError): FastifyReply {
+  const status = httpStatusOf(e);
+  if (status === 401) {
+    // No error code when no credentials were sent at all (RFC 6750 section 3.1).
+    void reply.header('www-authenticate', bearer(req) === null ? `Bearer realm="${REALM}"` : `Bearer realm="${REALM}", error="invalid_token"`);
+  }
+  return reply.status(status).type(PROBLEM_MEDIA_TYPE).send(toProblem(e, pathOf(req)));
+}
+
+/**
+ * Path and query values arrive as text. The contract types some as integers; a value of plain
+ * decimal digits becomes a number before validation, anything else ('0x2', '1e3', ' 5', '1.5',
+ * a repeated key) stays as it came and fails the schema's integer type. Stricter than ajv's own
+ * coercion, which would take '0x2' and '1e3'.
+ */
+function integersOf(schema: unknown): readonly string[] {
+  const props = (schema as { properties?: Record<string, { type?: unknown }> } | undefined)?.properties ?? {};
+  return Object.entries(props).filter(([, s]) => s.type === 'integer').map(([k]) => k);
+}
+
+function parseIntegers(values: unknown, keys: readonly string[]): void {
+  if (typeof values !== 'object' || values === null) return;
+  const v = values as Record<string, unknown>;
+  for (const k of keys) {
+    const x = v[k];
+    if (typeof x === 'string' && /^[0-9]{1,10}$/.test(x)) v[k] = Number(x);
+  }
 }
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { metrics: ServiceMetrics; events: EventHub }> {
@@ -72,6 +106,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { me
   app.addHook('onClose', async () => {
     closing = true;
   });
+  const ctx: ServiceContext = { closing: () => closing, metrics, openapi: buildOpenApi() };
 
   app.setErrorHandler((err: unknown, req, reply) => {
     let e: IoasidError;
@@ -84,15 +119,14 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { me
       else {
         req.log.error({ err }, 'internal error');
         const bug = err instanceof IoasidBugError;
-        void reply.status(500).send({ code: 'EFAULT', errno: -14, message: bug ? (err as Error).message : 'internal error', details: {} });
-        return;
+        return sendProblem(req, reply, new IoasidError('EFAULT', bug ? (err as Error).message : 'internal error', {}));
       }
     }
     metrics.error(e.code);
-    void reply.status(httpStatusOf(e)).send(errorBody(e));
+    return sendProblem(req, reply, e);
   });
   app.setNotFoundHandler((req, reply) => {
-    void reply.status(404).send(errorBody(new IoasidError('ENOENT', `no route ${req.method} ${req.url.split('?')[0]}`, { method: req.method })));
+    void sendProblem(req, reply, new IoasidError('ENOENT', `no route ${req.method} ${pathOf(req)}`, { method: req.method }));
   });
   app.addHook('onResponse', async (req, reply) => {
     metrics.request(req.method, req.routeOptions.url ?? 'unknown', reply.statusCode, reply.elapsedTime / 1000);
@@ -122,27 +156,32 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { me
     throw new IoasidError('EACCES', def.auth === 'admin' ? 'this operation needs the admin token' : `the token of VM ${who.vm} cannot act on VM ${vm ?? '(none)'}`, { vm: vm ?? null });
   };
 
+  // ---------------------------------------------------------------- the contract's operations
   for (const def of ROUTES) {
+    const ints = { params: integersOf(def.schema.params), query: integersOf(def.schema.querystring) };
     app.route({
       method: def.method,
       url: def.url,
       schema: {
-        ...(def.schema.params ? { params: def.schema.params } : {}),
-        ...(def.schema.querystring ? { querystring: def.schema.querystring } : {}),
-        ...(def.schema.body ? { body: def.schema.body } : {}),
+        ...(def.schema.params !== undefined ? { params: def.schema.params } : {}),
+        ...(def.schema.querystring !== undefined ? { querystring: def.schema.querystring } : {}),
+        ...(def.schema.body !== undefined ? { body: def.schema.body } : {}),
+        ...(def.schema.response !== undefined ? { response: { [def.status]: def.schema.response } } : {}),
       },
-      preHandler: authorize(def),
+      // Authentication first: a caller without a valid token learns nothing about the request.
+      onRequest: authorize(def),
+      preValidation: async (req) => {
+        parseIntegers(req.params, ints.params);
+        parseIntegers(req.query, ints.query);
+      },
       handler: async (req: FastifyRequest, reply: FastifyReply) => {
         const op = def.operationId;
         try {
-          const result = await def.handler(authority, {
-            params: (req.params ?? {}) as Record<string, string>,
-            query: (req.query ?? {}) as Record<string, string | undefined>,
-            body: req.body,
-          });
+          const result = await def.handler(authority, { params: req.params ?? {}, query: req.query ?? {}, body: req.body }, ctx);
           metrics.op(op, 'ok');
           if (def.status === 204) return reply.status(204).send();
-          return reply.status(def.status ?? 200).send(result);
+          if (def.produces !== undefined) void reply.type(def.produces);
+          return reply.status(def.status).send(result);
         } catch (e) {
           if (e instanceof IoasidError) metrics.op(op, e.code);
           throw e;
@@ -151,36 +190,31 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { me
     });
   }
 
-  // ---------------------------------------------------------------- ops endpoints
-  app.get('/readyz', async (_req, reply) => {
-    if (closing) return reply.status(503).send(errorBody(new IoasidError('ENODEV', 'shutting down')));
-    return { ready: true, store: authority.store.kind };
-  });
-  app.get('/metrics', async (_req, reply) => {
-    void reply.header('content-type', metrics.contentType);
-    return metrics.render();
-  });
-  const openapi = buildOpenApi(ROUTES, ERROR_SCHEMA);
-  app.get('/openapi.json', async () => openapi);
-
-  // ---------------------------------------------------------------- event stream (event-hub.ts)
-  app.get('/v1/events', { websocket: true }, (socket, req) => {
-    const token = bearer(req);
-    const q = req.query as Record<string, string | undefined>;
-    const since = q.since === undefined ? undefined : /^\d{1,15}$/.test(q.since) ? Number(q.since) : NaN;
-    if (Number.isNaN(since)) {
-      socket.close(4400, 'since must be an event sequence number');
-      return;
-    }
-    const who = token === null ? null : authority.identify(token);
-    let scope: string | null;
-    if (who?.admin === true) scope = q.vm ?? null;
-    else if (who !== null && who.vm !== null && q.vm !== undefined && who.vm === q.vm) scope = q.vm;
-    else {
-      socket.close(CLOSE.unauthorized, 'a valid token is required');
-      return;
-    }
-    hub.subscribe(socket, { caller: who.admin ? 'admin' : (who.vm as string), vm: scope, ...(since !== undefined ? { since } : {}) });
+  // ---------------------------------------------------------------- event stream
+  app.route({
+    method: 'GET',
+    url: EVENT_STREAM.path,
+    handler: async () => {
+      throw new IoasidError('EINVAL', `${EVENT_STREAM.path} is a WebSocket: connect with Upgrade: websocket (the log is GET /v1/events/recent)`, { path: EVENT_STREAM.path });
+    },
+    wsHandler: (socket, req) => {
+      const token = bearer(req);
+      const q = req.query as Record<string, string | undefined>;
+      const since = q.since === undefined ? undefined : /^\d{1,15}$/.test(q.since) ? Number(q.since) : NaN;
+      if (Number.isNaN(since)) {
+        socket.close(CLOSE.badRequest, 'since must be an event sequence number');
+        return;
+      }
+      const who = token === null ? null : authority.identify(token);
+      let scope: string | null;
+      if (who?.admin === true) scope = q.vm ?? null;
+      else if (who !== null && who.vm !== null && q.vm !== undefined && who.vm === q.vm) scope = q.vm;
+      else {
+        socket.close(EVENT_STREAM.refusedCloseCode, 'a valid token is required');
+        return;
+      }
+      hub.subscribe(socket, { caller: who.admin ? 'admin' : (who.vm as string), vm: scope, ...(since !== undefined ? { since } : {}) });
+    },
   });
 
   if (opts.extend) await opts.extend(app);

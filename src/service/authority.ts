@@ -18,30 +18,15 @@ import { decodeRegister, registerOffset, type AccessSize, type VcmdDeviceConfig,
 import { Host, type HostEventRecord, type Journal, type ViommuSpec, type Vm } from '../host/index.ts';
 import type { Store } from '../store/index.ts';
 import type { ClusterRole, ClusterStatus, MigrateResult, ReclaimReport } from '../cluster/index.ts';
+import type { CreateVmBody, PasidInfo, VmInfo } from '../api/index.ts';
 import { timingSafeEqual } from 'node:crypto';
+import { eventHasPasid } from './events.ts';
 import { eventRecord, StoreJournal, toHostState } from './store-journal.ts';
 import { hashToken, newToken, tokenMatches } from './tokens.ts';
 
-export interface VmInfo {
-  readonly id: string;
-  readonly quota: number;
-  readonly used: number;
-  readonly createdAt: number;
-  readonly viommus: readonly { segment: number; layout: 'A' | 'B'; rangeExtension: boolean }[];
-  readonly devices: readonly { bdf: string; segment: number; pasidBits: number }[];
-  readonly bindings: readonly { bdf: string; pasid: number }[];
-  /** The host the VM runs on (cluster mode only). */
-  readonly host?: string;
-}
-
-export interface PasidInfo {
-  readonly pasid: number;
-  readonly owner: string | null;
-  readonly bindings: readonly string[];
-  readonly history: readonly AuthorityEvent[];
-}
-
-/** What the service streams and records: the journal's events, numbered, with their commit time. */
+/** The wire types (src/api) under the names the service has used. */
+export type { VmInfo, PasidInfo };
+/** What the service records and streams: the journal's events, numbered, with their commit time. */
 export type AuthorityEvent = HostEventRecord;
 
 export interface AuthorityOptions {
@@ -54,12 +39,7 @@ export interface AuthorityOptions {
   readonly cluster?: ClusterRole;
 }
 
-export interface CreateVmRequest {
-  readonly id: string;
-  readonly quota?: number;
-  readonly viommus?: readonly ViommuSpec[];
-  readonly devices?: readonly { bdf: string; pasidBits?: number }[];
-}
+export type CreateVmRequest = CreateVmBody;
 
 const ADMIN_HASH_KEY = 'admin.tokenHash';
 
@@ -152,7 +132,7 @@ export class PasidAuthority {
       const e = this.#ring[(this.#ringPos + i) % n];
       if (e === undefined) continue;
       if (filter.since !== undefined && e.seq <= filter.since) continue;
-      if (filter.pasid !== undefined && !mentions(e, filter.pasid)) continue;
+      if (filter.pasid !== undefined && !eventHasPasid(e, filter.pasid)) continue;
       if (filter.vm !== undefined && e.vm !== filter.vm) continue;
       out.push(e);
     }
@@ -416,12 +396,6 @@ export class PasidAuthority {
   async reclaimHost(hostId: string, opts: { force?: boolean } = {}): Promise<ReclaimReport> {
     return this.#needCluster().reclaim(hostId, opts);
   }
-}
-
-function mentions(e: AuthorityEvent, pasid: number): boolean {
-  if (e.type === 'alloc' || e.type === 'free') return e.pasids.includes(pasid);
-  if (e.type === 'vm-destroyed') return e.freed.includes(pasid);
-  return 'pasid' in e && e.pasid === pasid;
 }
 
 export type { IoasidErrorCode };

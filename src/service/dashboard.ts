@@ -1,25 +1,31 @@
 /**
- * The dashboard (DESIGN 7): one page at `/` that shows the system-wide PASID namespace live. The
- * page (`web/`) is plain TypeScript, DOM and canvas, and talks to the service only through the
- * typed client (`client.ts`), so it holds no domain logic. It is bundled here with esbuild (already
- * installed as tsx's engine) on the first request, in memory, once, and served from memory with
- * its stylesheet, gzip-compressed when the browser accepts it. `startServer` registers it by
- * default through the app's `extend` hook. See docs/dashboard.md.
+ * The dashboard: one page at `/` that shows the system-wide PASID namespace live. The page
+ * (`web/`) is plain TypeScript, DOM and canvas, and talks to the service only through the typed
+ * client (`ioasid/client`), so it holds no domain logic. The installed package serves the bundle
+ * that `npm run build` made (`dist/web/`); run from the sources (development, tests), the service
+ * bundles `web/app.ts` with esbuild (a development dependency) on the first request, in memory,
+ * once. Either way the files are served from memory with their stylesheet, gzip-compressed when
+ * the browser accepts it. `startServer` registers it by default through the app's `extend` hook.
+ * See docs/dashboard.md.
  *
  * Security: the page holds the admin token only in the tab's sessionStorage; every answer here
  * carries a strict Content-Security-Policy (scripts and styles from this origin only, no inline
  * code, no framing), so an injected string can neither run nor exfiltrate the token.
  */
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 
-/** Where the page's sources live (the repository's or the package's `web/`). */
+/** The page's sources: the repository's `web/`, beside `src/`. */
 export const WEB_DIR = fileURLToPath(new URL('../../web/', import.meta.url));
+/** The prebuilt page of the compiled package: `dist/web/`, beside `dist/service/`. */
+export const PREBUILT_DIR = fileURLToPath(new URL('../web/', import.meta.url));
+/** The files `npm run build` writes into PREBUILT_DIR. */
+export const PREBUILT_FILES = { page: 'index.html', script: 'app.js', style: 'app.css' } as const;
 
 export const DASHBOARD_PATHS = {
   page: '/',
@@ -33,6 +39,8 @@ export interface DashboardOptions {
   readonly minify?: boolean;
   /** Build at registration instead of on the first request (default false). */
   readonly eager?: boolean;
+  /** Bundle from `web/` even where a prebuilt page exists (default: only without one). */
+  readonly fromSource?: boolean;
 }
 
 interface Asset {
@@ -62,25 +70,14 @@ function asset(body: string | Uint8Array, type: string): Asset {
   return { body: buf, gzip: gzipSync(buf, { level: 9 }), type, etag: `"${createHash('sha256').update(buf).digest('base64url').slice(0, 22)}"` };
 }
 
-type Esbuild = typeof import('esbuild');
-
-/** esbuild as installed with tsx (hoisted, or nested under tsx). */
-async function loadEsbuild(): Promise<Esbuild> {
+/** The page bundled from `web/`: script and stylesheet, in memory. */
+export async function bundleDashboard(opts: { readonly minify?: boolean } = {}): Promise<{ js: Uint8Array; css: Uint8Array; html: string }> {
+  let esbuild: typeof import('esbuild');
   try {
-    return (await import('esbuild')) as Esbuild;
-  } catch (first) {
-    try {
-      const tsx = createRequire(import.meta.url).resolve('tsx');
-      return createRequire(tsx)('esbuild') as Esbuild;
-    } catch {
-      throw first;
-    }
+    esbuild = await import('esbuild');
+  } catch (e) {
+    throw new Error(`bundling the dashboard from ${WEB_DIR} needs esbuild, a development dependency (the installed package serves its prebuilt page): ${e instanceof Error ? e.message : String(e)}`);
   }
-}
-
-/** Bundle `web/app.ts` (with the client and the VT-d decoders) and the stylesheet, in memory. */
-export async function buildDashboardAssets(opts: DashboardOptions = {}): Promise<Assets> {
-  const esbuild = await loadEsbuild();
   const minify = opts.minify ?? true;
   const result = await esbuild.build({
     entryPoints: [join(WEB_DIR, 'app.ts'), join(WEB_DIR, 'app.css')],
@@ -99,11 +96,27 @@ export async function buildDashboardAssets(opts: DashboardOptions = {}): Promise
   const js = result.outputFiles.find((f) => f.path.endsWith('.js'));
   const css = result.outputFiles.find((f) => f.path.endsWith('.css'));
   if (js === undefined || css === undefined) throw new Error('esbuild produced no script or stylesheet');
-  const html = await readFile(join(WEB_DIR, 'index.html'), 'utf8');
+  return { js: js.contents, css: css.contents, html: await readFile(join(WEB_DIR, 'index.html'), 'utf8') };
+}
+
+/** The prebuilt page, or null where there is none (running from the sources). */
+async function prebuilt(): Promise<{ js: Uint8Array; css: Uint8Array; html: string } | null> {
+  if (!existsSync(join(PREBUILT_DIR, PREBUILT_FILES.script))) return null;
+  const [js, css, html] = await Promise.all([
+    readFile(join(PREBUILT_DIR, PREBUILT_FILES.script)),
+    readFile(join(PREBUILT_DIR, PREBUILT_FILES.style)),
+    readFile(join(PREBUILT_DIR, PREBUILT_FILES.page), 'utf8'),
+  ]);
+  return { js, css, html };
+}
+
+/** The page's assets: the prebuilt ones when present, else `web/app.ts` bundled now. */
+export async function buildDashboardAssets(opts: DashboardOptions = {}): Promise<Assets> {
+  const files = (opts.fromSource === true ? null : await prebuilt()) ?? (await bundleDashboard(opts.minify !== undefined ? { minify: opts.minify } : {}));
   return {
-    page: asset(html, 'text/html; charset=utf-8'),
-    script: asset(js.contents, 'text/javascript; charset=utf-8'),
-    style: asset(css.contents, 'text/css; charset=utf-8'),
+    page: asset(files.html, 'text/html; charset=utf-8'),
+    script: asset(files.js, 'text/javascript; charset=utf-8'),
+    style: asset(files.css, 'text/css; charset=utf-8'),
     icon: asset(ICON, 'image/svg+xml'),
   };
 }
@@ -121,7 +134,7 @@ export async function registerDashboard(app: FastifyInstance, opts: DashboardOpt
   let built: Promise<Assets> | null = null;
   const assets = (): Promise<Assets> => {
     built ??= buildDashboardAssets(opts).catch((e: unknown) => {
-      app.log.error({ err: e }, 'dashboard: bundling web/app.ts failed');
+      app.log.error({ err: e }, 'dashboard: loading or bundling the page failed');
       built = null; // the next request tries again
       throw e;
     });

@@ -10,8 +10,8 @@
  *  4. Access follows the VM: a VM-scoped subscription ends (4403) when the VM is destroyed or its
  *     token is replaced, so it never sees the events of a later VM of the same name.
  *  5. Resumption: `since=N` first sends the events after seq N that are still kept, preceded by a
- *     `{ "type": "gap", "from", "to" }` message when some of them are gone (older than the
- *     retention); live events follow without a hole or a repeat.
+ *     `{ "type": "gap", "since": N, "next": M }` message when those before M are gone (older than
+ *     the retention); live events follow without a hole or a repeat.
  *  6. When the service stops, every subscriber is closed with 1001 (going away).
  */
 import type { AuthorityEvent, PasidAuthority } from './authority.ts';
@@ -35,6 +35,7 @@ export interface EventHubOptions {
 
 export const CLOSE = {
   goingAway: 1001,
+  badRequest: 4400,
   tooSlow: 4008,
   unauthorized: 4401,
   revoked: 4403,
@@ -94,7 +95,7 @@ export class EventHub {
     socket.on('error', drop);
     if (who.since !== undefined && who.since < sub.lastSeq) {
       const oldest = this.#authority.oldestSeq;
-      if (who.since + 1 < oldest) this.#send(sub, JSON.stringify({ type: 'gap', from: who.since + 1, to: oldest - 1 }));
+      if (who.since + 1 < oldest) this.#send(sub, JSON.stringify({ type: 'gap', since: who.since, next: oldest }));
       for (const e of this.#authority.recentEvents({ since: who.since, ...(who.vm !== null ? { vm: who.vm } : {}) })) {
         if (e.seq > sub.lastSeq) break;
         this.#send(sub, JSON.stringify(e));

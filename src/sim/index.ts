@@ -4,6 +4,9 @@
  * report (docs/scenarios.md).
  */
 export { checkInvariants, INVARIANTS } from './invariants.ts';
+/** Kernel profiles a scenario's guests (and `simulate --guest-profile`) may take. */
+export { PROFILES, isProfile } from '../core/index.ts';
+export type { Profile } from '../core/index.ts';
 export type { InvariantName, Violation } from './invariants.ts';
 export { IncrementalChecker } from './invariants-incremental.ts';
 export { STEP_KINDS, VCMD_COMMANDS, VCMD_STATUSES, EXPECT_OK, EXPECT_ANY, HAZARD_KINDS, describeAction, describeExpectation, describeOutcome } from './scenario.ts';

@@ -22,8 +22,7 @@
 import { IoasidError, fmtId, type IoasidSpace, type LogFn, type Profile } from '../core/index.ts';
 import type { GuestViommu, Layout, MmioAccessor, PasBit, UnplugReport, VtdGuestDriver } from '../vtd/index.ts';
 import { GuestKernel, parseDevice, type PciDevice } from '../host/index.ts';
-import type { VmInfo } from './authority.ts';
-import { IoasidClient } from './client.ts';
+import { IoasidClient, type VmInfo } from '../client/index.ts';
 import { RemoteMmio, SyncServiceChannel, type ChannelStats } from './remote-mmio.ts';
 
 export interface RemoteGuestOptions {

@@ -17,7 +17,7 @@
  * Rules:
  *  1. One request at a time per channel (the calling thread is blocked); the channel is shared by
  *     every vIOMMU of a guest, so they share the worker and its keep-alive connections.
- *  2. A service error (a JSON IoasidError body) is rethrown in the calling thread as the same
+ *  2. A service error (an RFC 9457 problem body) is rethrown in the calling thread as the same
  *     IoasidError (code, message, details + HTTP status); an unreachable service is ENODEV; no
  *     answer within `timeoutMs` is ETIMEDOUT (the late answer is dropped when it comes).
  *  3. Never call it from the thread that runs the service: that thread's event loop is blocked, so
@@ -31,7 +31,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import { MessageChannel, Worker, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
-import { IoasidError, isIoasidErrorCode } from '../core/index.ts';
+import { IoasidError } from '../core/index.ts';
+import { errorFromProblem } from '../client/index.ts';
 import type { AccessSize, MmioAccessor } from '../vtd/index.ts';
 
 export interface SyncChannelOptions {
@@ -123,15 +124,13 @@ port.on('message', (m) => send(m, false));
 /** An HTTP answer that is not 2xx, as the IoasidError the service sent (as the typed client does). */
 export function errorFromAnswer(status: number, text: string, url: string): IoasidError {
   if (status === 0) return new IoasidError('ENODEV', `the service at ${url} is unreachable: ${text}`, { url });
-  let body: { code?: unknown; message?: unknown; details?: unknown } | undefined;
+  let body: unknown;
   try {
-    body = text.length > 0 ? (JSON.parse(text) as typeof body) : undefined;
+    body = text.length > 0 ? JSON.parse(text) : undefined;
   } catch {
     body = undefined;
   }
-  const code = isIoasidErrorCode(body?.code) ? body.code : status >= 500 ? 'EFAULT' : 'EINVAL';
-  const details = typeof body?.details === 'object' && body.details !== null ? (body.details as Record<string, unknown>) : {};
-  return new IoasidError(code, typeof body?.message === 'string' ? body.message : `HTTP ${status}`, { status, ...details });
+  return errorFromProblem(status, body);
 }
 
 /** One worker and its keep-alive connections; synchronous requests to the service. */

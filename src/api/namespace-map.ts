@@ -24,7 +24,6 @@
 
 export const NAMESPACE_MAP_MAGIC = 'IOAM';
 export const NAMESPACE_MAP_VERSION = 1;
-export const NAMESPACE_MAP_MEDIA_TYPE = 'application/octet-stream';
 const HEADER = 16;
 
 export interface NamespaceMapOwner {
