@@ -3,6 +3,7 @@
  * a text node, so nothing the service returns can inject markup), lookups that fail loudly, and
  * the formatting shared by the views.
  */
+import { PASID_MAX, PASID_MIN } from '../src/client/index.ts';
 import { swatchBackground } from './colors.ts';
 
 type Attrs = Record<string, string | number | boolean | null | undefined>;
@@ -54,7 +55,7 @@ export function hex(p: number): string {
 export function parsePasid(s: string): number | null {
   const t = s.trim().toLowerCase();
   const n = /^0x[0-9a-f]{1,5}$/.test(t) ? parseInt(t.slice(2), 16) : /^[0-9]{1,7}$/.test(t) ? Number(t) : NaN;
-  return Number.isInteger(n) && n >= 1 && n <= 0xfffff ? n : null;
+  return Number.isInteger(n) && n >= PASID_MIN && n <= PASID_MAX ? n : null;
 }
 
 /** `14:03:22.517` in the viewer's time zone. */

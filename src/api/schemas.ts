@@ -68,7 +68,7 @@ export const CREATE_VM_BODY = {
   type: 'object', additionalProperties: false, required: ['id'],
   properties: {
     id: VM_ID,
-    quota: { type: 'integer', minimum: 0, maximum: 0xfffff, description: 'How many PASIDs the VM may hold (default 1000).' },
+    quota: { type: 'integer', minimum: 0, maximum: PASID_MAX, description: 'How many PASIDs the VM may hold (default 1000).' },
     viommus: { type: 'array', maxItems: 64, items: VIOMMU_SPEC },
     devices: { type: 'array', maxItems: 256, items: DEVICE_SPEC },
   },

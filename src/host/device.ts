@@ -2,10 +2,7 @@
  * PCI devices that can be assigned to a VM: a BDF with its PCI segment (domain), and the width of
  * its PASID capability (a device with a 10-bit PASID can use only PASIDs below 1024).
  */
-import { IoasidError, PASID_BITS, fmtId } from '../core/index.ts';
-
-/** `SSSS:BB:DD.F`, hexadecimal, as lspci prints it. */
-const BDF = /^([0-9a-f]{4}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])$/;
+import { IoasidError, PASID_BITS, fmtId, parseBdf } from '../core/index.ts';
 
 export interface DeviceSpec {
   /** `SSSS:BB:DD.F`; the segment (domain) selects the vIOMMU the device sits behind. */
@@ -25,12 +22,10 @@ export interface PciDevice {
 /** Validate a device spec; EINVAL naming the field. */
 export function parseDevice(spec: DeviceSpec): PciDevice {
   if (typeof spec !== 'object' || spec === null) throw new IoasidError('EINVAL', `device must be an object, got ${fmtId(spec)}`);
-  const bdf = typeof spec.bdf === 'string' ? spec.bdf.toLowerCase() : spec.bdf;
-  const m = typeof bdf === 'string' ? BDF.exec(bdf) : null;
-  if (m === null) throw new IoasidError('EINVAL', `device bdf must look like 0000:00:02.0, got ${fmtId(spec.bdf)}`, { bdf: spec.bdf });
+  const { bdf, segment } = parseBdf(spec.bdf);
   const pasidBits = spec.pasidBits ?? PASID_BITS;
   if (typeof pasidBits !== 'number' || !Number.isInteger(pasidBits) || pasidBits < 1 || pasidBits > PASID_BITS) {
     throw new IoasidError('EINVAL', `device ${bdf} pasidBits must be an integer in [1, ${PASID_BITS}], got ${fmtId(pasidBits)}`, { bdf, pasidBits });
   }
-  return Object.freeze({ bdf: bdf as string, segment: Number.parseInt(m[1] as string, 16), pasidBits, maxPasid: 2 ** pasidBits - 1 });
+  return Object.freeze({ bdf, segment, pasidBits, maxPasid: 2 ** pasidBits - 1 });
 }

@@ -10,7 +10,7 @@
  * fit the step, devices behind a vIOMMU of their VM, duplicate segments and BDFs.
  */
 import { LineCounter, isAlias, isMap, isNode, isScalar, isSeq, parseDocument, type Document } from 'yaml';
-import { IOASID_ERROR_CODES, IoasidError, PASID_BITS, PASID_MAX, PROFILES, type IoasidErrorCode, type Profile } from '../core/index.ts';
+import { BDF_PATTERN, IOASID_ERROR_CODES, IoasidError, PASID_BITS, PASID_MAX, PROFILES, VM_ID_PATTERN, type IoasidErrorCode, type Profile } from '../core/index.ts';
 import type { Layout, PasBit } from '../vtd/index.ts';
 import {
   EXPECT_OK, HAZARD_KINDS, STEP_KINDS, VCMD_COMMANDS, VCMD_STATUSES,
@@ -57,8 +57,9 @@ export function pathText(path: Path): string {
   return s;
 }
 
-const VM_ID = /^[a-z0-9][a-z0-9._-]{0,62}$/i;
-const BDF = /^([0-9a-f]{4}):([0-9a-f]{2}):([01][0-9a-f])\.([0-7])$/i;
+// The host's syntax, from its one definition (src/core/names.ts).
+const VM_ID = new RegExp(VM_ID_PATTERN);
+const BDF = new RegExp(BDF_PATTERN);
 const NAME = /^[A-Za-z_][A-Za-z0-9_-]{0,63}$/;
 const IOASID_LIMIT = 0xffffffff;
 
