@@ -135,8 +135,8 @@ export class Host<J extends Journal = SyncJournal> implements HostView {
   readonly #byCredential = new Map<string, Vm<J>>();
   readonly #guests = new Map<Vm<J>, Guest>();
   readonly #listeners = new Set<HostListener>();
-  /** Per VM id: the tail of its operations (asynchronous journals, rule 4). */
-  readonly #queues = new Map<string, Promise<unknown>>();
+  /** Per VM id with an operation under way: the operations waiting for it (asynchronous journals, rule 4). */
+  readonly #lanes = new Map<string, (() => void)[]>();
   readonly #ctx: VmHostContext<J>;
   #replaying = false;
   /** What a restored change counts as committed at (the stored creation time of a VM). */
@@ -200,21 +200,55 @@ export class Host<J extends Journal = SyncJournal> implements HostView {
     return { min: lo, max: hi };
   }
 
-  /** Rule 4: on an asynchronous journal, run after the VM's earlier operations. */
+  /**
+   * Rule 4: on an asynchronous journal, run after the VM's earlier operations. A VM with nothing
+   * under way runs `fn` at once (no promise of ours); the others wait in its lane, in call order.
+   */
   #run<T>(vm: string, fn: () => T | Promise<T>): T | Promise<T> {
     if (this.journal.sync || this.#replaying) return fn();
-    const tail = this.#queues.get(vm);
-    const run = tail === undefined ? Promise.resolve().then(fn) : tail.then(fn, fn);
-    const next: Promise<unknown> = run.then(
-      () => this.#dequeue(vm, next),
-      () => this.#dequeue(vm, next),
-    );
-    this.#queues.set(vm, next);
-    return run;
+    const lane = this.#lanes.get(vm);
+    if (lane === undefined) {
+      const fresh: (() => void)[] = [];
+      this.#lanes.set(vm, fresh);
+      return this.#start(vm, fresh, fn);
+    }
+    return new Promise<T>((resolve, reject) => {
+      lane.push(() => {
+        try {
+          Promise.resolve(this.#start(vm, lane, fn)).then(resolve, reject);
+        } catch (e) {
+          reject(e);
+        }
+      });
+    });
   }
 
-  #dequeue(vm: string, tail: Promise<unknown>): void {
-    if (this.#queues.get(vm) === tail) this.#queues.delete(vm);
+  #start<T>(vm: string, lane: (() => void)[], fn: () => T | Promise<T>): T | Promise<T> {
+    let r: T | Promise<T>;
+    try {
+      r = fn();
+    } catch (e) {
+      this.#next(vm, lane);
+      throw e;
+    }
+    if (!isThenable(r)) {
+      this.#next(vm, lane);
+      return r;
+    }
+    return r.then((v) => {
+      this.#next(vm, lane);
+      return v;
+    }, (e: unknown) => {
+      this.#next(vm, lane);
+      throw e;
+    });
+  }
+
+  /** The VM's operation ended: start the next one waiting, or free the lane. */
+  #next(vm: string, lane: (() => void)[]): void {
+    const waiting = lane.shift();
+    if (waiting !== undefined) waiting();
+    else if (this.#lanes.get(vm) === lane) this.#lanes.delete(vm);
   }
 
   #outcome<T>(vm: string, fn: () => T | Promise<T>): Outcome<J, T> {

@@ -84,6 +84,16 @@ export interface VmHostContext<J extends Journal> {
   deviceRemoving(vm: Vm<J>, d: PciDevice): Promise<void>;
 }
 
+/** One allocation under way (what a retry needs). */
+interface Allocation<T> {
+  readonly min: number;
+  readonly max: number;
+  readonly count: number;
+  readonly registers: (pasids: readonly number[]) => JournalEntry['registers'];
+  readonly result: (pasids: number[]) => T;
+  readonly attempt: number;
+}
+
 function isThenable<T>(x: T | Promise<T>): x is Promise<T> {
   return typeof x === 'object' && x !== null && typeof (x as { then?: unknown }).then === 'function';
 }
@@ -299,39 +309,47 @@ export class Vm<J extends Journal = SyncJournal> implements VmView {
     const reserved = placement !== undefined
       ? placement.reserve(space, this.set, min, max, count)
       : space.activeAllocator() === null ? space.allocBatchSync(this.set, min, max, count) : space.allocBatch(this.set, min, max, count);
-    const finish = (pasids: number[]): T | Promise<T> => {
-      if (this.#destroyed) {
-        // The VM went while a nested allocation was in flight: nothing to commit.
-        throw new IoasidError('ENODEV', `VM ${this.id} was destroyed`, { vm: this.id });
-      }
-      const events: HostEvent[] = [{ type: 'alloc', vm: this.id, pasids }];
-      if (this.set.quota > 0 && space.setCount(this.set) >= this.set.quota) events.push({ type: 'quota-exhausted', vm: this.id, quota: this.set.quota });
-      const regs = registers(pasids);
-      const entry: JournalEntry = regs === undefined ? { events } : { events, registers: regs };
-      for (const p of pasids) this.#pending.add(p);
-      const settle = (): void => {
-        for (const p of pasids) this.#pending.delete(p);
-      };
-      const retry = (e: unknown): T | Promise<T> => {
-        if (placement === undefined || !placement.isConflict(e)) throw e;
-        if (attempt < placement.attempts) return this.#allocate(min, max, count, registers, result, attempt + 1);
-        throw new IoasidError('EAGAIN', `could not allocate ${count} PASID(s) in [${fmtId(min)}, ${fmtId(max)}] for VM ${this.id}: other hosts took them first ${attempt} times; retry`, { vm: this.id, min, max, count, attempts: attempt }, { cause: e });
-      };
-      let r: T | Promise<T>;
-      try {
-        r = this.#ctx.commit(entry, () => {
-          settle();
-          return result(pasids);
-        }, () => {
-          settle();
-          this.#release(pasids);
-        });
-      } catch (e) {
-        return retry(e);
-      }
-      return isThenable(r) ? r.catch(retry) : r;
-    };
-    return isThenable(reserved) ? reserved.then(finish) : finish(reserved);
+    const a: Allocation<T> = { min, max, count, registers, result, attempt };
+    return isThenable(reserved) ? reserved.then((pasids) => this.#reserved(a, pasids)) : this.#reserved(a, reserved);
+  }
+
+  /** The PASIDs of an allocation are reserved: commit them (no closure is made per call: a hot path). */
+  #reserved<T>(a: Allocation<T>, pasids: number[]): T | Promise<T> {
+    if (this.#destroyed) {
+      // The VM went while a nested allocation was in flight: nothing to commit.
+      throw new IoasidError('ENODEV', `VM ${this.id} was destroyed`, { vm: this.id });
+    }
+    const space = this.#ctx.space;
+    const events: HostEvent[] = [{ type: 'alloc', vm: this.id, pasids }];
+    if (this.set.quota > 0 && space.setCount(this.set) >= this.set.quota) events.push({ type: 'quota-exhausted', vm: this.id, quota: this.set.quota });
+    const regs = a.registers(pasids);
+    const entry: JournalEntry = regs === undefined ? { events } : { events, registers: regs };
+    for (const p of pasids) this.#pending.add(p);
+    let r: T | Promise<T>;
+    try {
+      r = this.#ctx.commit(entry, () => {
+        this.#settle(pasids);
+        return a.result(pasids);
+      }, () => {
+        this.#settle(pasids);
+        this.#release(pasids);
+      });
+    } catch (e) {
+      return this.#retry(a, e);
+    }
+    return isThenable(r) ? r.catch((e: unknown) => this.#retry(a, e)) : r;
+  }
+
+  #settle(pasids: readonly number[]): void {
+    for (const p of pasids) this.#pending.delete(p);
+  }
+
+  /** A commit lost to another host (placement's conflict) is tried again, `attempts` times in all. */
+  #retry<T>(a: Allocation<T>, e: unknown): T | Promise<T> {
+    const placement = this.#ctx.journal.placement;
+    if (placement === undefined || !placement.isConflict(e)) throw e;
+    if (a.attempt < placement.attempts) return this.#allocate(a.min, a.max, a.count, a.registers, a.result, a.attempt + 1);
+    throw new IoasidError('EAGAIN', `could not allocate ${a.count} PASID(s) in [${fmtId(a.min)}, ${fmtId(a.max)}] for VM ${this.id}: other hosts took them first ${a.attempt} times; retry`, { vm: this.id, min: a.min, max: a.max, count: a.count, attempts: a.attempt }, { cause: e });
   }
 
   /** Give back reserved PASIDs whose commit failed (unless another host's commit took one since). */

@@ -37,11 +37,10 @@ export class StoreJournal implements Journal {
 /** The rows an entry writes, in order (children before parents go, parents before children come). */
 export function toMutations(entry: JournalEntry, at: number): Mutation[] {
   const out: Mutation[] = [];
-  const credential = (vm: string): string | undefined => entry.credentials?.find((c) => c.vm === vm)?.credential;
   for (const e of entry.events) {
     switch (e.type) {
       case 'vm-created': {
-        const tokenHash = credential(e.vm);
+        const tokenHash = credentialOf(entry, e.vm);
         if (tokenHash === undefined) throw new IoasidBugError(`VM ${e.vm} was created without a token hash`, { vm: e.vm });
         out.push({ op: 'putVm', row: { id: e.vm, quota: e.quota, tokenHash, createdAt: at } });
         break;
@@ -74,7 +73,7 @@ export function toMutations(entry: JournalEntry, at: number): Mutation[] {
         out.push({ op: 'deleteVm', id: e.vm });
         break;
       case 'credential-replaced': {
-        const tokenHash = credential(e.vm);
+        const tokenHash = credentialOf(entry, e.vm);
         if (tokenHash === undefined) throw new IoasidBugError(`VM ${e.vm}'s token was replaced without a hash`, { vm: e.vm });
         out.push({ op: 'setTokenHash', vm: e.vm, tokenHash });
         break;
@@ -90,6 +89,10 @@ export function toMutations(entry: JournalEntry, at: number): Mutation[] {
     out.push({ op: 'appendEvents', events: entry.events.map((e) => ({ at, type: e.type, vm: e.vm, body: JSON.stringify(e) })) });
   }
   return out;
+}
+
+function credentialOf(entry: JournalEntry, vm: string): string | undefined {
+  return entry.credentials?.find((c) => c.vm === vm)?.credential;
 }
 
 /** The host model's view of the stored rows (`Host.restore` checks it by the host's rules). */
