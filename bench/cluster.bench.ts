@@ -23,7 +23,8 @@
  */
 import { Etcd3 } from 'etcd3';
 import { hashToken, PasidAuthority } from '../src/service/index.ts';
-import { ClusterCoordinator } from '../src/cluster/index.ts';
+import { toMutations } from '../src/service/store-journal.ts';
+import { EtcdClusterRole } from '../src/cluster/index.ts';
 import { EtcdStore } from '../src/store/index.ts';
 import { EtcdCluster, ETCD_SKIP } from '../test/helpers/etcd-cluster.ts';
 import { median, percentile, saveResult } from './util.ts';
@@ -65,7 +66,7 @@ async function ours(etcd: EtcdCluster, n: number, rep: number): Promise<Sample> 
   const instances: { store: EtcdStore; authority: PasidAuthority; vms: string[] }[] = [];
   for (let i = 0; i < n; i++) {
     const store = new EtcdStore({ endpoints: etcd.endpoints, hostId: `h${i}`, domain });
-    const cluster = new ClusterCoordinator({ store });
+    const cluster = new EtcdClusterRole({ store, rows: toMutations });
     const authority = await PasidAuthority.open({ store, cluster });
     if (!authority.hasAdmin) await authority.setAdminTokenHash(hashToken('bench-admin-token-0123456789'));
     const vms: string[] = [];

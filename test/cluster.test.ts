@@ -202,7 +202,7 @@ describe('cluster: one namespace across hosts on a 3-member etcd cluster', { ski
     // Events: a remote allocation is announced on every host (the dashboard's map stays whole).
     const seen: number[] = [];
     const off = a.authority.on((e) => {
-      if (e.type === 'alloc' && e.vm === 'vmy') seen.push(e.pasid);
+      if (e.type === 'alloc' && e.vm === 'vmy') seen.push(...e.pasids);
     });
     const q = (await b.call('POST', '/v1/vms/vmy/pasids', {}, rb.body.token)).body.pasids as number[];
     await settleAll([a, b]);

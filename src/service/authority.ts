@@ -202,6 +202,7 @@ export class PasidAuthority {
   /** Give a VM a new token; the old one stops working at once. Returns the new token (shown once). */
   async replaceToken(vmId: string): Promise<{ vm: string; token: string }> {
     const token = newToken();
+    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).replaceCredential(hashToken(token));
     return { vm: vmId, token };
   }
@@ -239,26 +240,31 @@ export class PasidAuthority {
 
   /** Destroy a VM: unbind everything, free every PASID, forget it (one commit). */
   async destroyVm(id: string): Promise<{ freed: number[]; bindings: number }> {
+    await this.cluster?.ensureServes(id);
     const r = await this.host.destroyVm(id);
     return { freed: r.pasids, bindings: r.bindings.length };
   }
 
   async addViommu(vmId: string, spec: ViommuSpec): Promise<VmInfo> {
+    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).addViommu(spec);
     return this.vmInfo(vmId);
   }
 
   async removeViommu(vmId: string, segment: number): Promise<VmInfo> {
+    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).removeViommu(segment);
     return this.vmInfo(vmId);
   }
 
   async addDevice(vmId: string, spec: { bdf: string; pasidBits?: number }): Promise<VmInfo> {
+    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).assignDevice(spec);
     return this.vmInfo(vmId);
   }
 
   async removeDevice(vmId: string, bdf: string): Promise<VmInfo> {
+    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).removeDevice(bdf);
     return this.vmInfo(vmId);
   }
@@ -267,19 +273,23 @@ export class PasidAuthority {
 
   /** Allocate `count` PASIDs for a VM in [min, max]; all or nothing, one commit. */
   async allocPasids(vmId: string, opts: { min?: number; max?: number; count?: number } = {}): Promise<number[]> {
+    await this.cluster?.ensureServes(vmId);
     return this.host.vm(vmId).allocPasids(opts);
   }
 
   /** Free a VM's PASID: EACCES if another VM's, ENOENT if unknown, EBUSY if bound. */
   async freePasid(vmId: string, pasid: number): Promise<void> {
+    await this.cluster?.ensureServes(vmId);
     return this.host.vm(vmId).freePasid(pasid);
   }
 
   async bind(vmId: string, pasid: number, bdf: string): Promise<void> {
+    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).bind(bdf, pasid);
   }
 
   async unbind(vmId: string, pasid: number, bdf: string): Promise<void> {
+    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).unbind(bdf, pasid);
   }
 
