@@ -678,6 +678,8 @@ export class EtcdStore implements Store {
       this.#failedBatches++;
       work = Promise.reject(e);
     }
+    // Handled here already (it is answered in call order, after the calls before it).
+    work.catch(() => {});
     const settled = this.#applyTail.then(() => work, () => work);
     this.#applyTail = settled.catch(() => {});
     return settled;
