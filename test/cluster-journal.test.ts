@@ -153,7 +153,11 @@ describe('cluster: the journal of a domain', { skip: ETCD_SKIP ?? false }, () =>
     const r = await a.call('POST', '/v1/vms', { id: 'rv', viommus: [{ segment: 0 }] });
     const tok = r.body.token as string;
     const mmio = (i: Instance, body: object) => i.call('POST', '/v1/vms/rv/viommus/0/mmio', body, tok);
-    const vcrsp = async (i: Instance) => BigInt((await mmio(i, { op: 'read', offset: 0xe10, size: 8 })).body.value);
+    const vcrsp = async (i: Instance) => {
+      const x = await mmio(i, { op: 'read', offset: 0xe10, size: 8 });
+      assert.equal(x.status, 200, JSON.stringify(x.body));
+      return BigInt(x.body.value);
+    };
     // An Allocate completes on r1; the guest migrates before it reads VCRSP.
     assert.equal((await mmio(a, { op: 'write', offset: 0xe00, size: 8, value: '0x1' })).status, 200);
     const done = await vcrsp(a);
