@@ -121,6 +121,31 @@ describe('cluster: the journal of a domain', { skip: ETCD_SKIP ?? false }, () =>
     assert.ok(seen.seen[0]!.seq > lastBefore && seen.seen[1]!.seq > seen.seen[0]!.seq, seen.keys().join(', '));
   });
 
+  it('the journal keeps the last logRetention records: older events are gone after a restart, numbers go on', async () => {
+    const d = 'retention';
+    const a = await start('j1', d, { logRetention: 16 });
+    const r = await a.call('POST', '/v1/vms', { id: 'jv', quota: 0 });
+    const tok = r.body.token as string;
+    // One transaction each (awaited one by one): 60 journal records.
+    for (let k = 0; k < 60; k++) assert.equal((await a.call('POST', '/v1/vms/jv/pasids', {}, tok)).status, 201);
+    const all = a.authority.recentEvents({ vm: 'jv' });
+    assert.equal(all.length, 61);
+    const logKeys = async () => (await a.store.client.getAll().prefix(a.store.keys.logs).keys()).length;
+    const before = await logKeys();
+    assert.ok(before >= 61, `${before} journal records`);
+    assert.equal(await a.store.pruneJournal(), before - 16);
+    assert.equal(await logKeys(), 16);
+    assert.equal(await a.store.pruneJournal(), 0, 'nothing more to prune');
+    await a.close();
+    const a2 = await start('j1', d, { logRetention: 16 });
+    const kept = a2.authority.recentEvents({ vm: 'jv' });
+    assert.deepEqual(kept, all.slice(-16), 'the newest 16 records, as they were');
+    assert.equal(a2.authority.lastSeq, all[all.length - 1]!.seq);
+    const next = (await a2.call('POST', '/v1/vms/jv/pasids', {}, tok)).body.pasids as number[];
+    assert.equal(next.length, 1);
+    assert.ok(a2.authority.recentEvents({ limit: 1 })[0]!.seq > all[all.length - 1]!.seq);
+  });
+
   it('a replaced token is refused by every host at once, and the new one accepted', async () => {
     const d = 'tokens';
     const inst = [await start('t1', d), await start('t2', d), await start('t3', d)];

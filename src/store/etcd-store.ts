@@ -220,10 +220,11 @@ export class EtcdStore implements Store {
   /** Batches staged and not settled, in staging order (for the cascade of a failure). */
   #staged: Planned[] = [];
   #settleWaiters: (() => void)[] = [];
-  /** Revisions this host committed, with what waits for the watch to reach them. */
-  readonly #own = new Map<number, { waiters: (() => void)[] }>();
-  /** Nonces of the changes the host's model applied itself (not handed to the listener). */
-  readonly #hostApplied = new Set<string>();
+  /**
+   * Revisions this host committed, with what waits for the watch to reach them, and whether their
+   * journal record holds a part the host's model did not apply itself (for the listener).
+   */
+  readonly #own = new Map<number, { waiters: (() => void)[]; deliver: boolean; applied: Set<string> }>();
   /** Tail of `apply` calls: they settle in call order. */
   #applyTail: Promise<unknown> = Promise.resolve();
 
@@ -239,6 +240,9 @@ export class EtcdStore implements Store {
   #listener: CommittedListener | null = null;
   #leaseLoop: Promise<void> | null = null;
   #janitor: NodeJS.Timeout | null = null;
+  #pruning = false;
+  /** Transactions committed since the journal was last pruned. */
+  #sincePrune = 0;
 
   #batches = 0;
   #failedBatches = 0;
@@ -349,8 +353,9 @@ export class EtcdStore implements Store {
         const p = this.#mirror.placement(id);
         if (p?.host === this.hostId && p.state === 'destroying') events.push(...(await this.#finishDestroy(id)));
       }
-      this.#janitor = setInterval(() => void this.#prune().catch((e: unknown) => this.#log('warn', 'pruning the journal failed', { error: String(e).slice(0, 200) })), 30_000);
+      this.#janitor = setInterval(() => this.#pruneSoon(), 30_000);
       this.#janitor.unref();
+      this.#pruneSoon();
       return this.#state(events);
     } catch (e) {
       this.#open = false;
@@ -363,7 +368,6 @@ export class EtcdStore implements Store {
   #reset(): void {
     this.#mirror = new EtcdMirror(this.keys, this.hostId);
     for (const m of [this.#mods, this.#blocks, this.#hosts, this.#fences, this.#pending, this.#own]) m.clear();
-    this.#hostApplied.clear();
     this.#staged = [];
     this.#incoming = [];
     this.#fenced = null;
@@ -881,7 +885,6 @@ export class EtcdStore implements Store {
   /** Send a planned batch (chunked when it is a destroy too big for one transaction). */
   #send(planned: Planned): Promise<{ seq: number; revision: number }> {
     this.#staged.push(planned);
-    if (planned.hostApplied && planned.part !== null) this.#hostApplied.add(planned.nonce);
     // Compares: one per key written and per VM, plus the fence and the record's.
     const d = planned.destroying;
     const big = d !== undefined && (d.state === 'destroying' || planned.final.size + (planned.vmCount ?? 0) + 3 > this.#maxOps);
@@ -894,7 +897,6 @@ export class EtcdStore implements Store {
       return r;
     }, (e: unknown) => {
       this.#failedBatches++;
-      this.#hostApplied.delete(planned.nonce);
       if (big) this.#cascade(planned, e);
       this.#settle(planned, !big);
       throw e;
@@ -947,14 +949,22 @@ export class EtcdStore implements Store {
 
   /** A batch committed (rule 4): the keys' revisions; the revision is this host's own. */
   #committed(b: Planned, rev: number, seq: number): void {
-    if (rev > this.#lastCommitted) this.#lastCommitted = rev;
+    if (rev > this.#lastCommitted) {
+      this.#lastCommitted = rev;
+      if (++this.#sincePrune >= 1024) {
+        this.#sincePrune = 0;
+        this.#pruneSoon();
+      }
+    }
     for (const [k, v] of b.final) {
       if (v === null) this.#mods.delete(k);
       else this.#mods.set(k, rev);
     }
     b.onCommit?.();
     let own = this.#own.get(rev);
-    if (own === undefined) this.#own.set(rev, (own = { waiters: [] }));
+    if (own === undefined) this.#own.set(rev, (own = { waiters: [], deliver: false, applied: new Set() }));
+    if (b.part !== null && !b.hostApplied) own.deliver = true;
+    if (b.hostApplied) own.applied.add(b.nonce);
     const done = b.onApplied;
     if (done !== undefined) {
       if (this.#applied >= rev) done({ seq, revision: rev });
@@ -1027,7 +1037,6 @@ export class EtcdStore implements Store {
     const nonce = o.hostApplied?.nonce ?? this.#nonce();
     const keys = [...o.final.keys()];
     const part = o.part === undefined || o.part === null ? null : JSON.stringify({ n: nonce, at: o.part.at, events: o.part.events } satisfies LogPart);
-    if (part !== null && o.hostApplied !== undefined) this.#hostApplied.add(nonce);
     const planned: Planned = {
       nonce, final: o.final, staged: null, hostApplied: o.hostApplied !== undefined, cancelled: null, part, events: o.part?.events.length ?? 0,
       reads: [...keys, ...(o.reads ?? [])],
@@ -1053,11 +1062,6 @@ export class EtcdStore implements Store {
     // Its keys are held until it settles, not until the watch brings it (which waits for them).
     const settled = (this.#queue as CommitQueue).submit(planned).finally(() => this.#release(planned.writes));
     return applied === null ? settled : settled.then(() => applied);
-  }
-
-  /** An event row of the store's own making (the cluster gives its body). */
-  static eventRow(at: number, type: string, vm: string | null, body: object): NewEventRow {
-    return { at, type, vm, body: JSON.stringify(body) };
   }
 
   /**
@@ -1288,19 +1292,37 @@ export class EtcdStore implements Store {
 
   // ------------------------------------------------------------------ the journal's retention
 
-  /** Delete the oldest journal records beyond the retention (rule 4). Any host may; all do. */
-  async #prune(): Promise<void> {
-    if (!this.#open) return;
+  #pruneSoon(): void {
+    if (this.#pruning) return;
+    this.#pruning = true;
+    void this.pruneJournal()
+      .catch((e: unknown) => {
+        if (this.#open) this.#log('warn', 'pruning the journal failed', { error: String(e).slice(0, 200) });
+      })
+      .finally(() => {
+        this.#pruning = false;
+      });
+  }
+
+  /**
+   * Delete the oldest journal records beyond the retention (rule 4), once they exceed it by a
+   * sixteenth (at least 16); returns how many went. Every host runs it at start, every 30 s and
+   * every 1,024 of its transactions; running it twice at once deletes the same records.
+   */
+  async pruneJournal(): Promise<number> {
+    if (!this.#open) return 0;
     const client = this.client;
     const end = prefixEnd(this.keys.logs);
     const count = await client.kv.range({ key: Buffer.from(this.keys.logs), range_end: Buffer.from(end), count_only: true });
     const excess = Number(count.count) - this.#logRetention;
-    if (excess <= Math.max(16, this.#logRetention >> 4)) return;
+    if (excess <= Math.max(16, this.#logRetention >> 4)) return 0;
+    // The oldest by creation revision (names are not ordered across hosts).
     const old = await client.kv.range({ key: Buffer.from(this.keys.logs), range_end: Buffer.from(end), keys_only: true, sort_target: 'Create', sort_order: 'Ascend', limit: excess });
     const keys = old.kvs.map((k) => k.key.toString());
     for (let i = 0; i < keys.length; i += this.#maxOps) {
-      await txn(client, [], keys.slice(i, i + this.#maxOps).map((k) => ({ del: k })));
+      await withRetry('pruning the journal', this.#policy, () => txn(client, [], keys.slice(i, i + this.#maxOps).map((k) => ({ del: k }))));
     }
+    return keys.length;
   }
 
   // ------------------------------------------------------------------ the watch
@@ -1376,7 +1398,7 @@ export class EtcdStore implements Store {
         // This host's own transaction: the mirror has it. The store's own changes (a migration,
         // a reclaim) and plain `apply`s go to the listener; then its callers go on, in order.
         this.#own.delete(head.rev);
-        const parts = this.#ownRevision(head);
+        const parts = own.deliver ? this.#ownRevision(head, own.applied) : this.#ownRevision(head, null);
         this.#advance(head.rev);
         if (parts.length > 0) this.#deliver(parts);
         for (const w of own.waiters) w();
@@ -1391,13 +1413,13 @@ export class EtcdStore implements Store {
   }
 
   /** An own revision: the cluster records it changed, and its journal parts for the listener. */
-  #ownRevision(item: WatchItem): CommittedPart[] {
+  #ownRevision(item: WatchItem, applied: ReadonlySet<string> | null): CommittedPart[] {
     const parts: CommittedPart[] = [];
     for (const e of item.events) {
       const p = this.keys.parse(e.kv.key);
       if (p === null) continue;
       try {
-        if (p.kind === 'log' && e.type === 'put') parts.push(...this.#parts(e.kv, item.rev));
+        if (p.kind === 'log' && e.type === 'put' && applied !== null) parts.push(...this.#parts(e.kv, item.rev, applied));
         else if (p.kind === 'block' || p.kind === 'host' || p.kind === 'fence') {
           if (e.type === 'put') this.#record(p, e.kv);
           else this.#forget(p);
@@ -1447,14 +1469,14 @@ export class EtcdStore implements Store {
   }
 
   /** The parts of a journal record for the listener (those the host applied itself left out). */
-  #parts(kv: Kv, rev: number): CommittedPart[] {
+  #parts(kv: Kv, rev: number, applied?: ReadonlySet<string>): CommittedPart[] {
     const rec = decodeLogRecord(kv.value, kv.key);
     const out: CommittedPart[] = [];
     let offset = 0;
     for (const part of rec.parts) {
       const seq = rev * SEQ_PER_REVISION + offset;
       offset += part.events.length;
-      if (this.#hostApplied.delete(part.n)) continue;
+      if (applied?.has(part.n) === true) continue;
       const where = (i: number): Where => ({ label: `journal record ${kv.key} event ${i}`, details: { key: kv.key } });
       const events = part.events.map((ev, i) => Object.freeze({ seq: seq + i, ...checkNewEventRow(ev, where(i)) }));
       out.push({
@@ -1554,7 +1576,7 @@ export class EtcdStore implements Store {
           seen.add(kv.key);
           const mod = this.#mods.get(kv.key);
           if (this.keys.parse(kv.key)?.kind === 'log') {
-            if (kv.mod > this.#applied && !this.#own.has(kv.mod)) records.push(kv);
+            if (kv.mod > this.#applied && this.#own.get(kv.mod)?.deliver !== false) records.push(kv);
             continue;
           }
           if (mod === undefined || kv.mod > mod) events.push({ type: 'put', kv });
@@ -1566,7 +1588,7 @@ export class EtcdStore implements Store {
         this.#incoming = [];
         this.#lastReceived = revision;
         this.#foreign({ rev: revision, events });
-        const parts = records.sort((a, b) => a.mod - b.mod).flatMap((kv) => this.#parts(kv, kv.mod));
+        const parts = records.sort((a, b) => a.mod - b.mod).flatMap((kv) => this.#parts(kv, kv.mod, this.#own.get(kv.mod)?.applied));
         for (const rev of [...this.#own.keys()].filter((r) => r <= revision).sort((a, b) => a - b)) {
           for (const w of this.#own.get(rev)?.waiters ?? []) w();
           this.#own.delete(rev);
