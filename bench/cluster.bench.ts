@@ -3,15 +3,16 @@
  * the authority in cluster mode on one 3-member etcd cluster, beside a naive design measured in
  * the same run on the same cluster: the whole 2^20-bit bitmap in one etcd value, each allocation
  * a compare-and-swap of it (read the key, set the lowest clear bit, txn "mod revision unchanged"
- * then put, retry on conflict), as Kubernetes' service IP allocator did (lesson 6).
+ * then put, retry on conflict), as Kubernetes' service IP allocator did.
  *
  * Ours: N instances in this process, each a PasidAuthority over its own EtcdStore (own etcd
- * client) and ClusterCoordinator; each drives 4 VMs with BENCH_CALLERS (32) concurrent callers
- * looping `allocPasids(vm)` (one PASID per call, awaited: what one HTTP request does, without the
- * HTTP). Naive: N clients (own etcd client each) with 1 and with 4 concurrent callers each; the
- * better of the two is the baseline. Each configuration: BENCH_WARMUP_MS (500) then
- * BENCH_SECONDS (3) measured, BENCH_REPS (1) rounds, median. Every allocation of both designs is
- * durable in etcd (a raft quorum) before it counts.
+ * client) and EtcdClusterRole; each drives BENCH_CALLERS (32) concurrent callers, one per VM
+ * (BENCH_VMS to change: a VM's changes are applied one at a time, in order, by the host's rule, so
+ * the concurrency of a host is across its VMs), each looping `allocPasids(vm)` (one PASID per call,
+ * awaited: what one HTTP request does, without the HTTP). Naive: N clients (own etcd client each)
+ * with 1 and with 4 concurrent callers each; the better of the two is the baseline. Each
+ * configuration: BENCH_WARMUP_MS (500) then BENCH_SECONDS (3) measured, BENCH_REPS (1) rounds,
+ * median. Every allocation of both designs is durable in etcd (a raft quorum) before it counts.
  *
  * etcd's data dirs are on /dev/shm when present (IOASID_ETCD_ROOT to change): the figures compare
  * designs on the CPU they need, not the disk's fsync latency (which the naive design pays once per

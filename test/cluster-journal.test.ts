@@ -240,6 +240,23 @@ describe('cluster: the journal of a domain', { skip: ETCD_SKIP ?? false }, () =>
     await checkDomain([a, b]);
   });
 
+  it('an allocation too big for one transaction is refused with EINVAL and changes nothing; one that fits commits whole', async () => {
+    const d = 'bigalloc';
+    const a = await start('b1', d);
+    const r = await a.call('POST', '/v1/vms', { id: 'ba', quota: 0 });
+    const tok = r.body.token as string;
+    const no = await a.call('POST', '/v1/vms/ba/pasids', { count: 200 }, tok);
+    assert.equal(no.status, 400, JSON.stringify(no.body));
+    assert.equal(no.body.code, 'EINVAL');
+    assert.match(no.body.message, /exceeds one etcd transaction/);
+    assert.deepEqual(a.authority.vm('ba').pasids(), []);
+    assert.equal((await readPasidKeys(a.store)).size, 0);
+    const yes = await a.call('POST', '/v1/vms/ba/pasids', { count: 100 }, tok);
+    assert.equal(yes.status, 201, JSON.stringify(yes.body));
+    assert.equal((await readPasidKeys(a.store)).size, 100);
+    await checkDomain([a]);
+  });
+
   it('a destroy too big for one transaction is done in chunks; one left half done is finished when its host starts again', async () => {
     const d = 'chunks';
     // At most 24 writes per transaction: a VM of 60 PASIDs takes several.
