@@ -181,6 +181,11 @@ interface Destroying {
 
 const VIRTUAL = '\u0000vm:';
 
+/** Destroys whose VM is marked `destroying` in etcd (they may have failed after that). */
+const marked = new WeakSet<object>();
+/** Batches taken back from the mirror (a batch is taken back once). */
+const undone = new WeakSet<object>();
+
 export class EtcdStore implements Store {
   readonly kind = 'etcd' as const;
   readonly spec: string;
@@ -897,7 +902,11 @@ export class EtcdStore implements Store {
       return r;
     }, (e: unknown) => {
       this.#failedBatches++;
-      if (big) this.#cascade(planned, e);
+      if (big) {
+        this.#cascade(planned, e);
+        // Marked `destroying` in etcd: it stays so here too (nothing may be added; a DELETE resumes it).
+        if (marked.has(planned) && d !== undefined && this.#mirror.getVm(d.vm) !== undefined) this.#mirror.setPlacement(d.vm, { host: this.hostId, state: 'destroying' });
+      }
       this.#settle(planned, !big);
       throw e;
     });
@@ -909,7 +918,7 @@ export class EtcdStore implements Store {
    */
   #cascade(planned: Planned, err: unknown): void {
     const i = this.#staged.indexOf(planned);
-    if (i < 0 || planned.staged === null) return;
+    if (i < 0 || planned.staged === null || undone.has(planned)) return;
     const tainted = new Set<string>(planned.writes);
     const victims: Planned[] = [];
     for (const later of this.#staged.slice(i + 1)) {
@@ -920,8 +929,10 @@ export class EtcdStore implements Store {
     for (const v of victims.reverse()) {
       v.cancelled = new IoasidError('EAGAIN', `an earlier change it was made on failed (${err instanceof Error ? err.message : String(err)}); retry`, {});
       if (v.staged !== null) this.#mirror.rollback(v.staged);
+      undone.add(v);
     }
     this.#mirror.rollback(planned.staged);
+    undone.add(planned);
     planned.cancelled = err;
   }
 
@@ -1234,6 +1245,7 @@ export class EtcdStore implements Store {
         vms: [d.vm],
       });
     }
+    marked.add(planned);
     const rest = [...planned.final.keys()].filter((k) => k !== vmKey && k !== this.keys.token(d.row.tokenHash));
     const r = await this.#finishChunks(d.vm, d.row.tokenHash, rest, planned.part, planned.hostApplied ? planned.nonce : null);
     // The last transaction's record holds the destroy's events, numbered from its revision.
