@@ -77,13 +77,15 @@ describe('the etcd store: one host of a domain', { skip: ETCD_SKIP ?? false }, (
   it('a batch etcd refuses takes back the batches of the same tick staged on top of it; etcd and the mirror keep neither', async () => {
     const { s: a } = await open('ca', 'cascade');
     const { s: b } = await open('cb', 'cascade');
-    const setup = (v: string): Mutation[] => [vm(v), { op: 'putViommu', row: { vm: v, segment: 0, layout: 'B', rangeExtension: false, pasBit: 0, pss: 19, registers: null } }, { op: 'putDevice', row: { vm: v, bdf: DEV, segment: 0, pasidBits: 20 } }];
+    // Devices of different BDFs: the two bindings are different keys (only the cascade relates them).
+    const bdf = (v: string) => (v === 'va' ? DEV : '0000:00:03.0');
+    const setup = (v: string): Mutation[] => [vm(v), { op: 'putViommu', row: { vm: v, segment: 0, layout: 'B', rangeExtension: false, pasBit: 0, pss: 19, registers: null } }, { op: 'putDevice', row: { vm: v, bdf: bdf(v), segment: 0, pasidBits: 20 } }];
     await a.apply(setup('va'));
     await b.apply(setup('vb'));
     await a.waitApplied(await b.barrier());
     // Both hosts take PASID 77 in the same tick, each with a binding made on it: etcd lets one
     // insert commit; the other host's insert is refused, and its binding is taken back with it.
-    const bind = (v: string): Mutation[] => [{ op: 'putBinding', row: { pasid: 77, vm: v, bdf: DEV, boundAt: T } }];
+    const bind = (v: string): Mutation[] => [{ op: 'putBinding', row: { pasid: 77, vm: v, bdf: bdf(v), boundAt: T } }];
     const settle = (p: Promise<unknown>) => p.then(() => 'ok', (e: IoasidError) => e);
     const out = await Promise.all([
       settle(a.apply([pasid(77, 'va')])), settle(a.apply(bind('va'))), settle(a.apply([{ op: 'putMeta', row: { key: 'k', value: 'v' } }])),
@@ -103,7 +105,7 @@ describe('the etcd store: one host of a domain', { skip: ETCD_SKIP ?? false }, (
     await b.close();
     const { state } = await open('ca', 'cascade');
     assert.deepEqual(state.pasids, [{ pasid: 77, vm: winner, allocatedAt: T }]);
-    assert.deepEqual(state.bindings, [{ pasid: 77, vm: winner, bdf: DEV, boundAt: T }]);
+    assert.deepEqual(state.bindings, [{ pasid: 77, vm: winner, bdf: bdf(winner), boundAt: T }]);
     assert.deepEqual(state.meta, [{ key: 'k', value: 'v' }]);
   });
 });
