@@ -248,7 +248,7 @@ export class EtcdClusterRole implements ClusterRole {
       }
     }
     const own = this.store.pasidRows().filter((p) => p.vm === null && this.store.pasidHost(p.pasid) === hostId).map((p) => p.pasid);
-    if (own.length > 0) await this.store.freeHostPasids(hostId, own, this.#events([{ type: 'free', vm: null, pasids: own }], this.#now()));
+    if (own.length > 0) await this.store.freeHostPasids(own, this.#events([{ type: 'free', vm: null, pasids: own }], this.#now()));
     pasids += own.length;
     const blocks = await this.store.releaseBlocksOf(hostId);
     return { host: hostId, fencedAt, vms, pasids, bindings, blocks };

@@ -286,8 +286,7 @@ export function encodePasid(row: { vm: string | null; allocatedAt: number }, non
 /** A PASID key: its row, and the host of a host-owned PASID (vm null). */
 export function decodePasid(raw: string, key: string, pasid: number): { row: Record<string, unknown>; host: string | null } {
   const o = jsonObject(raw, key, 'pasids');
-  const vm = o.vm === undefined ? undefined : o.vm;
-  return { row: { pasid, vm, allocatedAt: o.at }, host: vm === null ? optStr(o, 'host') || null : null };
+  return { row: { pasid, vm: o.vm, allocatedAt: o.at }, host: o.vm === null ? optStr(o, 'host') || null : null };
 }
 
 export function encodeBinding(row: { vm: string; boundAt: number }): string {

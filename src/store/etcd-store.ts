@@ -1190,8 +1190,8 @@ export class EtcdStore implements Store {
     return r.revision;
   }
 
-  /** Free a fenced host's own PASIDs (no VM), with the journal part that announces it. */
-  async freeHostPasids(host: string, pasids: readonly number[], events: readonly NewEventRow[]): Promise<void> {
+  /** Free PASIDs a fenced host owned itself (no VM), with the journal part that announces it. */
+  async freeHostPasids(pasids: readonly number[], events: readonly NewEventRow[]): Promise<void> {
     const room = this.#maxOps - 8;
     for (let i = 0; i < pasids.length; i += room) {
       const chunk = pasids.slice(i, i + room);
@@ -1203,7 +1203,6 @@ export class EtcdStore implements Store {
         follow: true,
       });
     }
-    void host;
   }
 
   /** Delete the blocks a fenced host held; returns how many. */
