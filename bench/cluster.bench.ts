@@ -3,15 +3,16 @@
  * the authority in cluster mode on one 3-member etcd cluster, beside a naive design measured in
  * the same run on the same cluster: the whole 2^20-bit bitmap in one etcd value, each allocation
  * a compare-and-swap of it (read the key, set the lowest clear bit, txn "mod revision unchanged"
- * then put, retry on conflict), as Kubernetes' service IP allocator did (lesson 6).
+ * then put, retry on conflict), as Kubernetes' service IP allocator did.
  *
  * Ours: N instances in this process, each a PasidAuthority over its own EtcdStore (own etcd
- * client) and ClusterCoordinator; each drives 4 VMs with BENCH_CALLERS (32) concurrent callers
- * looping `allocPasids(vm)` (one PASID per call, awaited: what one HTTP request does, without the
- * HTTP). Naive: N clients (own etcd client each) with 1 and with 4 concurrent callers each; the
- * better of the two is the baseline. Each configuration: BENCH_WARMUP_MS (500) then
- * BENCH_SECONDS (3) measured, BENCH_REPS (1) rounds, median. Every allocation of both designs is
- * durable in etcd (a raft quorum) before it counts.
+ * client) and EtcdClusterRole; each drives BENCH_CALLERS (32) concurrent callers, one per VM
+ * (BENCH_VMS to change: a VM's changes are applied one at a time, in order, by the host's rule, so
+ * the concurrency of a host is across its VMs), each looping `allocPasids(vm)` (one PASID per call,
+ * awaited: what one HTTP request does, without the HTTP). Naive: N clients (own etcd client each)
+ * with 1 and with 4 concurrent callers each; the better of the two is the baseline. Each
+ * configuration: BENCH_WARMUP_MS (500) then BENCH_SECONDS (3) measured, BENCH_REPS (1) rounds,
+ * median. Every allocation of both designs is durable in etcd (a raft quorum) before it counts.
  *
  * etcd's data dirs are on /dev/shm when present (IOASID_ETCD_ROOT to change): the figures compare
  * designs on the CPU they need, not the disk's fsync latency (which the naive design pays once per
@@ -23,7 +24,8 @@
  */
 import { Etcd3 } from 'etcd3';
 import { hashToken, PasidAuthority } from '../src/service/index.ts';
-import { ClusterCoordinator } from '../src/cluster/index.ts';
+import { toMutations } from '../src/service/store-journal.ts';
+import { EtcdClusterRole } from '../src/cluster/index.ts';
 import { EtcdStore } from '../src/store/index.ts';
 import { EtcdCluster, ETCD_SKIP } from '../test/helpers/etcd-cluster.ts';
 import { median, percentile, saveResult } from './util.ts';
@@ -32,7 +34,8 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 3);
 const WARMUP_MS = Number(process.env.BENCH_WARMUP_MS ?? 500);
 const REPS = Number(process.env.BENCH_REPS ?? 1);
 const CALLERS = Number(process.env.BENCH_CALLERS ?? 32);
-const VMS_PER_INSTANCE = 4;
+/** One VM per caller: a VM's changes are applied one at a time, in order (the host's rule 4). */
+const VMS_PER_INSTANCE = Number(process.env.BENCH_VMS ?? CALLERS);
 const BITMAP_BITS = 1 << 20;
 
 interface Sample {
@@ -65,7 +68,7 @@ async function ours(etcd: EtcdCluster, n: number, rep: number): Promise<Sample> 
   const instances: { store: EtcdStore; authority: PasidAuthority; vms: string[] }[] = [];
   for (let i = 0; i < n; i++) {
     const store = new EtcdStore({ endpoints: etcd.endpoints, hostId: `h${i}`, domain });
-    const cluster = new ClusterCoordinator({ store });
+    const cluster = new EtcdClusterRole({ store, rows: toMutations });
     const authority = await PasidAuthority.open({ store, cluster });
     if (!authority.hasAdmin) await authority.setAdminTokenHash(hashToken('bench-admin-token-0123456789'));
     const vms: string[] = [];

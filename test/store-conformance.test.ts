@@ -1,23 +1,26 @@
 /**
  * Store conformance: one suite, run against every backend (kysely style). The memory backend is
- * the reference; the SQLite backend must behave the same, across a real restart (a new store
- * object on the same file). Each test names the rule it checks. A store keeps integrity (keys,
+ * the reference; the SQLite and etcd backends must behave the same, across a real restart (a new
+ * store object on the same file, or on the same etcd cluster: a real 3-member one). Each test
+ * names the rule it checks; where etcd cannot behave like the others, the test says why. A store keeps integrity (keys,
  * references, ranges, unique token hashes, numbered events), not policy: the quota and ownership
  * rules it used to check are the host model's now, and are tested there (test/host.test.ts,
  * test/service.test.ts).
  */
-import { after, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import Database from 'better-sqlite3';
+import { Etcd3 } from 'etcd3';
 import { IoasidError, PASID_BITS, PASID_MAX, PASID_MIN } from '../src/core/index.ts';
 import {
-  MemoryStore, STORE_LIMITS, emptyState, openStore,
+  DomainKeys, EtcdStore, MemoryStore, STORE_LIMITS, emptyState, openStore,
   type Mutation, type Store, type StoredState, type StoreTable,
 } from '../src/store/index.ts';
+import { EtcdCluster, ETCD_SKIP } from './helpers/etcd-cluster.ts';
 
 const tmpRoot = mkdtempSync(join(tmpdir(), 'ioasid-store-conf-'));
 after(() => rmSync(tmpRoot, { recursive: true, force: true }));
@@ -35,6 +38,16 @@ interface Backend {
   location(): Location;
   /** Can this backend even hold a state with this defect? (SQLite's STRICT types cannot.) */
   canHold(defect: Defect): boolean;
+  /**
+   * Are event numbers consecutive (one per event)? etcd numbers the events of a transaction from
+   * its revision (docs/cluster.md: numbers every host of a domain agrees on): they ascend, one
+   * per event within a batch, with gaps between batches.
+   */
+  readonly denseSeq: boolean;
+  /** Why the backend's tests are skipped here (etcd not installed), or false. */
+  readonly skip?: string | false;
+  setup?(): Promise<void>;
+  teardown?(): Promise<void>;
 }
 
 const SQL_COLUMNS: Record<StoreTable, [string, string][]> = {
@@ -58,6 +71,7 @@ const BACKENDS: Backend[] = [
       };
     },
     canHold: () => true,
+    denseSeq: true,
   },
   {
     name: 'sqlite',
@@ -87,8 +101,71 @@ const BACKENDS: Backend[] = [
       };
     },
     canHold: (d) => d.sqlite !== false,
+    denseSeq: true,
   },
+  etcdBackend(),
 ];
+
+/** The etcd backend: each location is a domain of one 3-member etcd cluster, host `h1`. */
+function etcdBackend(): Backend {
+  let etcd: EtcdCluster | null = null;
+  let n = 0;
+  const endpoints = () => (etcd as EtcdCluster).endpoints;
+  return {
+    name: 'etcd',
+    skip: ETCD_SKIP ?? false,
+    denseSeq: false,
+    async setup() {
+      etcd = await EtcdCluster.start();
+    },
+    async teardown() {
+      await etcd?.stop();
+    },
+    location() {
+      const domain = `conf${++n}`;
+      const create = () => new EtcdStore({ endpoints: endpoints(), hostId: 'h1', domain, leaseTtlSec: 5 });
+      return {
+        create,
+        // Every row as a key, as the store writes them but unchecked; the events in journal records.
+        async seed(state) {
+          const keys = new DomainKeys(domain);
+          const client = new Etcd3({ hosts: endpoints().map((e) => `http://${e}`) });
+          try {
+            const put = (k: string, v: unknown) => client.put(k).value(JSON.stringify(v));
+            for (const v of state.vms as unknown as readonly Record<string, unknown>[]) await put(keys.vm(String(v['id'])), { ...v, host: 'h1', state: 'active' });
+            for (const v of state.viommus as unknown as readonly Record<string, unknown>[]) {
+              const { vm: owner, segment, ...rest } = v;
+              await put(keys.viommu(String(owner), Number(segment)), rest);
+            }
+            for (const d of state.devices as unknown as readonly Record<string, unknown>[]) await put(keys.device(String(d['vm']), String(d['bdf'])), { segment: d['segment'], pasidBits: d['pasidBits'] });
+            for (const p of state.pasids as unknown as readonly Record<string, unknown>[]) await put(keys.pasid(Number(p['pasid'])), { vm: p['vm'], at: p['allocatedAt'] });
+            for (const b of state.bindings as unknown as readonly Record<string, unknown>[]) await put(keys.binding(Number(b['pasid']), String(b['bdf'])), { vm: b['vm'], at: b['boundAt'] });
+            for (const m of state.meta as unknown as readonly Record<string, unknown>[]) await put(keys.meta(String(m['key'])), { value: m['value'] });
+            let i = 0;
+            for (const e of state.events as unknown as readonly Record<string, unknown>[]) {
+              await put(keys.log(`seed.${++i}`), { v: 1, host: 'h1', parts: [{ n: `seed.${i}`, at: e['at'], events: [{ at: e['at'], type: e['type'], vm: e['vm'], body: e['body'] }] }] });
+            }
+          } finally {
+            client.close();
+          }
+          return create();
+        },
+      };
+    },
+    canHold: (d) => d.etcd !== false,
+  };
+}
+
+/**
+ * A state's events as a backend that numbers them densely would: checks that they ascend and that
+ * `lastSeq` is the last one's, then numbers them 1, 2, ... (for etcd, whose numbers have gaps).
+ */
+function dense(b: Backend, s: StoredState): StoredState {
+  if (b.denseSeq) return s;
+  s.events.forEach((e, i) => assert.ok(i === 0 || e.seq > (s.events[i - 1] as { seq: number }).seq, `event numbers ascend: ${s.events.map((x) => x.seq).join(', ')}`));
+  assert.equal(s.lastSeq, s.events.length > 0 ? (s.events[s.events.length - 1] as { seq: number }).seq : 0, 'lastSeq is the last event\'s');
+  return { ...s, events: s.events.map((e, i) => ({ ...e, seq: i + 1 })), lastSeq: s.events.length };
+}
 
 const T = 1_700_000_000_000;
 const DEV = '0000:00:02.0';
@@ -143,6 +220,8 @@ interface Defect {
   edit(s: Mutable): void;
   /** false: SQLite's STRICT column types or primary keys cannot even hold it. */
   readonly sqlite?: false;
+  /** false: etcd cannot hold it (one key per PASID; event numbers come from revisions). */
+  readonly etcd?: false;
 }
 type Mutable = { -readonly [K in keyof StoredState]: Record<string, unknown>[] };
 
@@ -169,8 +248,8 @@ const DEFECTS: Defect[] = [
   { name: 'vIOMMU registers that are not JSON', table: 'viommus', edit: (s) => { s.viommus[0]!['registers'] = '{not json'; } },
   { name: 'vIOMMU PSS 20', table: 'viommus', edit: (s) => { s.viommus[0]!['pss'] = 20; } },
   { name: 'an event whose body is not JSON', table: 'events', edit: (s) => { s.events[0]!['body'] = 'nope'; } },
-  { name: 'event seq 0', table: 'events', edit: (s) => { s.events.unshift({ seq: 0, at: T, type: 'alloc', vm: null, body: '{}' }); } },
-  { name: 'duplicate PASID', table: 'pasids', sqlite: false, edit: (s) => { s.pasids.push({ pasid: 4, vm: 'vm1', allocatedAt: T }); } },
+  { name: 'event seq 0', table: 'events', etcd: false, edit: (s) => { s.events.unshift({ seq: 0, at: T, type: 'alloc', vm: null, body: '{}' }); } },
+  { name: 'duplicate PASID', table: 'pasids', sqlite: false, etcd: false, edit: (s) => { s.pasids.push({ pasid: 4, vm: 'vm1', allocatedAt: T }); } },
   { name: 'allocation time not an integer', table: 'pasids', sqlite: false, edit: (s) => { s.pasids[0]!['allocatedAt'] = 1.5; } },
   { name: 'binding to an unknown PASID', table: 'bindings', edit: (s) => { s.bindings.push({ pasid: 77, vm: 'vm1', bdf: DEV, boundAt: T }); } },
   { name: "binding whose VM is not the PASID's owner", table: 'bindings', edit: (s) => { s.bindings.push({ pasid: 4, vm: 'vm1', bdf: DEV, boundAt: T }); } },
@@ -196,7 +275,10 @@ function defective(d: Defect): StoredState {
 }
 
 for (const b of BACKENDS) {
-  describe(`store conformance: ${b.name}`, () => {
+  describe(`store conformance: ${b.name}`, { skip: b.skip ?? false }, () => {
+    if (b.setup !== undefined) before(() => b.setup?.());
+    if (b.teardown !== undefined) after(() => b.teardown?.());
+
     it('a new store opens empty, and its kind is named', async () => {
       const { loc, store } = await fresh(b);
       assert.equal(store.kind, b.name);
@@ -233,7 +315,7 @@ for (const b of BACKENDS) {
         { op: 'putMeta', row: { key: 'admin.tokenHash', value: 'sha256:cd' } },
       ]);
       const { store: again, state } = await restart(loc, store);
-      assert.deepEqual(state, {
+      assert.deepEqual(dense(b, state), {
         vms: [
           { id: 'vm1', quota: 2, tokenHash: hash('vm1 again'), createdAt: T },
           { id: 'vm2', quota: 5, tokenHash: hash('rotated'), createdAt: T + 1 },
@@ -380,6 +462,26 @@ for (const b of BACKENDS) {
 
     it('events are numbered by the store: one seq per event, in commit order, none for a failed batch, never going back', async () => {
       const { loc, store } = await fresh(b, [vm('vm1')]);
+      if (!b.denseSeq) {
+        // etcd numbers a batch's events from its transaction's revision (docs/cluster.md), so the
+        // numbers are those of the other backends' rule with gaps between batches: they ascend,
+        // one per event within a batch, a failed batch takes none, and they go on after a restart.
+        const a = await store.apply([event('a', 'vm1'), { op: 'appendEvents', events: [{ at: T, type: 'b', vm: null, body: '{}' }, { at: T, type: 'c', vm: null, body: '{}' }] }]);
+        const none = await store.apply([pasid(1, 'vm1')]);
+        assert.ok(none.seq >= a.seq + 3, `a batch without events gets a number after the last event (${none.seq} after ${a.seq} + 2)`);
+        await assert.rejects(store.apply([event('lost', 'vm1'), pasid(1, 'vm1')]), code('EEXIST', 1));
+        const same = await Promise.all([store.apply([event('d', 'vm1')]), store.apply([event('e', null), pasid(1, 'vm1')]).catch((e: IoasidError) => e.code), store.apply([event('f', null)])]);
+        assert.equal(same[1], 'EEXIST');
+        const [d, , f] = same as [{ seq: number }, string, { seq: number }];
+        assert.ok(d.seq > none.seq && f.seq > d.seq, `same-tick batches are numbered in commit order: ${d.seq}, ${f.seq}`);
+        const { store: again, state } = await restart(loc, store);
+        assert.deepEqual(state.events.map((e) => [e.seq, e.type]), [[a.seq, 'a'], [a.seq + 1, 'b'], [a.seq + 2, 'c'], [d.seq, 'd'], [f.seq, 'f']]);
+        assert.equal(state.lastSeq, f.seq);
+        const g = await again.apply([event('g', null)]);
+        assert.ok(g.seq > f.seq, 'numbering goes on after a restart');
+        await again.close();
+        return;
+      }
       assert.deepEqual(await store.apply([event('a', 'vm1'), { op: 'appendEvents', events: [{ at: T, type: 'b', vm: null, body: '{}' }, { at: T, type: 'c', vm: null, body: '{}' }] }]), { seq: 1 });
       assert.deepEqual(await store.apply([pasid(1, 'vm1')]), { seq: 4 }, 'a batch without events gets the next seq');
       await assert.rejects(store.apply([event('lost', 'vm1'), pasid(1, 'vm1')]), code('EEXIST', 1));
@@ -515,7 +617,7 @@ for (const b of BACKENDS) {
     it('the valid base state opens (positive control for the refusals below)', async () => {
       const s = await b.location().seed(BASE);
       const state = await s.open();
-      assert.deepEqual(state, structuredClone(BASE));
+      assert.deepEqual(dense(b, state), dense(b, structuredClone(BASE)));
       await s.close();
     });
 

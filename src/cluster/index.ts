@@ -4,4 +4,8 @@
  * store is etcd; the etcd backend itself is in src/store (etcd-*.ts). See docs/cluster.md.
  */
 export type { ClusterRole, ClusterStatus, MigrateResult } from './role.ts';
+export { EtcdClusterRole } from './etcd-role.ts';
+export type { EntryRows, EtcdClusterRoleOptions } from './etcd-role.ts';
+export { BlockPlacement } from './placement.ts';
+export type { ClusterLogFn, PlacementOptions } from './placement.ts';
 export type { ReclaimReport } from '../store/index.ts';

@@ -80,8 +80,10 @@ export interface Journal {
   /**
    * Commit an entry: every part of it, or nothing (then throw a `CommitError`, or another
    * `IoasidError` for an integrity refusal). A synchronous journal returns the result; an
-   * asynchronous one a promise that settles once the entry is durable. Entries are committed,
-   * and their promises settle, in call order.
+   * asynchronous one a promise that settles once the entry is durable. The entries of one VM are
+   * committed, and settle, in call order (the host calls with one VM's entries one at a time);
+   * entries of different VMs may settle in another order (the cluster's settle in the order of
+   * the domain's revisions).
    */
   commit(entry: JournalEntry): Committed | Promise<Committed>;
   /** True when the journal keeps what a guest can observe of a vIOMMU (its registers). */

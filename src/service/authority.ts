@@ -54,6 +54,8 @@ export class PasidAuthority {
   readonly #ring: (AuthorityEvent | undefined)[];
   #ringPos = 0;
   #lastSeq = 0;
+  /** Events numbered up to this one may have been lost (pruned by the store, or out of the ring). */
+  #lostUpTo = 0;
   #adminHash: string | null = null;
 
   private constructor(opts: AuthorityOptions) {
@@ -80,7 +82,12 @@ export class PasidAuthority {
         throw new IoasidError('EINVAL', `VM ${admin.id}'s token hash is the admin token's: its token would act as the admin`, { table: 'vms', vm: admin.id });
       }
       a.host.restore(toHostState(state));
-      for (const row of state.events.slice(-a.#ring.length)) a.#remember(eventRecord(row));
+      const kept = state.events.slice(-a.#ring.length);
+      // Numbers are dense on a local store and sparse on etcd: anything before the oldest kept
+      // event may be gone (on etcd, possibly none was: the gap message is then a false alarm).
+      if (kept.length > 0 && (kept[0] as { seq: number }).seq > 1) a.#lostUpTo = (kept[0] as { seq: number }).seq - 1;
+      else if (kept.length === 0) a.#lostUpTo = state.lastSeq;
+      for (const row of kept) a.#remember(eventRecord(row));
       a.#lastSeq = state.lastSeq;
     } catch (e) {
       await opts.store.close().catch(() => {});
@@ -105,6 +112,8 @@ export class PasidAuthority {
   }
 
   #remember(e: AuthorityEvent): void {
+    const evicted = this.#ring[this.#ringPos];
+    if (evicted !== undefined && evicted.seq > this.#lostUpTo) this.#lostUpTo = evicted.seq;
     this.#ring[this.#ringPos] = e;
     this.#ringPos = (this.#ringPos + 1) % this.#ring.length;
     if (e.seq > this.#lastSeq) this.#lastSeq = e.seq;
@@ -137,6 +146,11 @@ export class PasidAuthority {
       out.push(e);
     }
     return filter.limit !== undefined ? out.slice(-filter.limit) : out;
+  }
+
+  /** Events numbered up to this one may be gone: a subscriber resuming from before it has a gap. */
+  get lostUpTo(): number {
+    return this.#lostUpTo;
   }
 
   /** The seq of the oldest event kept (the next one's when none is kept). */
@@ -182,6 +196,7 @@ export class PasidAuthority {
   /** Give a VM a new token; the old one stops working at once. Returns the new token (shown once). */
   async replaceToken(vmId: string): Promise<{ vm: string; token: string }> {
     const token = newToken();
+    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).replaceCredential(hashToken(token));
     return { vm: vmId, token };
   }
@@ -219,26 +234,31 @@ export class PasidAuthority {
 
   /** Destroy a VM: unbind everything, free every PASID, forget it (one commit). */
   async destroyVm(id: string): Promise<{ freed: number[]; bindings: number }> {
+    await this.cluster?.ensureServes(id);
     const r = await this.host.destroyVm(id);
     return { freed: r.pasids, bindings: r.bindings.length };
   }
 
   async addViommu(vmId: string, spec: ViommuSpec): Promise<VmInfo> {
+    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).addViommu(spec);
     return this.vmInfo(vmId);
   }
 
   async removeViommu(vmId: string, segment: number): Promise<VmInfo> {
+    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).removeViommu(segment);
     return this.vmInfo(vmId);
   }
 
   async addDevice(vmId: string, spec: { bdf: string; pasidBits?: number }): Promise<VmInfo> {
+    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).assignDevice(spec);
     return this.vmInfo(vmId);
   }
 
   async removeDevice(vmId: string, bdf: string): Promise<VmInfo> {
+    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).removeDevice(bdf);
     return this.vmInfo(vmId);
   }
@@ -247,19 +267,23 @@ export class PasidAuthority {
 
   /** Allocate `count` PASIDs for a VM in [min, max]; all or nothing, one commit. */
   async allocPasids(vmId: string, opts: { min?: number; max?: number; count?: number } = {}): Promise<number[]> {
+    await this.cluster?.ensureServes(vmId);
     return this.host.vm(vmId).allocPasids(opts);
   }
 
   /** Free a VM's PASID: EACCES if another VM's, ENOENT if unknown, EBUSY if bound. */
   async freePasid(vmId: string, pasid: number): Promise<void> {
+    await this.cluster?.ensureServes(vmId);
     return this.host.vm(vmId).freePasid(pasid);
   }
 
   async bind(vmId: string, pasid: number, bdf: string): Promise<void> {
+    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).bind(bdf, pasid);
   }
 
   async unbind(vmId: string, pasid: number, bdf: string): Promise<void> {
+    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).unbind(bdf, pasid);
   }
 

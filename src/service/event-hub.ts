@@ -94,8 +94,8 @@ export class EventHub {
     socket.on('close', drop);
     socket.on('error', drop);
     if (who.since !== undefined && who.since < sub.lastSeq) {
-      const oldest = this.#authority.oldestSeq;
-      if (who.since + 1 < oldest) this.#send(sub, JSON.stringify({ type: 'gap', since: who.since, next: oldest }));
+      // Event numbers may skip (cluster mode): a gap is an event known to be gone after `since`.
+      if (who.since < this.#authority.lostUpTo) this.#send(sub, JSON.stringify({ type: 'gap', since: who.since, next: this.#authority.oldestSeq }));
       for (const e of this.#authority.recentEvents({ since: who.since, ...(who.vm !== null ? { vm: who.vm } : {}) })) {
         if (e.seq > sub.lastSeq) break;
         this.#send(sub, JSON.stringify(e));

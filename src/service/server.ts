@@ -7,7 +7,9 @@ import { dirname, join, resolve } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { IoasidError } from '../core/index.ts';
 import { EtcdStore, openStore, type EtcdSecurityOptions } from '../store/index.ts';
+import { EtcdClusterRole } from '../cluster/index.ts';
 import { PasidAuthority } from './authority.ts';
+import { toMutations } from './store-journal.ts';
 import { buildApp } from './app.ts';
 import type { EventHub, EventHubOptions } from './event-hub.ts';
 import type { ServiceMetrics } from './metrics.ts';
@@ -77,10 +79,9 @@ export async function startServer(opts: ServeOptions = {}): Promise<RunningServe
     ...(opts.etcdSecurity !== undefined ? { etcdSecurity: opts.etcdSecurity } : {}),
     ...(spec.startsWith('etcd') ? { log: clusterLog } : {}),
   });
-  // Cluster mode (docs/cluster.md): interim, while its journal is rewritten.
-  if (store instanceof EtcdStore) throw new IoasidError('EOPNOTSUPP', 'cluster mode is being reworked onto the host journal', { store: spec });
-  void clusterLog;
-  const authority = await PasidAuthority.open({ store });
+  // Cluster mode (docs/cluster.md): the host commits through the domain's etcd journal.
+  const cluster = store instanceof EtcdStore ? new EtcdClusterRole({ store, rows: toMutations, log: clusterLog }) : undefined;
+  const authority = await PasidAuthority.open({ store, ...(cluster !== undefined ? { cluster } : {}) });
   const stateDir = resolve(opts.stateDir ?? (spec.startsWith('sqlite:') ? dirname(spec.slice('sqlite:'.length)) : './var'));
 
   let adminTokenPath: string | null = null;

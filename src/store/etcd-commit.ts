@@ -1,38 +1,65 @@
 /**
  * Group commit for the etcd backend: batches submitted while transactions are in flight are
- * merged into one etcd transaction (the etcd writes of concurrent requests share one raft entry).
+ * merged into one etcd transaction (the etcd writes of concurrent requests share one raft entry),
+ * with one journal record (`log/<name>`) holding the parts of every batch that has one.
  *
  * Rules:
- *  1. Each batch brings its compares and its writes. A transaction holds whole batches, at most
- *     `maxOps` compares, writes and failure reads each (etcd refuses more than --max-txn-ops, 128 by
- *     default), and one global compare (the host's fence) added to every transaction.
+ *  1. Each batch names the keys it reads and writes up front (virtual keys included, such as a
+ *     VM's, so that two batches of one VM never overlap); its compares and writes are built when
+ *     its transaction is formed, from what is known then. A transaction holds whole batches, at
+ *     most `maxOps` compares and writes each (etcd refuses more than --max-txn-ops, 128 by
+ *     default), at most SEQ_PER_REVISION events and `maxRecordBytes` of journal record, plus the
+ *     compares every transaction carries: the host's fence, and the journal record's key absent.
  *  2. Per-key order: a batch waits while an earlier batch (queued or in flight) writes a key it
  *     reads or writes, or reads a key it writes; batches in one transaction never touch each
  *     other's keys, since every compare is evaluated before any write.
- *  3. A refused transaction reads every compared key in the same revision: batches whose compares
- *     hold are sent again at the front of the queue, the others fail with their own error, and a
- *     batch that finds its own nonce in a read was already committed (an answer lost on the
- *     way) and succeeds at that revision.
+ *  3. A refused transaction reads every compared key in the same revision. If the journal record
+ *     is there, the transaction had committed (an answer lost on the way): every batch succeeds at
+ *     its revision. Otherwise batches whose compares hold are sent again at the front of the queue,
+ *     the others fail with their own error, and a batch that finds its own nonce in a read was
+ *     already committed and succeeds at that revision.
  *  4. A transport failure resends the same transaction, with backoff, at most `attempts` times
  *     (etcd-client.ts); then every batch of it fails with ETIMEDOUT (the outcome is unknown).
  *  5. A failed fence compare fails every batch of the transaction with the host's fencing error.
+ *  6. The events of a transaction are numbered from its revision: batch j's first event gets
+ *     revision * SEQ_PER_REVISION + (events of the batches before it in the record).
  */
 import { IoasidError } from '../core/index.ts';
 import {
-  backoffMs, cmpHolds, cmpId, isTransportError, nextAttempt, opKey, sleep, unavailable,
+  backoffMs, cmpHolds, cmpId, isTransportError, nextAttempt, sleep, unavailable,
   type Cmp, type Kv, type Op, type RetryPolicy, type TxnResult,
 } from './etcd-client.ts';
+import { SEQ_PER_REVISION } from './etcd-keys.ts';
 
 export type Reads = ReadonlyMap<string, readonly Kv[]>;
 
 /** One unit of work: it commits whole or not at all. */
 export interface CommitBatch {
-  readonly compares: readonly Cmp[];
-  readonly ops: readonly Op[];
+  /** Keys (and virtual keys) it compares or depends on. */
+  readonly reads: readonly string[];
+  /** Keys (and virtual keys) it writes. */
+  readonly writes: readonly string[];
+  /** Sequence numbers its events take. */
+  readonly events: number;
+  /** Its part of the journal record (JSON), or null. */
+  readonly part: string | null;
+  /** Its compares and writes, built when its transaction is formed; a throw fails the batch. */
+  build(): { readonly compares: readonly Cmp[]; readonly ops: readonly Op[] };
   /** After a refused transaction: the revision this batch was already committed at, or null. */
   recognise(reads: Reads): number | null;
   /** The error of a batch whose compare `failed` does not hold. */
   explain(reads: Reads, failed: Cmp): IoasidError;
+  /** Called synchronously when the batch fails, before its promise rejects. */
+  failed?(err: unknown): void;
+}
+
+export interface JournalRecordWriter {
+  /** A fresh name for a transaction's record (unique in the domain). */
+  name(): string;
+  /** The record's key. */
+  key(name: string): string;
+  /** The record's value, from the parts of its batches in order. */
+  encode(parts: readonly string[]): string;
 }
 
 export interface CommitQueueOptions {
@@ -42,9 +69,15 @@ export interface CommitQueueOptions {
   /** The error every batch gets when the fence compare fails. */
   readonly fenced: (reads: Reads) => IoasidError;
   /** Called synchronously for a committed batch, before its promise resolves. */
-  readonly committed: (batch: CommitBatch, revision: number) => void;
+  readonly committed: (batch: CommitBatch, revision: number, seq: number) => void;
+  /** Called synchronously when a transaction is first sent, and when it is done, with its keys. */
+  readonly sending?: (keys: readonly string[]) => void;
+  readonly done?: (keys: readonly string[]) => void;
+  readonly record: JournalRecordWriter;
   readonly policy: RetryPolicy;
   readonly maxOps: number;
+  /** Largest journal record of one transaction, in characters of its parts. */
+  readonly maxRecordBytes: number;
   readonly maxInFlight: number;
   readonly onRetry?: (e: unknown, attempt: number) => void;
 }
@@ -53,10 +86,18 @@ interface Entry {
   readonly batch: CommitBatch;
   readonly reads: ReadonlySet<string>;
   readonly writes: ReadonlySet<string>;
-  readonly resolve: (revision: number) => void;
+  readonly resolve: (r: { revision: number; seq: number }) => void;
   readonly reject: (e: unknown) => void;
   /** Times this batch was sent again after others' compares failed. */
   requeued: number;
+}
+
+interface Formed {
+  readonly entry: Entry;
+  readonly compares: readonly Cmp[];
+  readonly ops: readonly Op[];
+  /** Index of its first event in the record. */
+  readonly offset: number;
 }
 
 export interface CommitStats {
@@ -91,17 +132,18 @@ export class CommitQueue {
     return this.#queue.length > 0 || this.#inFlight.size > 0;
   }
 
-  /** Queue a batch; resolves to the revision it committed at. */
-  submit(batch: CommitBatch): Promise<number> {
+  /** Queue a batch; resolves to the revision it committed at and the seq of its first event. */
+  submit(batch: CommitBatch): Promise<{ revision: number; seq: number }> {
     if (this.#closed) return Promise.reject(new IoasidError('ENODEV', 'the etcd store is closed', {}));
-    const writes = new Set(batch.ops.map(opKey));
-    if (writes.size !== batch.ops.length) return Promise.reject(new IoasidError('EINVAL', 'a batch writes one etcd key twice', { keys: batch.ops.map(opKey) }));
-    if (batch.ops.length > this.#o.maxOps || batch.compares.length + 1 > this.#o.maxOps) {
-      return Promise.reject(new IoasidError('EINVAL', `a batch of ${batch.ops.length} writes and ${batch.compares.length} compares exceeds one etcd transaction (${this.#o.maxOps})`, { ops: batch.ops.length, compares: batch.compares.length }));
+    if (batch.events > SEQ_PER_REVISION) {
+      return Promise.reject(new IoasidError('EINVAL', `a change of ${batch.events} events exceeds one etcd transaction (${SEQ_PER_REVISION})`, { events: batch.events }));
+    }
+    if (batch.part !== null && batch.part.length > this.#o.maxRecordBytes) {
+      return Promise.reject(new IoasidError('EINVAL', `a change whose journal record takes ${batch.part.length} characters exceeds one etcd transaction (${this.#o.maxRecordBytes})`, { size: batch.part.length }));
     }
     this.#stats.submitted++;
-    return new Promise<number>((resolve, reject) => {
-      this.#queue.push({ batch, reads: new Set(batch.compares.map((c) => c.key)), writes, resolve, reject, requeued: 0 });
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ batch, reads: new Set(batch.reads), writes: new Set(batch.writes), resolve, reject, requeued: 0 });
       this.#schedule();
     });
   }
@@ -131,78 +173,133 @@ export class CommitQueue {
     while (this.#inFlight.size < this.#o.maxInFlight && this.#queue.length > 0) {
       const group = this.#form();
       if (group.length === 0) break;
-      this.#inFlight.add(group);
+      const entries = group.map((f) => f.entry);
+      this.#inFlight.add(entries);
       void this.#run(group).finally(() => {
-        this.#inFlight.delete(group);
+        this.#inFlight.delete(entries);
         if (this.#queue.length > 0) this.#pump();
         if (!this.busy) for (const r of this.#idle.splice(0)) r();
       });
     }
+    if (!this.busy) for (const r of this.#idle.splice(0)) r();
   }
 
-  /** Take a group of non-conflicting batches off the queue, in order. */
-  #form(): Entry[] {
-    const blockedR = new Set<string>();
-    const blockedW = new Set<string>();
+  /**
+   * Take a group of non-conflicting batches off the queue, in order, and build them. Virtual keys
+   * (starting with NUL: a VM's) keep batches out of concurrent transactions, not out of one
+   * transaction: in one, they commit together or not at all.
+   */
+  #form(): Formed[] {
+    const flightR = new Set<string>();
+    const flightW = new Set<string>();
     for (const g of this.#inFlight) for (const e of g) {
-      for (const k of e.reads) blockedR.add(k);
-      for (const k of e.writes) blockedW.add(k);
+      for (const k of e.reads) flightR.add(k);
+      for (const k of e.writes) flightW.add(k);
     }
-    const group: Entry[] = [];
+    // Keys of the batches left behind in this round, and of those taken into the group.
+    const waitR = new Set<string>();
+    const waitW = new Set<string>();
+    const groupR = new Set<string>();
+    const groupW = new Set<string>();
+    const clash = (k: string, r: ReadonlySet<string>, w: ReadonlySet<string>, group: boolean): boolean =>
+      !(group && k.charCodeAt(0) === 0) && (r.has(k) || w.has(k));
+    const group: Formed[] = [];
     const rest: Entry[] = [];
-    let ops = 0;
-    const cmps = new Set<string>();
+    const max = this.#o.maxOps;
+    // Every transaction also carries the fence and the record's compare, and the record's put.
+    let ops = 1;
+    let events = 0;
+    let bytes = 0;
+    const cmps = new Set<string>(['fence', 'record']);
     let full = false;
     for (const e of this.#queue) {
       let conflict = full;
       if (!conflict) {
-        for (const k of e.writes) if (blockedR.has(k) || blockedW.has(k)) { conflict = true; break; }
+        for (const k of e.writes) {
+          if (clash(k, flightR, flightW, false) || clash(k, waitR, waitW, false) || clash(k, groupR, groupW, true)) { conflict = true; break; }
+        }
       }
       if (!conflict) {
-        for (const k of e.reads) if (blockedW.has(k)) { conflict = true; break; }
+        for (const k of e.reads) {
+          if (flightW.has(k) || waitW.has(k) || (groupW.has(k) && k.charCodeAt(0) !== 0)) { conflict = true; break; }
+        }
       }
       if (!conflict) {
-        const newCmps = e.batch.compares.filter((c) => !cmps.has(cmpSig(c)));
-        if (ops + e.batch.ops.length > this.#o.maxOps || cmps.size + newCmps.length + 1 > this.#o.maxOps) {
+        let built: ReturnType<CommitBatch['build']>;
+        try {
+          built = e.batch.build();
+        } catch (err) {
+          this.#fail(e, err);
+          continue; // it touches nothing: later batches do not wait for it
+        }
+        const newCmps = built.compares.filter((c) => !cmps.has(cmpSig(c)));
+        const size = e.batch.part?.length ?? 0;
+        const fits = ops + built.ops.length <= max && cmps.size + newCmps.length <= max
+          && events + e.batch.events <= SEQ_PER_REVISION && bytes + size <= this.#o.maxRecordBytes;
+        if (!fits && group.length === 0) {
+          this.#fail(e, new IoasidError('EINVAL', `a change of ${built.ops.length} writes and ${built.compares.length} compares exceeds one etcd transaction (${max - 2})`, { ops: built.ops.length, compares: built.compares.length }));
+          continue;
+        }
+        if (!fits) {
           conflict = true;
           full = true;
         } else {
-          group.push(e);
-          ops += e.batch.ops.length;
+          group.push({ entry: e, compares: built.compares, ops: built.ops, offset: events });
+          ops += built.ops.length;
+          events += e.batch.events;
+          bytes += size;
           for (const c of newCmps) cmps.add(cmpSig(c));
+          for (const k of e.reads) groupR.add(k);
+          for (const k of e.writes) groupW.add(k);
         }
       }
-      // Whatever is in the group or waits behind an earlier batch blocks later batches on its keys.
-      for (const k of e.reads) blockedR.add(k);
-      for (const k of e.writes) blockedW.add(k);
-      if (conflict) rest.push(e);
+      if (conflict) {
+        // Whatever waits behind an earlier batch blocks later batches on its keys.
+        for (const k of e.reads) waitR.add(k);
+        for (const k of e.writes) waitW.add(k);
+        rest.push(e);
+      }
     }
     this.#queue = rest;
     return group;
   }
 
-  async #run(group: Entry[]): Promise<void> {
+  async #run(group: Formed[]): Promise<void> {
+    const keys: string[] = [];
+    try {
+      await this.#send(group, keys);
+    } finally {
+      if (keys.length > 0) this.#o.done?.(keys);
+    }
+  }
+
+  async #send(group: Formed[], sent: string[]): Promise<void> {
     let attempt = 0;
     const started = Date.now();
+    const name = this.#o.record.name();
+    const recordKey = this.#o.record.key(name);
+    const parts = group.map((f) => f.entry.batch.part).filter((p): p is string => p !== null);
+    const recordCmp: Cmp = { key: recordKey, target: 'Create', result: 'Equal', value: 0 };
     for (;;) {
       const fence = this.#o.fence();
       const seen = new Set<string>();
       const compares: Cmp[] = [];
-      if (fence !== null) {
-        compares.push(fence);
-        seen.add(cmpSig(fence));
-      }
-      for (const e of group) for (const c of e.batch.compares) {
+      for (const c of [...(fence !== null ? [fence] : []), ...(parts.length > 0 ? [recordCmp] : []), ...group.flatMap((f) => f.compares)]) {
         const s = cmpSig(c);
         if (!seen.has(s)) {
           seen.add(s);
           compares.push(c);
         }
       }
-      const ops = group.flatMap((e) => e.batch.ops);
+      const ops: Op[] = group.flatMap((f) => f.ops);
+      if (parts.length > 0) ops.push({ put: recordKey, value: this.#o.record.encode(parts) });
       let res: TxnResult;
       try {
         this.#stats.txns++;
+        if (sent.length === 0) {
+          sent.push(...ops.map((o) => ('put' in o ? o.put : o.del)));
+          this.#o.sending?.(sent);
+        }
         res = await this.#o.exec(compares, ops);
       } catch (e) {
         const wait = isTransportError(e) ? nextAttempt(this.#o.policy, ++attempt, started) : -1;
@@ -213,59 +310,62 @@ export class CommitQueue {
           continue;
         }
         const err = isTransportError(e) ? unavailable('a transaction', attempt, e) : e;
-        for (const x of group) this.#fail(x, err);
+        for (const f of group) this.#fail(f.entry, err);
         return;
       }
       if (res.succeeded) {
-        for (const x of group) this.#commit(x, res.revision);
+        for (const f of group) this.#commit(f, res.revision);
         return;
       }
       this.#stats.refusedTxns++;
+      const rec = parts.length > 0 ? res.reads.get(cmpId(recordCmp))?.[0] : undefined;
+      if (rec !== undefined) {
+        // Our record is there: an earlier attempt of this transaction committed (rule 3).
+        for (const f of group) this.#commit(f, rec.mod);
+        return;
+      }
       if (fence !== null && !cmpHolds(fence, res.reads.get(cmpId(fence)) ?? [])) {
         const err = this.#o.fenced(res.reads);
-        for (const x of group) this.#fail(x, err);
+        for (const f of group) this.#fail(f.entry, err);
         return;
       }
       const again: Entry[] = [];
-      for (const x of group) {
+      for (const f of group) {
+        const x = f.entry;
         const rev = x.batch.recognise(res.reads);
         if (rev !== null) {
-          this.#commit(x, rev);
+          this.#commit(f, rev);
           continue;
         }
-        const failed = x.batch.compares.find((c) => !cmpHolds(c, res.reads.get(cmpId(c)) ?? []));
+        const failed = f.compares.find((c) => !cmpHolds(c, res.reads.get(cmpId(c)) ?? []));
         if (failed !== undefined) this.#fail(x, x.batch.explain(res.reads, failed));
         else if (++x.requeued > MAX_REQUEUE) this.#fail(x, new IoasidError('EAGAIN', `an etcd transaction was refused ${MAX_REQUEUE} times because of other requests; retry`, {}));
         else again.push(x);
       }
       if (again.length === group.length) {
-        // Every compare holds on the reads, yet etcd refused: nothing to learn, count it as a retry.
-        if (++attempt >= this.#o.policy.attempts) {
-          for (const x of group) this.#fail(x, new IoasidError('EAGAIN', 'etcd refused a transaction whose compares hold when read back; retry', {}));
-          return;
-        }
-        await sleep(backoffMs(this.#o.policy, attempt));
-        continue;
+        // Every compare holds on the reads, yet etcd refused (a key changed between the two):
+        // back off before the batches are built and sent again (bounded by MAX_REQUEUE).
+        await sleep(backoffMs(this.#o.policy, Math.min(6, (again[0] as Entry).requeued)));
       }
       // The batches that were not at fault go first in the queue again, in their order.
-      if (again.length > 0) {
-        this.#queue = [...again, ...this.#queue];
-      }
+      if (again.length > 0) this.#queue = [...again, ...this.#queue];
       return;
     }
   }
 
-  #commit(e: Entry, revision: number): void {
+  #commit(f: Formed, revision: number): void {
     this.#stats.committed++;
+    const seq = revision * SEQ_PER_REVISION + f.offset;
     try {
-      this.#o.committed(e.batch, revision);
+      this.#o.committed(f.entry.batch, revision, seq);
     } finally {
-      e.resolve(revision);
+      f.entry.resolve({ revision, seq });
     }
   }
 
   #fail(e: Entry, err: unknown): void {
     this.#stats.failed++;
+    e.batch.failed?.(err);
     e.reject(err);
   }
 }

@@ -1,18 +1,22 @@
 /**
  * The etcd key layout of one migration domain (docs/cluster.md), written once: every key the
- * cluster backend reads or writes is made and parsed here. All keys live under
- * `/ioasid/<domain>/`; values are JSON.
+ * cluster backend reads or writes is made and parsed here, and every value encoded and decoded.
+ * All keys live under `/ioasid/<domain>/`; values are JSON.
  *
  *   config                   { blockSize }                       created once, by the first host
- *   vms/<vm>                 VmRow + { host, state, n }          the VM and its IOASID set
- *   viommus/<vm>/<segment>   { layout, rangeExtension }
+ *   vms/<vm>                 VmRow + { host, state, n }          the VM (its IOASID set) and where it runs
+ *   tokens/<hash>            { vm, n }                           a VM token hash: unique in the domain
+ *   viommus/<vm>/<segment>   { layout, rangeExtension, pasBit, pss, registers }
  *   devices/<vm>/<bdf>       { segment, pasidBits }
  *   pasids/<hex5>            { vm, at, n, host? }                one key per allocated PASID
  *   bindings/<hex5>/<bdf>    { vm, at }
+ *   meta/<key>               { value }
+ *   log/<name>               the journal record of one transaction: its changes' events, with
+ *                            the credentials and registers that go with them (never a row)
+ *   pending/<vm>             a destroy too big for one transaction: its journal part, until done
  *   blocks/<hex5>            { host, n }                         a block of PASIDs claimed by a host
  *   hosts/<host>             { url, startedAt, pid, n }          bound to the host's lease (liveness)
  *   fences/<host>            { by, reason, at, n }               its mod revision is the host's fence
- *   meta/<key>               { value }
  *   sync/<host>              a barrier: written to learn a revision of the domain, read by no one
  *
  * The owner of a PASID is (VM key's host, PASID key's VM): a migration rewrites one VM key and the
@@ -20,37 +24,35 @@
  * that the keys of one block are one contiguous key range (a range compare proves a block empty).
  * `n` is the nonce of the write that made the value: after an answer was lost, a host recognises
  * its own commit instead of retrying it.
+ *
+ * Event numbers (docs/cluster.md, "Events"): the events of the transaction committed at etcd
+ * revision R are numbered R * SEQ_PER_REVISION + i, i their index in the transaction's journal
+ * record, so every host gives every event the same number and numbers only grow.
  */
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { IoasidError, PASID_MAX } from '../core/index.ts';
-import { VIOMMU_LAYOUTS, type BindingRow, type DeviceRow, type MetaRow, type PasidRow, type ViommuLayout, type ViommuRow, type VmRow } from './rows.ts';
+import type { EventRow, NewEventRow } from './rows.ts';
 
 /** Host ids and domain names: what a VM id may be (route pattern), so they are safe in keys. */
 export const CLUSTER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
-/** A VM's lifecycle in the domain: served by its host, or on its way out (not served). */
-export const VM_STATES = ['active', 'destroying', 'reclaiming'] as const;
+/** A VM's lifecycle in the domain: served by its host, or being destroyed (served by nobody). */
+export const VM_STATES = ['active', 'destroying'] as const;
 export type VmState = (typeof VM_STATES)[number];
+
+/** Events one transaction may carry: the span of sequence numbers of one etcd revision. */
+export const SEQ_PER_REVISION = 4096;
 
 /** Where a VM runs and in which state, with the VM key's mod revision (its ownership proof). */
 export interface VmPlacement {
   readonly host: string;
   readonly state: VmState;
-  /** The VM key's mod revision. */
-  readonly mod: number;
-  readonly nonce: string;
-  readonly by?: string;
 }
 
 export interface VmRecord extends VmPlacement {
-  readonly row: VmRow;
-}
-
-export interface PasidRecord {
-  readonly row: PasidRow;
-  /** Host of a host-owned PASID (vm null); null for VM-owned ones. */
-  readonly host: string | null;
+  readonly id: string;
+  /** The VM key's mod revision (0 while its creation is not committed yet). */
   readonly mod: number;
-  readonly nonce: string;
 }
 
 export interface BlockRecord {
@@ -87,14 +89,17 @@ export interface DomainConfig {
 export type ParsedKey =
   | { readonly kind: 'config' }
   | { readonly kind: 'vm'; readonly vm: string }
+  | { readonly kind: 'token'; readonly hash: string }
   | { readonly kind: 'viommu'; readonly vm: string; readonly segment: number }
   | { readonly kind: 'device'; readonly vm: string; readonly bdf: string }
   | { readonly kind: 'pasid'; readonly pasid: number }
   | { readonly kind: 'binding'; readonly pasid: number; readonly bdf: string }
+  | { readonly kind: 'meta'; readonly key: string }
+  | { readonly kind: 'log'; readonly name: string }
+  | { readonly kind: 'pending'; readonly vm: string }
   | { readonly kind: 'block'; readonly start: number }
   | { readonly kind: 'host'; readonly host: string }
-  | { readonly kind: 'fence'; readonly host: string }
-  | { readonly kind: 'meta'; readonly key: string };
+  | { readonly kind: 'fence'; readonly host: string };
 
 export type KeyKind = ParsedKey['kind'];
 
@@ -127,6 +132,7 @@ export class DomainKeys {
   get config(): string { return `${this.prefix}config`; }
   vm(id: string): string { return `${this.prefix}vms/${id}`; }
   get vms(): string { return `${this.prefix}vms/`; }
+  token(hash: string): string { return `${this.prefix}tokens/${hash}`; }
   viommu(vm: string, segment: number): string { return `${this.prefix}viommus/${vm}/${segment}`; }
   viommusOf(vm: string): string { return `${this.prefix}viommus/${vm}/`; }
   device(vm: string, bdf: string): string { return `${this.prefix}devices/${vm}/${bdf}`; }
@@ -135,12 +141,16 @@ export class DomainKeys {
   get pasids(): string { return `${this.prefix}pasids/`; }
   binding(p: number, bdf: string): string { return `${this.prefix}bindings/${hex5(p)}/${bdf}`; }
   get bindings(): string { return `${this.prefix}bindings/`; }
+  meta(key: string): string { return `${this.prefix}meta/${key}`; }
+  log(name: string): string { return `${this.prefix}log/${name}`; }
+  get logs(): string { return `${this.prefix}log/`; }
+  pending(vm: string): string { return `${this.prefix}pending/${vm}`; }
   block(start: number): string { return `${this.prefix}blocks/${hex5(start)}`; }
   get blocks(): string { return `${this.prefix}blocks/`; }
   host(id: string): string { return `${this.prefix}hosts/${id}`; }
   get hosts(): string { return `${this.prefix}hosts/`; }
   fence(id: string): string { return `${this.prefix}fences/${id}`; }
-  meta(key: string): string { return `${this.prefix}meta/${key}`; }
+  sync(id: string): string { return `${this.prefix}sync/${id}`; }
 
   /** [first, end) of the PASID keys of [start, start + size): one contiguous range. */
   pasidRange(start: number, size: number): { key: string; end: string } {
@@ -163,25 +173,28 @@ export class DomainKeys {
     };
     switch (kind) {
       case 'vms': return tail.length > 0 ? { kind: 'vm', vm: tail } : null;
+      case 'tokens': return tail.length > 0 ? { kind: 'token', hash: tail } : null;
       case 'viommus': {
         const t = two();
-        if (t === null || !/^[0-9]{1,5}$/.test(t[1])) return null;
+        if (t === null || !/^[0-9]{1,6}$/.test(t[1])) return null;
         return { kind: 'viommu', vm: t[0], segment: Number(t[1]) };
       }
       case 'devices': {
         const t = two();
         return t === null ? null : { kind: 'device', vm: t[0], bdf: t[1] };
       }
-      case 'pasids': return /^[0-9a-f]{5}$/.test(tail) ? { kind: 'pasid', pasid: parseInt(tail, 16) } : null;
+      case 'pasids': return /^[0-9a-f]{5,6}$/.test(tail) ? { kind: 'pasid', pasid: parseInt(tail, 16) } : null;
       case 'bindings': {
         const t = two();
-        if (t === null || !/^[0-9a-f]{5}$/.test(t[0])) return null;
+        if (t === null || !/^[0-9a-f]{5,6}$/.test(t[0])) return null;
         return { kind: 'binding', pasid: parseInt(t[0], 16), bdf: t[1] };
       }
+      case 'meta': return tail.length > 0 ? { kind: 'meta', key: tail } : null;
+      case 'log': return tail.length > 0 ? { kind: 'log', name: tail } : null;
+      case 'pending': return tail.length > 0 ? { kind: 'pending', vm: tail } : null;
       case 'blocks': return /^[0-9a-f]{5}$/.test(tail) ? { kind: 'block', start: parseInt(tail, 16) } : null;
       case 'hosts': return tail.length > 0 ? { kind: 'host', host: tail } : null;
       case 'fences': return tail.length > 0 ? { kind: 'fence', host: tail } : null;
-      case 'meta': return tail.length > 0 ? { kind: 'meta', key: tail } : null;
       default: return null;
     }
   }
@@ -189,14 +202,20 @@ export class DomainKeys {
 
 // ------------------------------------------------------------------ values
 
-function obj(raw: string, key: string): Record<string, unknown> {
+/**
+ * A value as a JSON object, or EINVAL naming the key (and the table, for the rows a stored state
+ * is made of, so that a refused start says which table is wrong).
+ */
+export function jsonObject(raw: string, key: string, table?: string): Record<string, unknown> {
   let v: unknown;
   try {
     v = JSON.parse(raw);
   } catch {
-    throw new IoasidError('EINVAL', `etcd key ${key} does not hold JSON`, { key });
+    throw new IoasidError('EINVAL', `etcd key ${key} does not hold JSON`, { key, ...(table !== undefined ? { table } : {}) });
   }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new IoasidError('EINVAL', `etcd key ${key} does not hold a JSON object`, { key });
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+    throw new IoasidError('EINVAL', `etcd key ${key} does not hold a JSON object`, { key, ...(table !== undefined ? { table } : {}) });
+  }
   return v as Record<string, unknown>;
 }
 
@@ -217,67 +236,84 @@ function optStr(o: Record<string, unknown>, f: string): string {
   return typeof v === 'string' ? v : '';
 }
 
-export function encodeVm(row: VmRow, p: { host: string; state: VmState; nonce: string; by?: string }): string {
-  return JSON.stringify({ ...row, host: p.host, state: p.state, n: p.nonce, ...(p.by !== undefined ? { by: p.by } : {}) });
+/*
+ * Rows. Decoding takes the fields as they are (a key's own parts, such as the VM id of vms/<vm>,
+ * from the key): the row checks of row-check.ts judge them, at load (validateStoredState) and for
+ * every change another host made, so an etcd value and an SQLite row are held to the same rules.
+ */
+
+export function encodeVm(row: { id: string; quota: number; tokenHash: string; createdAt: number }, p: VmPlacement, nonce: string): string {
+  return JSON.stringify({ id: row.id, quota: row.quota, tokenHash: row.tokenHash, createdAt: row.createdAt, host: p.host, state: p.state, n: nonce });
 }
 
-export function decodeVm(raw: string, key: string, mod: number): VmRecord {
-  const o = obj(raw, key);
-  const state = str(o, 'state', key);
-  if (!(VM_STATES as readonly string[]).includes(state)) throw new IoasidError('EINVAL', `etcd key ${key}: unknown VM state ${JSON.stringify(state)}`, { key, state });
-  const row: VmRow = { id: str(o, 'id', key), quota: int(o, 'quota', key), tokenHash: str(o, 'tokenHash', key), createdAt: int(o, 'createdAt', key) };
-  const by = o.by;
-  return { row, host: str(o, 'host', key), state: state as VmState, mod, nonce: optStr(o, 'n'), ...(typeof by === 'string' ? { by } : {}) };
+/** A VM key: its row (fields as stored) and its placement. */
+export function decodeVm(raw: string, key: string, id: string): { row: Record<string, unknown>; placement: VmPlacement } {
+  const o = jsonObject(raw, key, 'vms');
+  const host = o.host;
+  const state = o.state;
+  if (typeof host !== 'string' || !(VM_STATES as readonly unknown[]).includes(state)) {
+    throw new IoasidError('EINVAL', `etcd key ${key}: a VM needs a host and a state (${VM_STATES.join(' or ')})`, { key, table: 'vms', host: String(host), state: String(state) });
+  }
+  return { row: { id, quota: o.quota, tokenHash: o.tokenHash, createdAt: o.createdAt }, placement: { host, state: state as VmState } };
 }
 
-export function encodeViommu(row: ViommuRow): string {
+export function encodeToken(vm: string, nonce: string): string {
+  return JSON.stringify({ vm, n: nonce });
+}
+
+export function encodeViommu(row: { layout: string; rangeExtension: boolean; pasBit: number; pss: number; registers: string | null }): string {
   return JSON.stringify({ layout: row.layout, rangeExtension: row.rangeExtension, pasBit: row.pasBit, pss: row.pss, registers: row.registers });
 }
 
-export function decodeViommu(raw: string, key: string, vm: string, segment: number): ViommuRow {
-  const o = obj(raw, key);
-  const layout = str(o, 'layout', key);
-  if (!(VIOMMU_LAYOUTS as readonly string[]).includes(layout)) throw new IoasidError('EINVAL', `etcd key ${key}: unknown layout`, { key });
-  return {
-    vm, segment, layout: layout as ViommuLayout, rangeExtension: o.rangeExtension === true,
-    pasBit: o.pasBit === 1 ? 1 : 0, pss: typeof o.pss === 'number' ? o.pss : 19, registers: typeof o.registers === 'string' ? o.registers : null,
-  };
+export function decodeViommu(raw: string, key: string, vm: string, segment: number): Record<string, unknown> {
+  const o = jsonObject(raw, key, 'viommus');
+  return { vm, segment, layout: o.layout, rangeExtension: o.rangeExtension, pasBit: o.pasBit, pss: o.pss, registers: o.registers };
 }
 
-export function encodeDevice(row: DeviceRow): string {
+export function encodeDevice(row: { segment: number; pasidBits: number }): string {
   return JSON.stringify({ segment: row.segment, pasidBits: row.pasidBits });
 }
 
-export function decodeDevice(raw: string, key: string, vm: string, bdf: string): DeviceRow {
-  const o = obj(raw, key);
-  return { vm, bdf, segment: int(o, 'segment', key), pasidBits: int(o, 'pasidBits', key) };
+export function decodeDevice(raw: string, key: string, vm: string, bdf: string): Record<string, unknown> {
+  const o = jsonObject(raw, key, 'devices');
+  return { vm, bdf, segment: o.segment, pasidBits: o.pasidBits };
 }
 
-export function encodePasid(row: PasidRow, nonce: string, host: string | null): string {
+export function encodePasid(row: { vm: string | null; allocatedAt: number }, nonce: string, host: string | null): string {
   return JSON.stringify({ vm: row.vm, at: row.allocatedAt, n: nonce, ...(row.vm === null && host !== null ? { host } : {}) });
 }
 
-export function decodePasid(raw: string, key: string, pasid: number, mod: number): PasidRecord {
-  const o = obj(raw, key);
-  const vm = o.vm === null ? null : str(o, 'vm', key);
-  return { row: { pasid, vm, allocatedAt: int(o, 'at', key) }, host: vm === null ? optStr(o, 'host') || null : null, mod, nonce: optStr(o, 'n') };
+/** A PASID key: its row, and the host of a host-owned PASID (vm null). */
+export function decodePasid(raw: string, key: string, pasid: number): { row: Record<string, unknown>; host: string | null } {
+  const o = jsonObject(raw, key, 'pasids');
+  return { row: { pasid, vm: o.vm, allocatedAt: o.at }, host: o.vm === null ? optStr(o, 'host') || null : null };
 }
 
-export function encodeBinding(row: BindingRow): string {
+export function encodeBinding(row: { vm: string; boundAt: number }): string {
   return JSON.stringify({ vm: row.vm, at: row.boundAt });
 }
 
-export function decodeBinding(raw: string, key: string, pasid: number, bdf: string): BindingRow {
-  const o = obj(raw, key);
-  return { pasid, bdf, vm: str(o, 'vm', key), boundAt: int(o, 'at', key) };
+export function decodeBinding(raw: string, key: string, pasid: number, bdf: string): Record<string, unknown> {
+  const o = jsonObject(raw, key, 'bindings');
+  return { pasid, vm: o.vm, bdf, boundAt: o.at };
 }
+
+export function encodeMeta(value: string): string {
+  return JSON.stringify({ value });
+}
+
+export function decodeMeta(raw: string, key: string, k: string): Record<string, unknown> {
+  return { key: k, value: jsonObject(raw, key, 'meta').value };
+}
+
+// ------------------------------------------------------------------ cluster records
 
 export function encodeBlock(host: string, nonce: string): string {
   return JSON.stringify({ host, n: nonce });
 }
 
 export function decodeBlock(raw: string, key: string, start: number, mod: number): BlockRecord {
-  const o = obj(raw, key);
+  const o = jsonObject(raw, key);
   return { block: start, host: str(o, 'host', key), mod, nonce: optStr(o, 'n') };
 }
 
@@ -286,7 +322,7 @@ export function encodeHost(h: { url: string | null; startedAt: number; pid: numb
 }
 
 export function decodeHost(raw: string, key: string, id: string, lease: string, mod: number): HostRecord {
-  const o = obj(raw, key);
+  const o = jsonObject(raw, key);
   return { id, url: typeof o.url === 'string' ? o.url : null, startedAt: int(o, 'startedAt', key), pid: int(o, 'pid', key), lease, mod, nonce: optStr(o, 'n') };
 }
 
@@ -295,16 +331,8 @@ export function encodeFence(f: { by: string; reason: string; at: number; nonce: 
 }
 
 export function decodeFence(raw: string, key: string, host: string, mod: number): FenceRecord {
-  const o = obj(raw, key);
+  const o = jsonObject(raw, key);
   return { host, by: str(o, 'by', key), reason: str(o, 'reason', key), at: int(o, 'at', key), mod, nonce: optStr(o, 'n') };
-}
-
-export function encodeMeta(row: MetaRow): string {
-  return JSON.stringify({ value: row.value });
-}
-
-export function decodeMeta(raw: string, key: string, k: string): MetaRow {
-  return { key: k, value: str(obj(raw, key), 'value', key) };
 }
 
 export function encodeConfig(c: DomainConfig): string {
@@ -312,9 +340,60 @@ export function encodeConfig(c: DomainConfig): string {
 }
 
 export function decodeConfig(raw: string, key: string): DomainConfig {
-  const blockSize = int(obj(raw, key), 'blockSize', key);
+  const blockSize = int(jsonObject(raw, key), 'blockSize', key);
   if (blockSize < 1 || blockSize > 4096 || (blockSize & (blockSize - 1)) !== 0) {
     throw new IoasidError('EINVAL', `etcd key ${key}: blockSize must be a power of two in [1, 4096], got ${blockSize}`, { key, blockSize });
   }
   return { blockSize };
+}
+
+// ------------------------------------------------------------------ the journal record
+
+/**
+ * One change's part of a journal record: its events (numbered when read, from the record's
+ * revision), and what goes with them but is not an event: the VM credentials (token hashes) it
+ * set and the vIOMMU registers it committed. Another host applies exactly this.
+ */
+export interface LogPart {
+  /** Nonce of the change (the host that made it recognises its own). */
+  readonly n: string;
+  readonly at: number;
+  readonly events: readonly NewEventRow[];
+  readonly credentials?: readonly { readonly vm: string; readonly tokenHash: string }[];
+  readonly registers?: readonly { readonly vm: string; readonly segment: number; readonly registers: string }[];
+}
+
+/** A record's value above this many characters is stored deflated (`z:` + base64). */
+const DEFLATE_ABOVE = 32 * 1024;
+
+/** The value of `log/<name>`: the parts (each already JSON) of one transaction, in order. */
+export function encodeLogRecord(host: string, parts: readonly string[]): string {
+  const json = `{"v":1,"host":${JSON.stringify(host)},"parts":[${parts.join(',')}]}`;
+  return json.length > DEFLATE_ABOVE ? `z:${deflateRawSync(json).toString('base64')}` : json;
+}
+
+/** A journal record as stored (parts as they are; events are checked where they are used). */
+export function decodeLogRecord(raw: string, key: string): { host: string; parts: LogPart[] } {
+  let text = raw;
+  if (raw.startsWith('z:')) {
+    try {
+      text = inflateRawSync(Buffer.from(raw.slice(2), 'base64')).toString();
+    } catch {
+      throw new IoasidError('EINVAL', `etcd key ${key}: a deflated journal record that does not inflate`, { key, table: 'events' });
+    }
+  }
+  const o = jsonObject(text, key, 'events');
+  if (!Array.isArray(o.parts)) throw new IoasidError('EINVAL', `etcd key ${key}: a journal record needs parts`, { key, table: 'events' });
+  const parts = o.parts.map((p: unknown, i: number) => {
+    if (typeof p !== 'object' || p === null || !Array.isArray((p as { events?: unknown }).events)) {
+      throw new IoasidError('EINVAL', `etcd key ${key}: part ${i} of a journal record needs events`, { key, table: 'events' });
+    }
+    return p as LogPart;
+  });
+  return { host: typeof o.host === 'string' ? o.host : '', parts };
+}
+
+/** A part's events as rows, numbered from `seq` (fields as stored: the caller checks them). */
+export function numberedEvents(part: LogPart, seq: number): EventRow[] {
+  return part.events.map((e, i) => ({ seq: seq + i, at: e.at, type: e.type, vm: e.vm, body: e.body }) as EventRow);
 }
