@@ -8,11 +8,11 @@ import type { FastifyInstance } from 'fastify';
 import { IoasidError } from '../core/index.ts';
 import { EtcdStore, openStore, type EtcdSecurityOptions } from '../store/index.ts';
 import { PasidAuthority } from './authority.ts';
-import { buildApp } from './app.ts';
+import { buildApp, type ConnectionLimits, type ServiceApp } from './app.ts';
 import type { EventHub, EventHubOptions } from './event-hub.ts';
 import type { ServiceMetrics } from './metrics.ts';
 import { registerDashboard } from './dashboard.ts';
-import { hashToken, newToken } from './tokens.ts';
+import { hashToken, newToken, readTokenFile } from './tokens.ts';
 
 export interface ServeOptions {
   /** `memory`, `sqlite:PATH` (default `sqlite:./var/ioasid.db`), `etcd://HOST:PORT[,...]` or `etcds://...` (TLS). */
@@ -44,12 +44,18 @@ export interface ServeOptions {
   readonly extend?: (app: FastifyInstance) => void | Promise<void>;
   /** Bounds of the event stream (subscriptions per caller and in all, a slow consumer's buffer). */
   readonly events?: EventHubOptions;
+  /** Header, request and idle timeouts, connection cap, shutdown grace (docs/security.md). */
+  readonly limits?: ConnectionLimits;
+  /** A token (in this file, mode 0600) that may read /metrics besides the admin token. */
+  readonly metricsTokenFile?: string;
+  /** /metrics without any token: for a trusted network only. */
+  readonly metricsNoAuth?: boolean;
   /** Where to say what happens (default stderr). */
   readonly say?: (line: string) => void;
 }
 
 export interface RunningServer {
-  readonly app: FastifyInstance & { readonly metrics: ServiceMetrics; readonly events: EventHub };
+  readonly app: ServiceApp & { readonly metrics: ServiceMetrics; readonly events: EventHub };
   readonly authority: PasidAuthority;
   /** `http://127.0.0.1:7070` or `unix:/path`. */
   readonly url: string;
@@ -104,9 +110,15 @@ export async function startServer(opts: ServeOptions = {}): Promise<RunningServe
     }
   }
 
+  if (opts.metricsNoAuth === true && opts.metricsTokenFile !== undefined) {
+    throw new IoasidError('EINVAL', '--metrics-no-auth and --metrics-token-file contradict each other: choose one', {});
+  }
+  const metricsToken = opts.metricsTokenFile !== undefined ? readTokenFile(opts.metricsTokenFile, 'metrics token file') : undefined;
   const app = await buildApp({
     authority,
     ...(opts.events !== undefined ? { events: opts.events } : {}),
+    ...(opts.limits !== undefined ? { limits: opts.limits } : {}),
+    ...(metricsToken !== undefined || opts.metricsNoAuth === true ? { metrics: { ...(metricsToken !== undefined ? { token: metricsToken } : {}), open: opts.metricsNoAuth === true } } : {}),
     logger: opts.logLevel === 'silent' ? false : { level: opts.logLevel ?? 'info' },
     extend: async (f: FastifyInstance) => {
       if (opts.dashboard !== false) await registerDashboard(f);
@@ -128,7 +140,7 @@ export async function startServer(opts: ServeOptions = {}): Promise<RunningServe
   let closed: Promise<void> | null = null;
   const close = (): Promise<void> => {
     closed ??= (async () => {
-      await app.close(); // stops accepting, waits for requests in flight
+      await app.shutdown(); // stops accepting; requests in flight get the grace period, then are cut
       await authority.close(); // waits for VCMD commands in flight, closes the store
     })();
     return closed;
