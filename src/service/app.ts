@@ -36,7 +36,7 @@ export interface ConnectionLimits {
   readonly headersTimeoutMs?: number;
   /**
    * The whole request, body included, must arrive within this (ms, default 30 s); a connection
-   * with nothing moving either way for as long is closed too.
+   * with nothing moving either way for 1 s more is closed too.
    */
   readonly requestTimeoutMs?: number;
   /** A kept-alive connection without a request is closed after this (ms, default 5 s). */
@@ -112,10 +112,10 @@ declare module 'fastify' {
 
 const REALM = 'ioasid';
 
-/** Query parameters whose values are logged (and the shape a value must have to be). */
+/** Query parameters whose values are logged, and the shape a value must have to be. */
 const LOGGED_QUERY: Readonly<Record<string, RegExp>> = { vm: new RegExp(VM_ID_PATTERN), since: /^\d{1,15}$/, limit: /^\d{1,10}$/ };
 
-function decodeQueryPart(s: string): string | null {
+function decodePart(s: string): string | null {
   try {
     return decodeURIComponent(s.replace(/\+/g, ' '));
   } catch {
@@ -124,24 +124,29 @@ function decodeQueryPart(s: string): string | null {
 }
 
 /**
- * A URL as it may be logged: the path, and of the query only the parameters the API defines that
- * carry no secret (`vm`, `since`, `limit`, with values of their shape); any other parameter is
- * logged by its decoded name, if that is a plain short name, with its value `[redacted]`, else as
- * `[redacted]` whole. So no credential reaches a log however it is spelled or encoded
- * (`token=`, `TOKEN=`, `%74oken=`, `access_token=`, a bare value).
+ * A URL as it may be logged. Of the query, only `vm`, `since` and `limit` keep their values (when
+ * they have their shape); any other parameter is logged by its decoded name, if that is a plain
+ * short name, with its value `[redacted]`, else as `[redacted]` whole: so no credential reaches a
+ * log however the query spells or encodes it (`token=`, `TOKEN=`, `%74oken=`, `access_token=`, a
+ * bare value). With `isToken` (the service's own tokens), a path segment or a `vm` value that is a
+ * token someone put in the wrong place is `[redacted]` too.
  */
-export function redactToken(url: string): string {
+export function redactToken(url: string, isToken: (s: string) => boolean = () => false): string {
   const q = url.indexOf('?');
-  if (q < 0) return url;
+  const rawPath = q < 0 ? url : url.slice(0, q);
+  // Tokens are at least 16 characters: shorter segments are never hashed.
+  const secret = (x: string) => x.length >= 16 && (isToken(x) || isToken(decodePart(x) ?? x));
+  const path = rawPath.split('/').map((seg) => (secret(seg) ? '[redacted]' : seg)).join('/');
+  if (q < 0) return path;
   const parts = url.slice(q + 1).split('&').filter((p) => p !== '').map((p) => {
     const eq = p.indexOf('=');
-    const name = decodeQueryPart(eq < 0 ? p : p.slice(0, eq));
+    const name = decodePart(eq < 0 ? p : p.slice(0, eq));
     if (eq < 0 || name === null || !/^[A-Za-z_][A-Za-z0-9_.-]{0,31}$/.test(name)) return '[redacted]';
-    const value = decodeQueryPart(p.slice(eq + 1));
+    const value = decodePart(p.slice(eq + 1));
     const shape = LOGGED_QUERY[name];
-    return shape !== undefined && value !== null && shape.test(value) ? `${name}=${value}` : `${name}=[redacted]`;
+    return shape !== undefined && value !== null && shape.test(value) && !secret(value) ? `${name}=${value}` : `${name}=[redacted]`;
   });
-  return `${url.slice(0, q)}?${parts.join('&')}`;
+  return `${path}?${parts.join('&')}`;
 }
 
 /** The request path, never its query (which may hold a token). */
@@ -217,6 +222,10 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
     }
   }
   const metricsOpen = opts.metrics?.open === true;
+  const isToken = (x: string): boolean => {
+    const who = authority.identify(x);
+    return who.admin || who.vm !== null || (metricsHash !== null && tokenMatches(x, metricsHash));
+  };
 
   let timedOut = 0;
   const app = Fastify({
@@ -227,7 +236,7 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
           // Neither headers (Authorization, the WebSocket subprotocol) nor query values are
           // logged: see redactToken.
           serializers: {
-            req: (req: FastifyRequest) => ({ method: req.method, url: redactToken(req.url), remoteAddress: req.ip }),
+            req: (req: FastifyRequest) => ({ method: req.method, url: redactToken(req.url, isToken), remoteAddress: req.ip }),
           },
         }
       : (opts.logger ?? false),
@@ -237,7 +246,9 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
     return503OnClosing: false,
     forceCloseConnections: false,
     requestTimeout: limits.requestTimeoutMs,
-    connectionTimeout: limits.requestTimeoutMs,
+    // A connection with nothing moving either way (a client that stopped reading its answer): a
+    // little later than the request timeout, so that a slow request is answered 408 first.
+    connectionTimeout: limits.requestTimeoutMs + 1000,
     keepAliveTimeout: limits.idleTimeoutMs,
     http: {
       headersTimeout: limits.headersTimeoutMs,
