@@ -69,6 +69,11 @@ export const DEFAULT_PORT = 7070;
 export async function startServer(opts: ServeOptions = {}): Promise<RunningServer> {
   const say = opts.say ?? ((l: string) => process.stderr.write(`${l}\n`));
   const spec = opts.store ?? DEFAULT_STORE;
+  // Before the store is opened: a wrong flag touches nothing.
+  if (opts.metricsNoAuth === true && opts.metricsTokenFile !== undefined) {
+    throw new IoasidError('EINVAL', '--metrics-no-auth and --metrics-token-file contradict each other: choose one', {});
+  }
+  const metricsToken = opts.metricsTokenFile !== undefined ? readTokenFile(opts.metricsTokenFile, 'metrics token file') : undefined;
   if ((opts.hostId !== undefined || opts.domain !== undefined) && !spec.startsWith('etcd')) {
     throw new IoasidError('EINVAL', `--host-id and --domain need an etcd store (--store etcd://HOST:PORT,...), not ${spec}`, { store: spec });
   }
@@ -110,10 +115,6 @@ export async function startServer(opts: ServeOptions = {}): Promise<RunningServe
     }
   }
 
-  if (opts.metricsNoAuth === true && opts.metricsTokenFile !== undefined) {
-    throw new IoasidError('EINVAL', '--metrics-no-auth and --metrics-token-file contradict each other: choose one', {});
-  }
-  const metricsToken = opts.metricsTokenFile !== undefined ? readTokenFile(opts.metricsTokenFile, 'metrics token file') : undefined;
   const app = await buildApp({
     authority,
     ...(opts.events !== undefined ? { events: opts.events } : {}),
