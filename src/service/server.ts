@@ -1,6 +1,7 @@
 /**
  * `ioasid serve`: open the store, replay it, settle the admin token, listen; on SIGTERM or SIGINT
- * stop accepting, finish what is in flight, close the store and exit 0.
+ * stop accepting, give what is in flight the shutdown grace period (then cut it), close the store
+ * and exit 0.
  */
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
