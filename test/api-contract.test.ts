@@ -59,7 +59,7 @@ describe('the API contract', () => {
   });
   after(() => f.app.close());
 
-  it('the OpenAPI document lints with Redocly recommended rules: 0 errors, 0 warnings beyond the 5 ruled out with reasons', async () => {
+  it('the OpenAPI document lints with Redocly recommended rules: 0 errors, 0 warnings beyond the 4 ruled out with reasons', async () => {
     const served = await f.app.inject({ method: 'GET', url: '/openapi.json' });
     assert.equal(served.statusCode, 200);
     const doc = served.json();
@@ -68,7 +68,7 @@ describe('the API contract', () => {
     assert.deepEqual(r.problems, [], r.report);
     assert.equal(r.errors, 0);
     assert.equal(r.warnings, 0);
-    assert.equal(r.ignored, 5, 'the places ruled out in .redocly.lint-ignore.yaml, no more');
+    assert.equal(r.ignored, 4, 'the places ruled out in .redocly.lint-ignore.yaml, no more');
     process.stdout.write(`# openapi lint (redocly recommended): ${r.errors} errors, ${r.warnings} warnings, ${r.ignored} ruled out in .redocly.lint-ignore.yaml\n`);
   });
 

@@ -37,7 +37,7 @@ describe('the installed package, used from plain node', { timeout: 600_000 }, ()
     assert.ok(!existsSync(join(p.consumer, 'node_modules', 'tsx')), 'no TypeScript loader is installed with the package');
     const probe = `
       const want = { api: 'buildOpenApi', client: 'IoasidClient', core: 'IoasidSpace', vtd: 'VtdGuestDriver', host: 'Host', sim: 'checkInvariants',
-        store: 'openStore', cluster: 'ClusterCoordinator', service: 'startServer', remote: 'RemoteGuest' };
+        store: 'openStore', cluster: 'EtcdClusterRole', service: 'startServer', remote: 'RemoteGuest' };
       const out = {};
       for (const [s, name] of Object.entries(want)) out[s] = typeof (await import('ioasid/' + s))[name];
       let inner = 'imported';

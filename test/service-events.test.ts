@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
 import { PasidAuthority, startServer, type AuthorityEvent, type RunningServer } from '../src/service/index.ts';
-import { IoasidClient } from '../src/client/index.ts';
+import { IoasidClient, eventStreamProtocols } from '../src/client/index.ts';
 import { EventHub, type HubSocket } from '../src/service/event-hub.ts';
 import { MemoryStore } from '../src/store/index.ts';
 
@@ -26,10 +26,10 @@ function serve(store: string, extra: Partial<Parameters<typeof startServer>[0]> 
   return startServer({ store, host: '127.0.0.1', port: 0, adminTokenFile: tokenFile, stateDir: dir, logLevel: 'silent', dashboard: false, say: () => {}, ...extra });
 }
 
-/** A subscriber: its messages, and how it was closed. */
+/** A subscriber (the token as the client sends it: a WebSocket subprotocol): its messages, and how it was closed. */
 function subscribe(url: string, token: string, query: Record<string, string> = {}) {
-  const q = new URLSearchParams({ token, ...query });
-  const ws = new WebSocket(`${url.replace(/^http/, 'ws')}/v1/events?${q.toString()}`);
+  const q = new URLSearchParams(query);
+  const ws = new WebSocket(`${url.replace(/^http/, 'ws')}/v1/events?${q.toString()}`, eventStreamProtocols(token));
   const messages: Record<string, unknown>[] = [];
   const opened = new Promise<void>((resolve, reject) => {
     ws.once('open', () => resolve());
@@ -180,7 +180,7 @@ describe('events: bounded and off the request path', () => {
     await new Promise((r) => setImmediate(r));
     assert.equal(fast.sent.length, 1);
     assert.deepEqual(slow.closedWith, { code: 4008, reason: 'the consumer does not keep up' });
-    assert.deepEqual(hub.stats(), { subscribers: 1, dropped: 1, refused: 0 });
+    assert.deepEqual(hub.stats(), { subscribers: 1, dropped: 1, refused: 0, dead: 0 });
     hub.close();
     await authority.close();
   });

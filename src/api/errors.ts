@@ -66,12 +66,21 @@ export function problemType(code: IoasidErrorCode): string {
   return `urn:ioasid:error:${code}`;
 }
 
-/** The problem body of an error. `instance` is the request path (never its query: tokens). */
-export function toProblem(e: { readonly code: IoasidErrorCode; readonly message: string; readonly details?: Readonly<Record<string, unknown>> }, instance?: string): Problem {
+/**
+ * Answers the connection itself gives, before any route is involved, with a status of their own
+ * (docs/error-codes.md): the request did not arrive in time, or its headers are too large.
+ */
+export const TRANSPORT_STATUS = { requestTimeout: 408, headersTooLarge: 431 } as const;
+
+/**
+ * The problem body of an error. `instance` is the request path (never its query: tokens).
+ * `status` is the code's (HTTP_STATUS) except for the connection's own answers (TRANSPORT_STATUS).
+ */
+export function toProblem(e: { readonly code: IoasidErrorCode; readonly message: string; readonly details?: Readonly<Record<string, unknown>> }, instance?: string, status?: number): Problem {
   return {
     type: problemType(e.code),
     title: PROBLEM_TITLES[e.code],
-    status: HTTP_STATUS[e.code],
+    status: status ?? HTTP_STATUS[e.code],
     detail: e.message,
     ...(instance !== undefined ? { instance } : {}),
     code: e.code,

@@ -6,10 +6,10 @@
  * and errors (re-exported here for the client).
  */
 export * from './schemas.ts';
-export { OPERATIONS, EVENT_STREAM, NAMESPACE_MAP_MEDIA_TYPE, METRICS_MEDIA_TYPE } from './operations.ts';
+export { OPERATIONS, EVENT_STREAM, NAMESPACE_MAP_MEDIA_TYPE, METRICS_MEDIA_TYPE, eventStreamProtocols } from './operations.ts';
 export type { Auth, OperationDef, OperationId, OpBody, OpParams, OpQuery, OpReply } from './operations.ts';
 export { buildOpenApi, errorStatuses } from './openapi.ts';
-export { HTTP_STATUS, PROBLEM_MEDIA_TYPE, PROBLEM_TITLES, errorFromProblem, httpStatusOf, problemType, toProblem } from './errors.ts';
+export { HTTP_STATUS, TRANSPORT_STATUS, PROBLEM_MEDIA_TYPE, PROBLEM_TITLES, errorFromProblem, httpStatusOf, problemType, toProblem } from './errors.ts';
 export { NAMESPACE_MAP_MAGIC, NAMESPACE_MAP_VERSION, decodeNamespaceMap, encodeNamespaceMap } from './namespace-map.ts';
 export type { NamespaceMap, NamespaceMapOwner } from './namespace-map.ts';
 export { ERRNO, IOASID_ERROR_CODES, IoasidError, isIoasidError, isIoasidErrorCode, PASID_MIN, PASID_MAX } from '../core/index.ts';

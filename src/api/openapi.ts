@@ -41,8 +41,8 @@ const NAMED: Readonly<Record<string, object>> = {
 const ERROR_TEXT: Readonly<Record<number, string>> = {
   400: 'The request is malformed or not allowed here (EINVAL, EOPNOTSUPP): nothing changed.',
   401: 'No bearer token, or one that is not valid (EPERM). The answer carries `WWW-Authenticate: Bearer`.',
-  403: 'The token may not do this (EACCES): a VM token on an admin route, or another VM\'s object.',
-  404: 'No such VM, PASID, vIOMMU, device or binding (ENOENT).',
+  403: 'The token may not do this (EACCES): a VM token on an admin route or on another VM\'s path; with the admin token, another VM\'s PASID.',
+  404: 'No such VM, PASID, vIOMMU, device or binding (ENOENT). A VM token gets 404 for a PASID that is not its own, whether free or another VM\'s.',
   409: 'The state says no (ENOSPC, EDQUOT, EEXIST, EBUSY, ERANGE, EAGAIN): nothing changed.',
   413: 'The request body is larger than the limit (EFBIG).',
   500: 'An internal error (EFAULT): a bug or a store failure; the change was not acknowledged.',
@@ -86,6 +86,8 @@ export function errorStatuses(op: OperationDef): number[] {
   if (op.body !== undefined) out.add(413);
   for (const s of op.errors ?? []) out.add(s);
   out.add(500);
+  // Every request that arrives while the service stops is answered 503 ENODEV.
+  out.add(503);
   return [...out].sort((a, b) => a - b);
 }
 
@@ -132,7 +134,8 @@ export function buildOpenApi(): Record<string, unknown> {
       description: [
         'Connect with `Upgrade: websocket`. After the `101` answer each text frame carries one JSON message (`StreamMessage`): an event, or a gap',
         '(events the reader can no longer get; reload, then go on). The admin token sees every event, optionally only one VM\'s with `vm`;',
-        `a VM token sees its own VM's with \`vm\`. Browsers cannot set headers on a WebSocket, so the token may be passed as \`token\` (redacted from every log).`,
+        `a VM token sees its own VM's with \`vm\`. The token goes in the \`Authorization\` header or, where headers cannot be set (browsers), as the subprotocol`,
+        `\`${EVENT_STREAM.bearerProtocolPrefix}<base64url of the token>\` offered beside \`${EVENT_STREAM.protocol}\` (which the service selects); never in the URL (a \`token\` query parameter is refused with 4400).`,
         `A refused stream is accepted, then closed with code ${EVENT_STREAM.refusedCloseCode}. A reader that does not keep up loses events rather than slowing the service.`,
       ].join(' '),
       tags: ['events'],
@@ -159,7 +162,7 @@ export function buildOpenApi(): Record<string, unknown> {
     security: [{ bearer: [] }],
     paths,
     components: {
-      securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'The admin token, or a VM token (acts on that VM only).' } },
+      securitySchemes: { bearer: { type: 'http', scheme: 'bearer', description: 'The admin token, or a VM token (acts on that VM only); for /metrics also the metrics token given at start.' } },
       schemas: Object.fromEntries(Object.entries(NAMED).map(([name, s]) => [name, refs(s, s)])),
       responses: Object.fromEntries(Object.keys(ERROR_TEXT).map((s) => [`Problem${s}`, problemResponse(Number(s))])),
     },

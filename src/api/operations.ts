@@ -14,8 +14,12 @@ import {
   STREAM_MESSAGE, VIOMMU_SPEC, VIOMMU_VIEW, VM_INFO, VM_LIST, VM_PARAMS,
 } from './schemas.ts';
 
-/** Who may call: anyone, the admin token, or the VM's own token (or the admin's). */
-export type Auth = 'none' | 'admin' | 'vm';
+/**
+ * Who may call: anyone, the admin token, the VM's own token (or the admin's), or (`metrics`) the
+ * admin token or the metrics token given at start (anyone when the service runs with
+ * `--metrics-no-auth`).
+ */
+export type Auth = 'none' | 'admin' | 'vm' | 'metrics';
 
 export interface OperationDef {
   readonly method: 'GET' | 'POST' | 'DELETE';
@@ -55,8 +59,9 @@ export const OPERATIONS = {
     response: READY, errors: [503],
   },
   metrics: {
-    method: 'GET', path: '/metrics', auth: 'none', tag: 'ops', status: 200, produces: METRICS_MEDIA_TYPE,
+    method: 'GET', path: '/metrics', auth: 'metrics', tag: 'ops', status: 200, produces: METRICS_MEDIA_TYPE,
     summary: 'Prometheus metrics: operations by kind and result, errors by code, PASIDs used and quota per VM, request latency.',
+    description: 'Needs the admin token or the metrics token given at start (`--metrics-token-file`; Prometheus: `authorization: { credentials_file: ... }`), since it names every VM; open to anyone only when the service runs with `--metrics-no-auth`.',
   },
   openapi: {
     method: 'GET', path: '/openapi.json', auth: 'none', tag: 'ops', status: 200,
@@ -202,23 +207,41 @@ type WireOf<S> = S extends JSONSchema ? Wire<S> : never;
 
 /**
  * The event stream, `GET /v1/events` upgraded to a WebSocket: one JSON message per text frame
- * (an event or a gap). Browsers cannot set headers on a WebSocket, so the token may travel in the
- * query (and is redacted from every log). `since=N` resumes after event N (a `gap` message first
- * when some of those events are no longer kept). Close codes: 4401 no valid token for the scope,
- * 4400 a malformed query, 4403 the VM was destroyed or its token replaced, 4429 too many
- * subscriptions for the caller, 4008 the consumer did not keep up, 1001 the service is stopping.
+ * (an event or a gap). The token travels in the `Authorization` header or, where headers cannot be
+ * set (browsers), as the subprotocol `ioasid.bearer.<base64url of the token>` offered beside
+ * `ioasid.v1` (which the service selects); never in the URL. `since=N` resumes after event N (a
+ * `gap` message first when some of those events are no longer kept). Close codes: 4401 no valid
+ * token for the scope, 4400 a malformed query (a `token` in it included), 4403 the VM was destroyed
+ * or its token replaced, 4429 too many subscriptions for the caller, 4008 the consumer did not
+ * keep up, 1001 the service is stopping.
  */
 export const EVENT_STREAM = {
   path: '/v1/events',
   query: {
     type: 'object', additionalProperties: false,
     properties: {
-      token: { type: 'string', description: 'Bearer token (admin, or the VM\'s own with vm=).' },
       vm: { type: 'string', pattern: VM_ID_PATTERN, description: 'Only this VM\'s events (required with a VM token).' },
       since: { type: 'integer', minimum: 0, description: 'Resume after this event seq: first the kept events after it (a gap message for those no longer kept), then the live ones.' },
     },
   },
   message: STREAM_MESSAGE,
+  /** The subprotocol the service selects. */
+  protocol: 'ioasid.v1',
+  /** Prefix of the subprotocol that carries the token (base64url, no padding). */
+  bearerProtocolPrefix: 'ioasid.bearer.',
   /** WebSocket close code of a refused stream (no valid token for the scope asked). */
   refusedCloseCode: 4401,
 } as const;
+
+/**
+ * The subprotocols that carry `token` to the event stream: `ioasid.v1` and
+ * `ioasid.bearer.<base64url>` (a subprotocol is an RFC 7230 token, so the token is encoded).
+ * Browser-safe (TextEncoder, btoa).
+ */
+export function eventStreamProtocols(token: string | undefined): string[] {
+  if (token === undefined) return [EVENT_STREAM.protocol];
+  let bin = '';
+  for (const b of new TextEncoder().encode(token)) bin += String.fromCharCode(b);
+  const b64 = btoa(bin).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  return [EVENT_STREAM.protocol, `${EVENT_STREAM.bearerProtocolPrefix}${b64}`];
+}

@@ -11,6 +11,15 @@ import { DEFAULT_PORT, DEFAULT_STORE, serveUntilSignalled } from '../service/ind
 import { DESCRIPTIONS } from './descriptions.ts';
 import type { EtcdSecurityOptions } from '../service/index.ts';
 
+/** A positive integer flag value (milliseconds, counts). */
+function positive(flag: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`${flag} must be a positive integer, got ${v}`);
+    return n;
+  };
+}
+
 function port(v: string): number {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError(`port must be an integer in [0, 65535], got ${v}`);
@@ -33,6 +42,15 @@ interface ServeFlags {
   etcdUser?: string;
   etcdPasswordFile?: string;
   etcdPassword?: string;
+  headersTimeout?: number;
+  requestTimeout?: number;
+  idleTimeout?: number;
+  maxConnections?: number;
+  shutdownGrace?: number;
+  maxSubscriptions?: number;
+  maxSubscriptionsPerToken?: number;
+  metricsTokenFile?: string;
+  metricsNoAuth?: boolean;
 }
 
 /** What to try next, by the reason a start failed (the message already says what is wrong). */
@@ -107,6 +125,16 @@ export function serveCommand(): Command {
     .option('--admin-token-file <path>', 'read the admin token from this file (else one is created at first start)')
     .option('--sync <mode>', "SQLite durability: normal (survives a crash of the service) or full (an fsync per commit: survives a power loss)", 'normal')
     .option('--log-level <level>', 'pino log level', 'info')
+    // Bounds and access (docs/security.md).
+    .option('--headers-timeout <ms>', 'a request line and headers must arrive within this (default 10000)', positive('--headers-timeout'))
+    .option('--request-timeout <ms>', 'a whole request, body included, must arrive within this (default 30000)', positive('--request-timeout'))
+    .option('--idle-timeout <ms>', 'a kept-alive connection without a request is closed after this (default 5000)', positive('--idle-timeout'))
+    .option('--max-connections <n>', 'open connections at most, event streams included (default 4096; keep it below ulimit -n)', positive('--max-connections'))
+    .option('--shutdown-grace <ms>', 'on SIGTERM, requests in flight and subscribers get this long before their connections are cut (default 10000)', positive('--shutdown-grace'))
+    .option('--max-subscriptions <n>', 'event stream subscriptions in all (default 1024)', positive('--max-subscriptions'))
+    .option('--max-subscriptions-per-token <n>', 'event stream subscriptions one token may hold (default 16)', positive('--max-subscriptions-per-token'))
+    .addOption(new Option('--metrics-token-file <path>', 'a token (one line, mode 0600) that may read /metrics besides the admin token: the one Prometheus scrapes with').env('IOASID_METRICS_TOKEN_FILE'))
+    .option('--metrics-no-auth', '/metrics without any token: only on a network where every client may see every VM\'s use')
     .addHelpText('after', '\nCluster mode over TLS with an etcd user (docs/cluster.md):\n  ioasid serve --store etcds://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379 --host-id hostA --domain rack7 \\\n    --etcd-ca /etc/ioasid/etcd-ca.pem --etcd-cert /etc/ioasid/etcd-client.pem --etcd-key /etc/ioasid/etcd-client.key \\\n    --etcd-user ioasid --etcd-password-file /etc/ioasid/etcd.password')
     .action(async (o: ServeFlags) => {
       try {
@@ -122,7 +150,22 @@ export function serveCommand(): Command {
           ...(o.etcdPasswordFile !== undefined ? { passwordFile: o.etcdPasswordFile } : {}),
         };
         if (o.store.startsWith('etcds://')) quietIpServernameWarning();
+        const limits = {
+          ...(o.headersTimeout !== undefined ? { headersTimeoutMs: o.headersTimeout } : {}),
+          ...(o.requestTimeout !== undefined ? { requestTimeoutMs: o.requestTimeout } : {}),
+          ...(o.idleTimeout !== undefined ? { idleTimeoutMs: o.idleTimeout } : {}),
+          ...(o.maxConnections !== undefined ? { maxConnections: o.maxConnections } : {}),
+          ...(o.shutdownGrace !== undefined ? { shutdownGraceMs: o.shutdownGrace } : {}),
+        };
+        const events = {
+          ...(o.maxSubscriptions !== undefined ? { total: o.maxSubscriptions } : {}),
+          ...(o.maxSubscriptionsPerToken !== undefined ? { perCaller: o.maxSubscriptionsPerToken } : {}),
+        };
         await serveUntilSignalled({
+          limits,
+          events,
+          ...(o.metricsTokenFile !== undefined ? { metricsTokenFile: o.metricsTokenFile } : {}),
+          ...(o.metricsNoAuth === true ? { metricsNoAuth: true } : {}),
           store: o.store,
           host: o.host,
           port: o.port,

@@ -6,7 +6,7 @@
  * server's IoasidError (same code, errno, message and details, plus `details.status`).
  */
 import {
-  EVENT_STREAM, IoasidError, OPERATIONS, decodeNamespaceMap, errorFromProblem,
+  EVENT_STREAM, IoasidError, OPERATIONS, decodeNamespaceMap, errorFromProblem, eventStreamProtocols,
   type AllocBody, type ApiEvent, type ClusterStatusView, type CreateVmBody, type CreatedVm, type DestroyedVm, type DeviceSpecBody,
   type GapMessage, type Health, type MigrateResultView, type NamespaceMap, type NamespaceView, type OperationDef, type OperationId,
   type OpBody, type OpParams, type OpQuery, type OpReply, type PasidInfo, type Ready, type ReclaimBody, type ReclaimReportView,
@@ -223,15 +223,18 @@ export class IoasidClient {
     return this.call('reclaimHost', { params: { host }, body: opts });
   }
 
-  /** Stream events; returns a function that stops the stream. */
+  /**
+   * Stream events; returns a function that stops the stream. The token travels as a WebSocket
+   * subprotocol (`ioasid.bearer.<base64url>`), never in the URL, so it works from a browser too.
+   */
   events(onEvent: (e: ApiEvent) => void, opts: EventStreamOptions = {}): () => void {
     const WS = this.#WebSocket ?? (globalThis as { WebSocket?: ClientOptions['WebSocket'] }).WebSocket;
     if (WS === undefined) throw new IoasidError('EOPNOTSUPP', 'no WebSocket implementation: pass one in the client options', {});
     const q = new URLSearchParams();
-    if (this.#token !== undefined) q.set('token', this.#token);
     if (opts.vm !== undefined) q.set('vm', opts.vm);
     if (opts.since !== undefined) q.set('since', String(opts.since));
-    const ws = new WS(`${this.url.replace(/^http/, 'ws')}${EVENT_STREAM.path}?${q.toString()}`);
+    const qs = q.toString();
+    const ws = new WS(`${this.url.replace(/^http/, 'ws')}${EVENT_STREAM.path}${qs ? `?${qs}` : ''}`, eventStreamProtocols(this.#token));
     ws.onmessage = (ev) => {
       let m: StreamMessage;
       try {

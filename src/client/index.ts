@@ -7,7 +7,7 @@ export { IoasidClient } from './client.ts';
 export type { CallInput, ClientOptions, EventStreamOptions, FetchLike, WebSocketLike } from './client.ts';
 export {
   EVENT_STREAM, HTTP_STATUS, IOASID_ERROR_CODES, IoasidError, OPERATIONS, PASID_MAX, PASID_MIN, PROBLEM_MEDIA_TYPE,
-  decodeNamespaceMap, errorFromProblem, isIoasidError, isIoasidErrorCode,
+  decodeNamespaceMap, errorFromProblem, eventStreamProtocols, isIoasidError, isIoasidErrorCode,
 } from '../api/index.ts';
 export type {
   AllocBody, ApiEvent, ApiEventType, Binding, ClusterStatusView, CreateVmBody, CreatedVm, DestroyedVm, DeviceSpecBody, ErrorDetails,

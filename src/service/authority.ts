@@ -22,7 +22,7 @@ import type { CreateVmBody, PasidInfo, VmInfo } from '../api/index.ts';
 import { timingSafeEqual } from 'node:crypto';
 import { eventHasPasid } from './events.ts';
 import { eventRecord, StoreJournal, toHostState } from './store-journal.ts';
-import { hashToken, newToken, tokenMatches } from './tokens.ts';
+import { TOKEN_HASH_RE, hashToken, newToken, tokenMatches } from './tokens.ts';
 
 /** The wire types (src/api) under the names the service has used. */
 export type { VmInfo, PasidInfo };
@@ -77,9 +77,14 @@ export class PasidAuthority {
     const state = await opts.store.open();
     try {
       a.#adminHash = state.meta.find((m) => m.key === ADMIN_HASH_KEY)?.value ?? null;
-      const admin = a.#adminHash === null ? undefined : state.vms.find((v) => v.tokenHash === a.#adminHash);
+      // Identities must be distinct and well-formed (VM hashes: the state check; the admin's: here).
+      if (a.#adminHash !== null && !TOKEN_HASH_RE.test(a.#adminHash)) {
+        throw new IoasidError('EINVAL', `meta ${ADMIN_HASH_KEY} is not a token hash (64 lowercase hex digits), got ${JSON.stringify(a.#adminHash.slice(0, 80))}`, { table: 'meta', key: ADMIN_HASH_KEY });
+      }
+      const row = a.#adminHash === null ? -1 : state.vms.findIndex((v) => v.tokenHash === a.#adminHash);
+      const admin = state.vms[row];
       if (admin !== undefined) {
-        throw new IoasidError('EINVAL', `VM ${admin.id}'s token hash is the admin token's: its token would act as the admin`, { table: 'vms', vm: admin.id });
+        throw new IoasidError('EINVAL', `vms[${row}] (id ${JSON.stringify(admin.id)}) has the token hash of meta ${ADMIN_HASH_KEY}: VM ${admin.id}'s token would act as the admin`, { table: 'vms', row, vm: admin.id, key: ADMIN_HASH_KEY });
       }
       a.host.restore(toHostState(state));
       const kept = state.events.slice(-a.#ring.length);
@@ -172,6 +177,7 @@ export class PasidAuthority {
   }
 
   async setAdminTokenHash(hash: string): Promise<void> {
+    if (!TOKEN_HASH_RE.test(hash)) throw new IoasidError('EINVAL', 'an admin token hash is 64 lowercase hex digits (hashToken)', {});
     const vm = this.host.vmByCredential(hash);
     if (vm !== null) throw new IoasidError('EEXIST', `the admin token is VM ${vm.id}'s token`, { vm: vm.id });
     await this.store.apply([{ op: 'putMeta', row: { key: ADMIN_HASH_KEY, value: hash } }]);

@@ -13,15 +13,22 @@
  *     `{ "type": "gap", "since": N, "next": M }` message when those before M are gone (older than
  *     the retention); live events follow without a hole or a repeat.
  *  6. When the service stops, every subscriber is closed with 1001 (going away).
+ *  7. A peer that is gone without closing (a host that vanished, a NAT that forgot the connection)
+ *     does not hold its subscription slot forever: every `heartbeatMs` each subscriber is pinged,
+ *     and one that did not answer the previous ping is cut and counted (`dead`).
  */
 import type { AuthorityEvent, PasidAuthority } from './authority.ts';
 
 /** What the hub needs of a WebSocket (the `ws` socket fastify gives). */
 export interface HubSocket {
   readonly bufferedAmount: number;
-  send(data: string): void;
+  /** A message: text, or its UTF-8 bytes sent as a text frame (`binary: false`). */
+  send(data: string | Buffer, options: { binary: boolean }): void;
   close(code: number, reason: string): void;
-  on(event: 'close' | 'error', listener: () => void): unknown;
+  on(event: 'close' | 'error' | 'pong', listener: () => void): unknown;
+  /** Rule 7 (absent: the socket is not pinged). */
+  ping?(): void;
+  terminate?(): void;
 }
 
 export interface EventHubOptions {
@@ -31,6 +38,8 @@ export interface EventHubOptions {
   readonly total?: number;
   /** Bytes a subscriber may have waiting before it is dropped (default 1 MiB). */
   readonly maxBuffered?: number;
+  /** Ping period; a subscriber that misses one ping is cut (default 30 s; 0: never). */
+  readonly heartbeatMs?: number;
 }
 
 export const CLOSE = {
@@ -51,6 +60,8 @@ interface Subscriber {
   /** Events up to this seq were sent (or skipped). */
   lastSeq: number;
   closed: boolean;
+  /** Answered the last ping (rule 7). */
+  alive: boolean;
 }
 
 export class EventHub {
@@ -58,12 +69,15 @@ export class EventHub {
   readonly #perCaller: number;
   readonly #total: number;
   readonly #maxBuffered: number;
+  readonly #heartbeatMs: number;
   readonly #subs = new Set<Subscriber>();
   readonly #perCallerCount = new Map<string, number>();
-  #queue: { event: AuthorityEvent; text: string }[] = [];
+  #queue: { event: AuthorityEvent; data: Buffer }[] = [];
   #scheduled = false;
   #dropped = 0;
   #refused = 0;
+  #dead = 0;
+  #beat: NodeJS.Timeout | null = null;
   readonly #off: () => void;
 
   constructor(authority: PasidAuthority, opts: EventHubOptions = {}) {
@@ -71,12 +85,13 @@ export class EventHub {
     this.#perCaller = opts.perCaller ?? 16;
     this.#total = opts.total ?? 1024;
     this.#maxBuffered = opts.maxBuffered ?? 1 << 20;
+    this.#heartbeatMs = opts.heartbeatMs ?? 30_000;
     this.#off = authority.on((e) => this.#publish(e));
   }
 
-  /** Subscribers connected, slow ones dropped, subscriptions refused (for /metrics). */
-  stats(): { subscribers: number; dropped: number; refused: number } {
-    return { subscribers: this.#subs.size, dropped: this.#dropped, refused: this.#refused };
+  /** Subscribers connected, slow ones dropped, subscriptions refused, silent peers cut (for /metrics). */
+  stats(): { subscribers: number; dropped: number; refused: number; dead: number } {
+    return { subscribers: this.#subs.size, dropped: this.#dropped, refused: this.#refused, dead: this.#dead };
   }
 
   /** Add a subscriber (rules 2, 5). Returns false when it was refused (and closed). */
@@ -87,12 +102,19 @@ export class EventHub {
       socket.close(CLOSE.tooMany, mine >= this.#perCaller ? `at most ${this.#perCaller} subscriptions per caller` : 'too many subscriptions');
       return false;
     }
-    const sub: Subscriber = { socket, caller: who.caller, vm: who.vm, lastSeq: this.#authority.lastSeq, closed: false };
+    const sub: Subscriber = { socket, caller: who.caller, vm: who.vm, lastSeq: this.#authority.lastSeq, closed: false, alive: true };
     this.#subs.add(sub);
     this.#perCallerCount.set(who.caller, mine + 1);
     const drop = () => this.#remove(sub);
     socket.on('close', drop);
     socket.on('error', drop);
+    socket.on('pong', () => {
+      sub.alive = true;
+    });
+    if (this.#beat === null && this.#heartbeatMs > 0) {
+      this.#beat = setInterval(() => this.#heartbeat(), this.#heartbeatMs);
+      this.#beat.unref();
+    }
     if (who.since !== undefined && who.since < sub.lastSeq) {
       // Event numbers may skip (cluster mode): a gap is an event known to be gone after `since`.
       if (who.since < this.#authority.lostUpTo) this.#send(sub, JSON.stringify({ type: 'gap', since: who.since, next: this.#authority.oldestSeq }));
@@ -123,10 +145,29 @@ export class EventHub {
     }
   }
 
-  /** Rule 1: serialise once, deliver on a later turn. */
+  /** Rule 7. */
+  #heartbeat(): void {
+    for (const sub of [...this.#subs]) {
+      if (sub.socket.ping === undefined) continue;
+      if (!sub.alive) {
+        this.#dead++;
+        this.#remove(sub);
+        sub.socket.terminate?.();
+        continue;
+      }
+      sub.alive = false;
+      try {
+        sub.socket.ping();
+      } catch {
+        // closing already
+      }
+    }
+  }
+
+  /** Rule 1: serialise once (to the bytes every socket sends), deliver on a later turn. */
   #publish(e: AuthorityEvent): void {
     if (this.#subs.size === 0) return;
-    this.#queue.push({ event: e, text: JSON.stringify(e) });
+    this.#queue.push({ event: e, data: Buffer.from(JSON.stringify(e)) });
     if (this.#scheduled) return;
     this.#scheduled = true;
     setImmediate(() => this.#deliver());
@@ -137,12 +178,12 @@ export class EventHub {
     const queue = this.#queue;
     this.#queue = [];
     for (const sub of [...this.#subs]) {
-      for (const { event, text } of queue) {
+      for (const { event, data } of queue) {
         if (sub.closed) break;
         if (event.seq <= sub.lastSeq) continue;
         sub.lastSeq = event.seq;
         if (sub.vm !== null && event.vm !== sub.vm) continue;
-        this.#send(sub, text);
+        this.#send(sub, data);
         // Rule 4: the VM this subscription follows is gone, or its token is no longer the one used.
         if (sub.vm !== null && sub.caller !== 'admin' && event.type === 'credential-replaced') this.#close(sub, CLOSE.revoked, `the token of VM ${sub.vm} was replaced`);
         else if (sub.vm !== null && event.type === 'vm-destroyed') this.#close(sub, CLOSE.revoked, `VM ${sub.vm} was destroyed`);
@@ -150,19 +191,21 @@ export class EventHub {
     }
   }
 
-  #send(sub: Subscriber, text: string): void {
+  #send(sub: Subscriber, data: string | Buffer): void {
     // Rule 3.
     if (sub.socket.bufferedAmount > this.#maxBuffered) {
       this.#dropped++;
       this.#close(sub, CLOSE.tooSlow, 'the consumer does not keep up');
       return;
     }
-    sub.socket.send(text);
+    sub.socket.send(data, { binary: false });
   }
 
   /** Rule 6. */
   close(): void {
     this.#off();
+    if (this.#beat !== null) clearInterval(this.#beat);
+    this.#beat = null;
     for (const sub of [...this.#subs]) this.#close(sub, CLOSE.goingAway, 'the service is stopping');
   }
 }

@@ -6,14 +6,14 @@
  */
 export { PasidAuthority } from './authority.ts';
 export type { AuthorityEvent, AuthorityOptions, CreateVmRequest, PasidInfo, VmInfo } from './authority.ts';
-export { buildApp, redactToken } from './app.ts';
-export type { AppOptions } from './app.ts';
+export { buildApp, redactToken, DEFAULT_LIMITS } from './app.ts';
+export type { AppOptions, ConnectionLimits, ConnectionStats, MetricsAccess, ServiceApp } from './app.ts';
 export { startServer, serveUntilSignalled, DEFAULT_PORT, DEFAULT_STORE } from './server.ts';
 export type { RunningServer, ServeOptions } from './server.ts';
 export { HANDLERS, ROUTES } from './routes.ts';
 export type { Handler, RouteDef, RouteRequest, ServiceContext } from './routes.ts';
 export { HTTP_STATUS, httpStatusOf } from '../api/index.ts';
-export { hashToken, newToken, tokenMatches } from './tokens.ts';
+export { bearerOfHeader, bearerOfProtocols, hashToken, newToken, readTokenFile, tokenMatches } from './tokens.ts';
 export { registerDashboard, buildDashboardAssets } from './dashboard.ts';
 export type { DashboardOptions } from './dashboard.ts';
 export type { EtcdSecurityOptions } from '../store/index.ts';

@@ -1,6 +1,7 @@
 /**
  * `ioasid serve`: open the store, replay it, settle the admin token, listen; on SIGTERM or SIGINT
- * stop accepting, finish what is in flight, close the store and exit 0.
+ * stop accepting, give what is in flight the shutdown grace period (then cut it), close the store
+ * and exit 0.
  */
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -10,11 +11,11 @@ import { EtcdStore, openStore, type EtcdSecurityOptions } from '../store/index.t
 import { EtcdClusterRole } from '../cluster/index.ts';
 import { PasidAuthority } from './authority.ts';
 import { toMutations } from './store-journal.ts';
-import { buildApp } from './app.ts';
+import { buildApp, type ConnectionLimits, type ServiceApp } from './app.ts';
 import type { EventHub, EventHubOptions } from './event-hub.ts';
 import type { ServiceMetrics } from './metrics.ts';
 import { registerDashboard } from './dashboard.ts';
-import { hashToken, newToken } from './tokens.ts';
+import { hashToken, newToken, readTokenFile } from './tokens.ts';
 
 export interface ServeOptions {
   /** `memory`, `sqlite:PATH` (default `sqlite:./var/ioasid.db`), `etcd://HOST:PORT[,...]` or `etcds://...` (TLS). */
@@ -46,12 +47,18 @@ export interface ServeOptions {
   readonly extend?: (app: FastifyInstance) => void | Promise<void>;
   /** Bounds of the event stream (subscriptions per caller and in all, a slow consumer's buffer). */
   readonly events?: EventHubOptions;
+  /** Header, request and idle timeouts, connection cap, shutdown grace (docs/security.md). */
+  readonly limits?: ConnectionLimits;
+  /** A token (in this file, mode 0600) that may read /metrics besides the admin token. */
+  readonly metricsTokenFile?: string;
+  /** /metrics without any token: for a trusted network only. */
+  readonly metricsNoAuth?: boolean;
   /** Where to say what happens (default stderr). */
   readonly say?: (line: string) => void;
 }
 
 export interface RunningServer {
-  readonly app: FastifyInstance & { readonly metrics: ServiceMetrics; readonly events: EventHub };
+  readonly app: ServiceApp & { readonly metrics: ServiceMetrics; readonly events: EventHub };
   readonly authority: PasidAuthority;
   /** `http://127.0.0.1:7070` or `unix:/path`. */
   readonly url: string;
@@ -65,6 +72,11 @@ export const DEFAULT_PORT = 7070;
 export async function startServer(opts: ServeOptions = {}): Promise<RunningServer> {
   const say = opts.say ?? ((l: string) => process.stderr.write(`${l}\n`));
   const spec = opts.store ?? DEFAULT_STORE;
+  // Before the store is opened: a wrong flag touches nothing.
+  if (opts.metricsNoAuth === true && opts.metricsTokenFile !== undefined) {
+    throw new IoasidError('EINVAL', '--metrics-no-auth and --metrics-token-file contradict each other: choose one', {});
+  }
+  const metricsToken = opts.metricsTokenFile !== undefined ? readTokenFile(opts.metricsTokenFile, 'metrics token file') : undefined;
   if ((opts.hostId !== undefined || opts.domain !== undefined) && !spec.startsWith('etcd')) {
     throw new IoasidError('EINVAL', `--host-id and --domain need an etcd store (--store etcd://HOST:PORT,...), not ${spec}`, { store: spec });
   }
@@ -108,6 +120,8 @@ export async function startServer(opts: ServeOptions = {}): Promise<RunningServe
   const app = await buildApp({
     authority,
     ...(opts.events !== undefined ? { events: opts.events } : {}),
+    ...(opts.limits !== undefined ? { limits: opts.limits } : {}),
+    ...(metricsToken !== undefined || opts.metricsNoAuth === true ? { metrics: { ...(metricsToken !== undefined ? { token: metricsToken } : {}), open: opts.metricsNoAuth === true } } : {}),
     logger: opts.logLevel === 'silent' ? false : { level: opts.logLevel ?? 'info' },
     extend: async (f: FastifyInstance) => {
       if (opts.dashboard !== false) await registerDashboard(f);
@@ -129,7 +143,7 @@ export async function startServer(opts: ServeOptions = {}): Promise<RunningServe
   let closed: Promise<void> | null = null;
   const close = (): Promise<void> => {
     closed ??= (async () => {
-      await app.close(); // stops accepting, waits for requests in flight
+      await app.shutdown(); // stops accepting; requests in flight get the grace period, then are cut
       await authority.close(); // waits for VCMD commands in flight, closes the store
     })();
     return closed;
