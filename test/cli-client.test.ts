@@ -315,15 +315,15 @@ describe('errors and token sources', () => {
     assert.deepEqual((await admin().listVms()).map((v) => v.id), ['vm1', 'vm2'], 'nothing was created');
   });
 
-  it('the service refusing a request (quota, range) is exit 1 with its errno code', async () => {
+  it('the service refusing a request (quota, a taken range) is exit 1 with its errno code', async () => {
     const [quota, range] = await Promise.all([
       cli(['pasid', 'alloc', 'vm1', '--count', '10', ...conn]),
-      cli(['pasid', 'alloc', 'vm1', '--min', '10', '--max', '5', ...conn]),
+      cli(['pasid', 'alloc', 'vm1', '--min', '1', '--max', '1', ...conn]),
     ]);
     assert.equal(quota.code, 1);
     assert.match(quota.stderr, /^error: EDQUOT: /);
     assert.equal(range.code, 1);
-    assert.match(range.stderr, /^error: EINVAL: /);
+    assert.match(range.stderr, /^error: ENOSPC: /);
   });
 
   it('IOASID_URL and IOASID_TOKEN, and ./var/admin.token as the last resort', async () => {

@@ -8,7 +8,7 @@
 export { Host, DEFAULT_VM_QUOTA, CREDENTIAL_MAX_LENGTH } from './host.ts';
 export type { HostListener, HostOptions, HostSnapshot, HostState, HostView, VmSpec } from './host.ts';
 export { MemoryJournal, HOST_EVENT_TYPES } from './journal.ts';
-export type { Committed, HostEvent, HostEventRecord, HostEventType, Journal, JournalEntry, Outcome, SyncJournal } from './journal.ts';
+export type { AllocationPolicy, Committed, HostEvent, HostEventRecord, HostEventType, Journal, JournalEntry, Outcome, SyncJournal } from './journal.ts';
 export { Vm, parseViommuSpec } from './vm.ts';
 export type { Viommu, ViommuConfig, ViommuSpec, VmView } from './vm.ts';
 export { Guest } from './guest.ts';

@@ -6,7 +6,7 @@
  * the errno code and changes nothing. Authentication: an admin bearer token manages VMs; each
  * VM's own token acts on that VM only; a 401 carries `WWW-Authenticate: Bearer`.
  */
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import websocket from '@fastify/websocket';
 import { EVENT_STREAM, PROBLEM_MEDIA_TYPE, buildOpenApi, httpStatusOf, toProblem } from '../api/index.ts';
 import { IoasidBugError, IoasidError } from '../core/index.ts';
@@ -17,8 +17,8 @@ import { CLOSE, EventHub, type EventHubOptions } from './event-hub.ts';
 
 export interface AppOptions {
   readonly authority: PasidAuthority;
-  /** pino options or false (tests). */
-  readonly logger?: boolean | { level: string };
+  /** pino options (level, where the lines go, its hooks) or false (tests). */
+  readonly logger?: boolean | { level: string; stream?: { write(line: string): void }; hooks?: { logMethod?: (this: unknown, args: unknown[], method: (...a: unknown[]) => void, level: number) => void } };
   /** Largest request body, bytes (default 64 KiB). */
   readonly bodyLimit?: number;
   /** Extra routes (e.g. the dashboard's static files) registered after the API. */
@@ -35,6 +35,20 @@ declare module 'fastify' {
 }
 
 const REALM = 'ioasid';
+
+/**
+ * Request logs: one line per request, when it completes, at debug (fastify writes two at info,
+ * which at the default level doubled every request in the log); a failed one at error.
+ */
+class OneLinePerRequest extends LogController {
+  override incomingRequest(): void {}
+
+  override requestCompleted(error: Error | null | undefined, req: FastifyRequest, reply: FastifyReply): void {
+    const fields = { req, status: reply.statusCode, ms: +reply.elapsedTime.toFixed(3) };
+    if (error) reply.log.error({ ...fields, err: error }, 'request failed');
+    else reply.log.debug(fields, 'request completed');
+  }
+}
 
 function bearer(req: FastifyRequest): string | null {
   const h = req.headers.authorization;
@@ -96,6 +110,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { me
           },
         }
       : (opts.logger ?? false),
+    logController: new OneLinePerRequest(),
     bodyLimit: opts.bodyLimit ?? 64 * 1024,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
     return503OnClosing: true,
@@ -103,7 +118,8 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { me
   });
   const metrics = new ServiceMetrics(authority);
   let closing = false;
-  app.addHook('onClose', async () => {
+  // Readiness fails from the first moment of a shutdown, while requests in flight finish.
+  app.addHook('preClose', async () => {
     closing = true;
   });
   const ctx: ServiceContext = { closing: () => closing, metrics, openapi: buildOpenApi() };
@@ -119,10 +135,11 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { me
       else {
         req.log.error({ err }, 'internal error');
         const bug = err instanceof IoasidBugError;
+        metrics.refused(req.method, req.routeOptions.url, 'EFAULT');
         return sendProblem(req, reply, new IoasidError('EFAULT', bug ? (err as Error).message : 'internal error', {}));
       }
     }
-    metrics.error(e.code);
+    metrics.refused(req.method, req.routeOptions.url, e.code);
     return sendProblem(req, reply, e);
   });
   app.setNotFoundHandler((req, reply) => {
@@ -134,6 +151,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { me
 
   // Before the WebSocket plugin's own close hook: subscribers are told 1001 (going away).
   const hub = new EventHub(authority, opts.events ?? {});
+  metrics.watchEvents(hub);
   app.addHook('preClose', async () => hub.close());
   await app.register(websocket, { options: { maxPayload: 1024 } });
 
@@ -176,16 +194,12 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance & { me
       },
       handler: async (req: FastifyRequest, reply: FastifyReply) => {
         const op = def.operationId;
-        try {
-          const result = await def.handler(authority, { params: req.params ?? {}, query: req.query ?? {}, body: req.body }, ctx);
-          metrics.op(op, 'ok');
-          if (def.status === 204) return reply.status(204).send();
-          if (def.produces !== undefined) void reply.type(def.produces);
-          return reply.status(def.status).send(result);
-        } catch (e) {
-          if (e instanceof IoasidError) metrics.op(op, e.code);
-          throw e;
-        }
+        // A refusal is counted by the error handler, with those of authentication and validation.
+        const result = await def.handler(authority, { params: req.params ?? {}, query: req.query ?? {}, body: req.body }, ctx);
+        metrics.op(op, 'ok');
+        if (def.status === 204) return reply.status(204).send();
+        if (def.produces !== undefined) void reply.type(def.produces);
+        return reply.status(def.status).send(result);
       },
     });
   }
