@@ -10,12 +10,11 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import WebSocket from 'ws';
-import { CommitError, IoasidError } from '../src/core/index.ts';
-import type { Host, Journal } from '../src/host/index.ts';
-import type { ClusterHealth, ClusterRole, ClusterStatus } from '../src/cluster/index.ts';
+import { CommitError } from '../src/core/index.ts';
+import type { ClusterRole } from '../src/cluster/index.ts';
 import { MemoryStore } from '../src/store/index.ts';
 import { PasidAuthority, buildApp, hashToken, startServer } from '../src/service/index.ts';
-import { StoreJournal } from '../src/service/store-journal.ts';
+import { fakeCluster } from './helpers/fake-cluster.ts';
 import { IoasidClient } from '../src/client/index.ts';
 
 const ADMIN = 'operations-admin-token-0123456789';
@@ -35,34 +34,6 @@ async function makeApp(opts: { store?: MemoryStore; cluster?: ClusterRole; now?:
   };
   const metrics = async () => (await app.inject({ method: 'GET', url: '/metrics' })).body;
   return { store, authority, app, call, metrics };
-}
-
-/** A cluster role that serves some VMs here and says the others run on hostB; its health is set by the test. */
-function fakeCluster(store: MemoryStore) {
-  const journal = new StoreJournal(store);
-  let health: ClusterHealth = { ready: true, fenced: false, lease: { held: true, ttlSeconds: 9 }, blocksHeld: 3 };
-  const elsewhere = new Set<string>();
-  const role: ClusterRole = {
-    hostId: 'hostA',
-    journal: journal as Journal,
-    attach: (_host: Host<Journal>) => {},
-    ensureServes: async (vm: string) => {
-      if (elsewhere.has(vm)) throw new IoasidError('EREMOTE', `VM ${vm} runs on host hostB`, { vm, host: 'hostB', url: 'http://10.0.0.2:7070' });
-    },
-    hostOf: (vm: string) => (elsewhere.has(vm) ? 'hostB' : 'hostA'),
-    status: (): ClusterStatus => ({
-      domain: 'rack7', host: 'hostA', fenced: null, blockSize: 1024, revision: 42,
-      hosts: [{ id: 'hostA', alive: true, url: 'http://10.0.0.1:7070', startedAt: 1, vms: 1, blocks: 3 }, { id: 'hostB', alive: false, url: 'http://10.0.0.2:7070', startedAt: 1, vms: 1, blocks: 1 }],
-      vms: [], blocks: { own: 3, total: 4 }, pasids: 0, inconsistencies: 0,
-    }),
-    migrate: async () => {
-      throw new IoasidError('EOPNOTSUPP', 'not in this test');
-    },
-    reclaim: async (host: string) => ({ host, fencedAt: 43, vms: ['vm9'], pasids: 2, bindings: 1, blocks: 1 }),
-    close: async () => {},
-    health: () => health,
-  };
-  return { role, setHealth: (h: ClusterHealth) => (health = h), moveAway: (vm: string) => elsewhere.add(vm) };
 }
 
 describe('readiness', () => {
