@@ -1,5 +1,5 @@
 /**
- * Service benchmark (DESIGN 7): alloc+free pairs per second and per-request p50/p99 latency over
+ * Service benchmark (docs/store.md, "Durability"): alloc+free pairs per second and per-request p50/p99 latency over
  * loopback HTTP/1.1 with keep-alive and 16 concurrent clients, for
  *   - ceiling: a plain fastify app answering the same requests with a constant (the framework's
  *     ceiling: bench/fixtures/ceiling-server.ts),

@@ -3,7 +3,7 @@
  * run in process (each a PasidAuthority with its own etcd client, driven through fastify inject):
  *  - two, then three instances allocate concurrently (narrow ranges included, so blocks run out
  *    and hosts borrow): no PASID is ever acknowledged to two VMs, and afterwards every instance,
- *    etcd, and DESIGN 5's invariants agree;
+ *    etcd, and the system's invariants (docs/scenarios.md) agree;
  *  - a VM is served by its host only (others: 503 ENODEV naming it), reads work anywhere, the
  *    namespace listing is the whole domain, VM ids are unique across the domain;
  *  - VMs migrate back and forth under load, following their host: every guest keeps its PASIDs

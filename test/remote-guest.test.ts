@@ -1,7 +1,7 @@
 /**
- * Remote guests (DESIGN 5 and 7): two guest kernels in two processes, each booting a RemoteGuest
+ * Remote guests (docs/remote-guest.md): two guest kernels in two processes, each booting a RemoteGuest
  * against one service in this process, whose vIOMMU registers are served through the trapped MMIO
- * endpoint. The seed's flow across processes: allocation through VCMD, SVA binds programmed on
+ * endpoint. The custom allocator's flow across processes: allocation through VCMD, SVA binds programmed on
  * the host, min/max (device PASID width, range extension), ownership at the register level, quota,
  * and the host's invariants afterwards. Also the synchronous transport on its own.
  */

@@ -17,7 +17,7 @@ const examples = readdirSync(join(root, 'examples')).filter((f) => /\.(ya?ml|jso
 
 describe('example scenarios', () => {
   it('there are examples for the stories the issue names', () => {
-    for (const f of ['seed-story.yaml', 'two-guests-compete.yaml', 'hot-unplug-active-viommu.yaml', 'nested-three-levels.yaml', 'narrow-device-range-extension.yaml', 'kernel-bugs.yaml']) {
+    for (const f of ['custom-allocator-story.yaml', 'two-guests-compete.yaml', 'hot-unplug-active-viommu.yaml', 'nested-three-levels.yaml', 'narrow-device-range-extension.yaml', 'kernel-bugs.yaml']) {
       assert.ok(examples.includes(f), `examples/${f} is missing`);
     }
   });
@@ -86,12 +86,12 @@ describe('ioasid simulate (CLI)', () => {
   });
 
   it('--guest-profile runs a file\'s steps on another kernel; a profile that does not exist, or with --random, is exit 2', () => {
-    const r = cli('--json', '--keep-going', '--guest-profile', 'linux-6.x', 'examples/seed-story.yaml');
-    assert.equal(r.status, 1, 'the file\'s expectations were written for the seed\'s design');
+    const r = cli('--json', '--keep-going', '--guest-profile', 'linux-6.x', 'examples/custom-allocator-story.yaml');
+    assert.equal(r.status, 1, 'the file\'s expectations were written for the design with one system-wide namespace');
     const report = JSON.parse(r.stdout) as { checks: { violations: number }; records: { action: string; outcome: { pasid?: number } }[] };
     assert.equal(report.checks.violations, 0);
     assert.ok(report.records.some((x) => x.action.startsWith('bind vm2') && x.outcome.pasid === 1), 'vm2\'s own IDA starts at 1');
-    assert.equal(cli('--guest-profile', 'linux-9', 'examples/seed-story.yaml').status, 2);
+    assert.equal(cli('--guest-profile', 'linux-9', 'examples/custom-allocator-story.yaml').status, 2);
     assert.equal(cli('--random', '--guest-profile', 'linux-6.x').status, 2);
   });
 

@@ -277,7 +277,7 @@ describe('the log: one format, one stream', () => {
     const lines = s.lines();
     for (const l of lines) assert.match(l, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (INFO|WARN) {1,2}\S/);
     const banner = lines.slice(0, 4).map((l) => l.replace(/^\S+ \S+\s+/, ''));
-    assert.match(banner[1] ?? '', new RegExp(`^listening on ${url.replace(/[.]/g, '\\.')} url=`));
+    assert.match(banner[1] ?? '', new RegExp(`^listening on ${url.replace(/[.]/g, '\\.')} store=memory adminTokenFile=\\S+$`), 'the URL once: a field the message says is left out');
     assert.match(banner[2] ?? '', new RegExp(`^dashboard: ${url.replace(/[.]/g, '\\.')}/ \\(sign in with the token in `));
     assert.match(banner[3] ?? '', /^next, in another terminal: ioasid status --url http/);
     const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { scripts: { start: string } };

@@ -1,5 +1,5 @@
 /**
- * The service keeps its promises across crashes (DESIGN 6-7). The real server runs as a child
+ * The service keeps its promises across crashes (docs/store.md). The real server runs as a child
  * process (test/fixtures/crash-server.ts: `ioasid serve` on an SQLite file); 4 VMs with small
  * quotas (so EDQUOT happens) are driven by 8 concurrent HTTP clients (IoasidClient over fetch,
  * keep-alive) allocating (single and batch) and freeing their own PASIDs. After a random 50-400 ms

@@ -1,5 +1,5 @@
 /**
- * An acknowledged allocation survives a crash (DESIGN section 6). A child process
+ * An acknowledged allocation survives a crash (docs/store.md). A child process
  * (test/fixtures/store-writer.ts) allocates and frees PASIDs on an SQLite store as fast as it can,
  * printing each one only after `apply` resolved; we SIGKILL it at random moments, 15 times, some
  * of them during start-up, then reopen the file: it must validate, hold every PASID acknowledged

@@ -137,7 +137,7 @@ describe('VT-d end to end: host space, VCMD devices, guest drivers over two vIOM
         fc.asyncProperty(configArb, fc.array(opArb, { minLength: 1, maxLength: 40 }), async (cfg, ops) => {
           const { host, guests } = world({ profile, ...cfg });
           for (const op of ops) {
-            // The last unit's removal reverts a Linux guest to its own namespace (edge 30/34): not here.
+            // The last unit's removal reverts a Linux guest to its own namespace (behaviour 30/34): not here.
             await step(guests[op.g] as GuestRig, op, true);
             check(host, guests, false);
           }

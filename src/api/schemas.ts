@@ -178,7 +178,7 @@ export const VIOMMU_CONFIG = {
   required: ['layout', 'pasBit', 'pasidAllocation', 'freeCommand', 'nullCommand', 'rangeExtension', 'pss', 'cachingMode', 'scalableMode', 'pasidSupport', 'virtualCommands', 'logSize'],
   properties: {
     layout: LAYOUT,
-    pasBit: { type: 'integer', enum: [0, 1], description: 'VCCAP.PAS position: 0 as Linux, 1 as the VT-d spec 5.10.' },
+    pasBit: { type: 'integer', enum: [0, 1], description: 'VCCAP.PAS position: 0 as Linux, 1 as the VT-d specification Rev 5.10.' },
     pasidAllocation: { type: 'boolean', description: 'VCCAP.PAS: Allocate is supported.' },
     freeCommand: { type: 'boolean', description: 'Free is supported.' },
     nullCommand: { type: 'boolean', description: 'VCCAP.NS: the Null command is supported.' },

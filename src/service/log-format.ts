@@ -38,8 +38,10 @@ export function textLine(json: string): string {
   if (r === null || typeof r !== 'object') return json;
   const time = typeof r.time === 'number' ? new Date(r.time).toISOString() : '';
   const level = (LEVEL_NAMES[typeof r.level === 'number' ? r.level : 0] ?? String(r.level)).padEnd(5);
-  const fields = Object.entries(r).filter(([k]) => !HEAD.has(k)).map(([k, v]) => `${k}=${value(v)}`);
-  return [time, level, typeof r.msg === 'string' ? r.msg : '', ...fields].filter((s) => s !== '').join(' ');
+  const msg = typeof r.msg === 'string' ? r.msg : '';
+  // A field the message already says in full is left out (the JSON format keeps every field).
+  const fields = Object.entries(r).filter(([k, v]) => !HEAD.has(k) && !(typeof v === 'string' && v.length > 0 && msg.includes(v))).map(([k, v]) => `${k}=${value(v)}`);
+  return [time, level, msg, ...fields].filter((s) => s !== '').join(' ');
 }
 
 /** The stream pino writes to: each record, formatted, handed to `sink` as one line (no newline). */

@@ -1,5 +1,5 @@
 /**
- * The etcd backend (DESIGN 6): the `Store` of one host in a migration domain, shared with the
+ * The etcd backend (docs/cluster.md): the `Store` of one host in a migration domain, shared with the
  * other hosts of the domain on one etcd cluster. Key layout in etcd-keys.ts, group commit in
  * etcd-commit.ts, retries in etcd-client.ts; design and failure semantics in docs/cluster.md.
  *
