@@ -214,7 +214,7 @@ describe('VCMD device: command state machine (behaviours 55-63)', () => {
       assert.equal(noPas.read(off(layout, 'VCCAP_REG'), 8), 0n);
       assert.equal(command(noPas, layout, VCMD_CMD.ALLOCATE).sc, 1);
       assert.equal(command(noPas, layout, VCMD_CMD.FREE, 1).sc, 1);
-      // Spec 5.10 bits: FPS clear makes Free undefined while Allocate works.
+      // VT-d Rev 5.10 bits: FPS clear makes Free undefined while Allocate works.
       const noFps = device(layout, backend, { pasBit: 1, freeCommand: false });
       assert.equal(noFps.read(off(layout, 'VCCAP_REG'), 8), 0b011n);
       const a = command(noFps, layout, VCMD_CMD.ALLOCATE);
