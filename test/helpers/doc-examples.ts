@@ -31,14 +31,38 @@ export interface Block {
   readonly commands: Command[];
 }
 
+/**
+ * Where a shell line's comment starts (a `#` after whitespace, outside quotes), or -1; and whether
+ * the line leaves a quote open.
+ */
+function scan(line: string): { comment: number; open: boolean } {
+  let quote: string | null = null;
+  for (let i = 0; i < line.length; i++) {
+    const c = line[i];
+    if (quote !== null) {
+      if (c === quote) quote = null;
+      else if (c === '\\' && quote === '"') i++;
+    } else if (c === '\\') i++;
+    else if (c === "'" || c === '"') quote = c;
+    else if (c === '#' && (i === 0 || /\s/.test(line[i - 1] ?? ''))) return { comment: i, open: false };
+  }
+  return { comment: -1, open: quote !== null };
+}
+
+/** A command without its trailing comment, and the comment. */
+function splitComment(text: string): { command: string; comment: string } {
+  const { comment } = scan(text);
+  return comment < 0 ? { command: text.trimEnd(), comment: '' } : { command: text.slice(0, comment).trimEnd(), comment: text.slice(comment) };
+}
+
 /** Join continuation lines (a trailing backslash, or a quote left open) into one command. */
 function joinLines(lines: readonly { text: string; line: number }[]): { text: string; line: number }[] {
   const out: { text: string; line: number }[] = [];
   let cur: { text: string; line: number } | null = null;
-  const open = (s: string) => ((s.replace(/\\./g, '').match(/'/g)?.length ?? 0) % 2 === 1) || ((s.replace(/\\./g, '').replace(/'[^']*'/g, '').match(/"/g)?.length ?? 0) % 2 === 1);
   for (const l of lines) {
     cur = cur === null ? { ...l } : { text: `${cur.text}\n${l.text}`, line: cur.line };
-    if (cur.text.endsWith('\\') || open(cur.text)) continue;
+    const { command } = splitComment(cur.text);
+    if (command.endsWith('\\') || scan(command).open) continue;
     out.push(cur);
     cur = null;
   }
@@ -65,7 +89,10 @@ export function parseExamples(file: string, md: string): Block[] {
         const errors = output.flatMap((o) => /^error: (E[A-Z]+): /.exec(o)?.[1] ?? []);
         const last = commands[commands.length - 1];
         if (/^echo \$\?$/.test(cmd.text.trim()) && last !== undefined) last.status = Number(output[0]);
-        else commands.push({ ...cmd, text: cmd.text.replace(/\s+#[^'"]*$/, ''), errors, background: /&\s*(#.*)?$/.test(cmd.text), interrupt: output.some((o) => o.trim() === '^C') });
+        else {
+          const { command } = splitComment(cmd.text);
+          commands.push({ ...cmd, text: command, errors, background: /&$/.test(command), interrupt: output.some((o) => o.trim() === '^C') });
+        }
         cmd = null;
         output = [];
       };
@@ -84,11 +111,8 @@ export function parseExamples(file: string, md: string): Block[] {
       flush();
     } else {
       for (const c of joinLines(body.filter((l) => !/^\s*#/.test(l.text) && l.text.trim() !== ''))) {
-        const comment = /\s#\s[^'"]*$/.exec(c.text)?.[0] ?? '';
-        commands.push({
-          text: c.text.slice(0, c.text.length - comment.length).trimEnd(), line: c.line, errors: [],
-          background: /&\s*$/.test(c.text.slice(0, c.text.length - comment.length)), interrupt: /Ctrl-C/.test(comment),
-        });
+        const { command, comment } = splitComment(c.text);
+        commands.push({ text: command, line: c.line, errors: [], background: /&$/.test(command), interrupt: /Ctrl-C/.test(comment) });
       }
     }
     blocks.push({ file, line: i + 1, lang: m[1] as string, skip: marker?.[1] ?? null, commands });
