@@ -19,7 +19,6 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EtcdCluster, ETCD_SKIP } from './helpers/etcd-cluster.ts';
 
-const repo = fileURLToPath(new URL('..', import.meta.url));
 const serverScript = fileURLToPath(new URL('./fixtures/cluster-server.ts', import.meta.url));
 const ADMIN = 'restart-admin-token-0123456789abcdef';
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -47,8 +46,8 @@ interface Server {
 
 function startServer(hostId: string): Promise<Server> {
   const c = etcd as EtcdCluster;
-  const child = spawn(process.execPath, ['--import', 'tsx', serverScript, '--store', c.spec, '--host-id', hostId, '--domain', 'rs', '--port', '0', '--admin-token-file', join(dir, 'admin.token')], {
-    cwd: repo, stdio: ['ignore', 'ignore', 'pipe'],
+  const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), serverScript, '--store', c.spec, '--host-id', hostId, '--domain', 'rs', '--port', '0', '--admin-token-file', join(dir, 'admin.token')], {
+    cwd: dir, stdio: ['ignore', 'ignore', 'pipe'],
   });
   children.add(child);
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => {

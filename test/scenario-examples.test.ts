@@ -3,10 +3,10 @@
  * check after every step plus the incremental one), and `ioasid simulate` exits 0 on a good
  * scenario, 1 on a wrong expectation and 2 on a bad file.
  */
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -71,8 +71,12 @@ describe('examples/kernel-bugs.yaml', () => {
 });
 
 describe('ioasid simulate (CLI)', () => {
-  const cli = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', join(root, 'src/cli/main.ts'), 'simulate', ...args], {
-    cwd: root, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' }, timeout: 60_000,
+  // The CLI runs in a folder of its own, where `examples` leads to the checkout's (read only).
+  const cwd = mkdtempSync(join(tmpdir(), 'ioasid-sim-cwd-'));
+  symlinkSync(join(root, 'examples'), join(cwd, 'examples'));
+  after(() => rmSync(cwd, { recursive: true, force: true }));
+  const cli = (...args: string[]) => spawnSync(process.execPath, ['--import', import.meta.resolve('tsx'), join(root, 'src/cli/main.ts'), 'simulate', ...args], {
+    cwd, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' }, timeout: 60_000,
   });
 
   it('exits 0 on a passing scenario and prints the step and VM tables', () => {

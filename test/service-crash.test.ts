@@ -25,7 +25,7 @@ import Database from 'better-sqlite3';
 import { IoasidClient } from '../src/client/index.ts';
 import { IoasidError } from '../src/core/index.ts';
 
-const repo = fileURLToPath(new URL('..', import.meta.url));
+const TSX = import.meta.resolve('tsx');
 const serverScript = fileURLToPath(new URL('./fixtures/crash-server.ts', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'ioasid-svc-crash-'));
 const ADMIN = 'crash-admin-token-0123456789abcdef';
@@ -54,8 +54,8 @@ interface Server {
 
 /** Spawn the server; resolves once it listens and /readyz answers, rejects if it exits first. */
 function startServer(db: string): Promise<Server> {
-  const child = spawn(process.execPath, ['--import', 'tsx', serverScript, '--store', `sqlite:${db}`, '--port', '0', '--admin-token-file', tokenFile, '--log-level', 'silent'], {
-    cwd: repo, stdio: ['ignore', 'ignore', 'pipe'],
+  const child = spawn(process.execPath, ['--import', TSX, serverScript, '--store', `sqlite:${db}`, '--port', '0', '--admin-token-file', tokenFile, '--log-level', 'silent'], {
+    cwd: dir, stdio: ['ignore', 'ignore', 'pipe'],
   });
   children.add(child);
   let stderr = '';

@@ -11,7 +11,6 @@
  */
 import { Command, InvalidArgumentError, type Option } from 'commander';
 import { DESCRIPTIONS, type CommandName } from './descriptions.ts';
-import { LOADERS } from './commands.ts';
 
 /** Values an option takes, when they are a closed set (its placeholder says it otherwise). */
 const OPTION_VALUES: Readonly<Record<string, readonly string[]>> = {
@@ -49,11 +48,13 @@ function walk(cmd: Command, path: string, out: Node[]): void {
   for (const c of cmd.commands) walk(c, path === '' ? c.name() : `${path} ${c.name()}`, out);
 }
 
+type Loaders = Readonly<Record<CommandName, () => Promise<Command>>>;
+
 /** The whole tree: every command loaded. */
-export async function commandTree(): Promise<Node[]> {
+export async function commandTree(loaders: Loaders): Promise<Node[]> {
   const root = new Command('ioasid').version('0').description('');
-  for (const [name, load] of Object.entries(LOADERS) as [CommandName, () => Promise<Command>][]) {
-    root.addCommand(name === 'completion' ? completionCommand() : await load());
+  for (const [name, load] of Object.entries(loaders) as [CommandName, () => Promise<Command>][]) {
+    root.addCommand(name === 'completion' ? completionCommand(loaders) : await load());
   }
   const nodes: Node[] = [];
   walk(root, '', nodes);
@@ -196,7 +197,7 @@ if (( $+functions[compdef] )); then compdef _ioasid ioasid; fi
 
 const SHELLS = ['bash', 'zsh'] as const;
 
-export function completionCommand(): Command {
+export function completionCommand(loaders: Loaders): Command {
   return new Command('completion')
     .description(DESCRIPTIONS.completion)
     .argument('<shell>', `the shell: ${SHELLS.join(' or ')}`, (v: string) => {
@@ -205,7 +206,7 @@ export function completionCommand(): Command {
     })
     .addHelpText('after', '\nExamples:\n  source <(ioasid completion bash)\n  ioasid completion zsh > "${fpath[1]}/_ioasid"   # then start a new zsh')
     .action(async (shell: (typeof SHELLS)[number]) => {
-      const nodes = await commandTree();
+      const nodes = await commandTree(loaders);
       process.stdout.write(shell === 'bash' ? bashScript(nodes) : zshScript(nodes));
     });
 }

@@ -11,8 +11,20 @@
 import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { DESCRIPTIONS, type CommandName } from './descriptions.ts';
-import { LOADERS } from './commands.ts';
 import { processUsageIo, usageRules } from './usage.ts';
+
+/** Each command's module, loaded only to run it (`ioasid completion` gets them all). */
+const LOADERS: Readonly<Record<CommandName, () => Promise<Command>>> = {
+  demo: async () => (await import('./demo.ts')).demoCommand(),
+  simulate: async () => (await import('./simulate.ts')).simulateCommand(),
+  serve: async () => (await import('./serve.ts')).serveCommand(),
+  vm: async () => (await import('./client-commands.ts')).vmCommand(),
+  pasid: async () => (await import('./client-commands.ts')).pasidCommand(),
+  status: async () => (await import('./client-commands.ts')).statusCommand(),
+  watch: async () => (await import('./client-commands.ts')).watchCommand(),
+  cluster: async () => (await import('./client-commands.ts')).clusterCommand(),
+  completion: async () => (await import('./completion.ts')).completionCommand(LOADERS),
+};
 
 /** The package's version, from its package.json (beside src/ and dist/ alike). */
 function version(): string {

@@ -4,7 +4,6 @@
  * A bare `ioasid` (no command) prints the help on stderr and exits 2 as well.
  */
 import type { Command } from 'commander';
-import { style, wantColour } from './format.ts';
 
 /** What the usage rules need of the process (tests pass their own). */
 export interface UsageIo {
@@ -40,7 +39,10 @@ function fullName(cmd: Command): string {
  * with a hint: where to read the command's options.
  */
 export function usageRules(cmd: Command, io: UsageIo): Command {
-  const bad = style(wantColour(io.stderrIsTTY, io.env)).bad('error:');
+  // Colour as format.ts decides it (a terminal, NO_COLOR unset), without loading it: `ioasid
+  // --version` loads this module and no other of the CLI's.
+  const noColor = io.env.NO_COLOR;
+  const bad = io.stderrIsTTY && (noColor === undefined || noColor === '') ? '\x1b[1;31merror:\x1b[0m' : 'error:';
   cmd
     .exitOverride((err) => {
       if (err.exitCode === 0) io.exit(0);
