@@ -586,6 +586,24 @@ describe('--timeout, unix: URLs and the environment', () => {
     assert.match(bad.stderr, /^error: EINVAL: option '--timeout <duration>' argument 'soon' is invalid\. a timeout is a duration/m);
   });
 
+  it('watch: an event stream that does not open within --timeout is reported as such', async () => {
+    const { createServer: createHttpServer } = await import('node:http');
+    // Answers the checks watch makes over HTTP, and never the WebSocket upgrade.
+    const mute = createHttpServer((req, res) => {
+      if (req.url?.startsWith('/v1/events/recent')) res.writeHead(200, { 'content-type': 'application/json' }).end('{"events":[]}');
+    });
+    mute.on('upgrade', () => {});
+    await new Promise<void>((r) => mute.listen(0, '127.0.0.1', () => r()));
+    const at = `http://127.0.0.1:${(mute.address() as { port: number }).port}`;
+    const t0 = Date.now();
+    const r = await spawnCli(['watch', '--url', at, '--token', ADMIN, '--timeout', '500ms']);
+    mute.closeAllConnections();
+    mute.close();
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /^error: ENODEV: the service at http:\/\/127\.0\.0\.1:\d+ is unreachable: the event stream did not open within 0\.5 s/m);
+    assert.ok(Date.now() - t0 < 10_000);
+  });
+
   it('unix:PATH reaches a service on a Unix socket (requests and the event stream); IOASID_URL and IOASID_TOKEN_FILE too', async () => {
     const dir = mkdtempSync(join(tmp, 'sock-'));
     const tokenFile = join(dir, 'admin.token');

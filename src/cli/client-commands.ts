@@ -769,6 +769,16 @@ export function watchCommand(io: CliIo = processIo()): Command {
               done(new IoasidError('ENODEV', `the connection to ${ctx.url} dropped (WebSocket code ${code}${reason ? `: ${reason}` : ''})`, { code }));
             },
           });
+          // The stream must open within the timeout too (a listener that never upgrades it).
+          const opening = setTimeout(() => {
+            if (opened || stopping) return;
+            done(new IoasidError('ENODEV', `the service at ${ctx.url} is unreachable: the event stream did not open within ${ctx.timeoutMs / 1000} s`, { url: ctx.url }));
+            offStop();
+            stopping = true;
+            stop();
+            track.socket?.terminate();
+          }, ctx.timeoutMs);
+          opening.unref();
           offStop = io.onStop(() => {
             stopping = true;
             stop();

@@ -44,9 +44,11 @@ class OneLinePerRequest extends LogController {
   override incomingRequest(): void {}
 
   override requestCompleted(error: Error | null | undefined, req: FastifyRequest, reply: FastifyReply): void {
+    const log = reply.log as FastifyReply['log'] & { isLevelEnabled?: (level: string) => boolean };
+    if (!error && log.isLevelEnabled?.('debug') !== true) return; // nothing to build at the default level
     const fields = { req, status: reply.statusCode, ms: +reply.elapsedTime.toFixed(3) };
-    if (error) reply.log.error({ ...fields, err: error }, 'request failed');
-    else reply.log.debug(fields, 'request completed');
+    if (error) log.error({ ...fields, err: error }, 'request failed');
+    else log.debug(fields, 'request completed');
   }
 }
 

@@ -199,9 +199,12 @@ export class PasidAuthority {
     return f === null ? { ready: true } : { ready: false, reason: `store ${this.store.spec} cannot commit: ${f.code}: ${f.message}` };
   }
 
-  /** Cluster mode: refuse a change of a VM another host serves (EREMOTE, naming it). */
-  async #serving(vm: string): Promise<void> {
-    if (this.cluster !== null) await this.cluster.ensureServes(vm);
+  /**
+   * Cluster mode: refuse a change of a VM another host serves (EREMOTE, naming it). Without a
+   * cluster, null: the caller awaits nothing (no extra turn on the hot path).
+   */
+  #serving(vm: string): Promise<void> | null {
+    return this.cluster !== null ? this.cluster.ensureServes(vm) : null;
   }
 
   // ------------------------------------------------------------------ events
@@ -288,7 +291,8 @@ export class PasidAuthority {
 
   /** Give a VM a new token; the old one stops working at once. Returns the new token (shown once). */
   async replaceToken(vmId: string): Promise<{ vm: string; token: string }> {
-    await this.#serving(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     const token = newToken();
     await this.host.vm(vmId).replaceCredential(hashToken(token));
     return { vm: vmId, token };
@@ -327,31 +331,36 @@ export class PasidAuthority {
 
   /** Destroy a VM: unbind everything, free every PASID, forget it (one commit). */
   async destroyVm(id: string): Promise<{ freed: number[]; bindings: number }> {
-    await this.#serving(id);
+    const serving = this.#serving(id);
+    if (serving !== null) await serving;
     const r = await this.host.destroyVm(id);
     return { freed: r.pasids, bindings: r.bindings.length };
   }
 
   async addViommu(vmId: string, spec: ViommuSpec): Promise<VmInfo> {
-    await this.#serving(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     await this.host.vm(vmId).addViommu(spec);
     return this.vmInfo(vmId);
   }
 
   async removeViommu(vmId: string, segment: number): Promise<VmInfo> {
-    await this.#serving(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     await this.host.vm(vmId).removeViommu(segment);
     return this.vmInfo(vmId);
   }
 
   async addDevice(vmId: string, spec: { bdf: string; pasidBits?: number }): Promise<VmInfo> {
-    await this.#serving(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     await this.host.vm(vmId).assignDevice(spec);
     return this.vmInfo(vmId);
   }
 
   async removeDevice(vmId: string, bdf: string): Promise<VmInfo> {
-    await this.#serving(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     await this.host.vm(vmId).removeDevice(bdf);
     return this.vmInfo(vmId);
   }
@@ -360,23 +369,27 @@ export class PasidAuthority {
 
   /** Allocate `count` PASIDs for a VM in [min, max]; all or nothing, one commit. */
   async allocPasids(vmId: string, opts: { min?: number; max?: number; count?: number } = {}): Promise<number[]> {
-    await this.#serving(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     return this.host.vm(vmId).allocPasids(opts);
   }
 
   /** Free a VM's PASID: EACCES if another VM's, ENOENT if unknown, EBUSY if bound. */
   async freePasid(vmId: string, pasid: number): Promise<void> {
-    await this.#serving(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     return this.host.vm(vmId).freePasid(pasid);
   }
 
   async bind(vmId: string, pasid: number, bdf: string): Promise<void> {
-    await this.#serving(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     await this.host.vm(vmId).bind(bdf, pasid);
   }
 
   async unbind(vmId: string, pasid: number, bdf: string): Promise<void> {
-    await this.#serving(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     await this.host.vm(vmId).unbind(bdf, pasid);
   }
 
@@ -470,7 +483,8 @@ export class PasidAuthority {
    */
   async mmio(vmId: string, segment: number, access: { op: 'read' | 'write'; offset: number; size: AccessSize; value?: bigint; writer?: VcmdWriter }): Promise<bigint | null> {
     const v = this.host.vm(vmId).viommu(segment);
-    await this.#serving(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     if (access.op === 'read') return v.device.read(access.offset, access.size);
     await v.device.writeDurable(access.offset, access.value ?? 0n, access.size, access.writer);
     return null;
