@@ -181,8 +181,6 @@ export async function runSession(commands: readonly Command[]): Promise<Outcome[
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   const closed = new Promise((r) => child.on('close', r));
-  await new Promise((r) => child.on('exit', r));
-  // The session is over; what it left running (a service in the background) holds its pipes.
   const group = (signal: NodeJS.Signals) => {
     try {
       process.kill(-(child.pid as number), signal);
@@ -190,10 +188,16 @@ export async function runSession(commands: readonly Command[]): Promise<Outcome[
       // the group is gone
     }
   };
+  // If this process ends first (a test timeout), the session's processes end with it.
+  const orphans = () => group('SIGKILL');
+  process.once('exit', orphans);
+  await new Promise((r) => child.on('exit', r));
+  // The session is over; what it left running (a service in the background) holds its pipes.
   group('SIGTERM');
   const late = setTimeout(() => group('SIGKILL'), 5000);
   await closed;
   clearTimeout(late);
+  process.off('exit', orphans);
   rmSync(dir, { recursive: true, force: true });
   const part = (s: string, i: number) => (s.split(`\n@@cmd ${i}\n`)[1] ?? '').split(/\n@@(cmd|status) /)[0] ?? '';
   return commands.map((_, i) => {

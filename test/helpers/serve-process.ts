@@ -31,12 +31,20 @@ export function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv 
   return { ...env, ...extra };
 }
 
+/** Children still running: a test that fails half way must not leave a service behind. */
+const live = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of live) c.kill('SIGKILL');
+});
+
 /** Run `ioasid ARGS...` in `cwd`; `as` runs it as another user (a test running as root drops its privileges). */
 export function runCli(args: readonly string[], opts: { cwd: string; env?: Record<string, string>; as?: { uid: number; gid: number } }): CliProcess {
   const child = spawn(process.execPath, ['--import', TSX, MAIN, ...args], {
     cwd: opts.cwd, env: cleanEnv(opts.env), stdio: ['ignore', 'pipe', 'pipe'],
     ...(opts.as !== undefined ? { uid: opts.as.uid, gid: opts.as.gid } : {}),
   });
+  live.add(child);
+  child.on('exit', () => live.delete(child));
   let out = '';
   let err = '';
   const waiters = new Set<() => void>();
