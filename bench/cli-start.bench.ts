@@ -38,7 +38,7 @@ function timed(cmd: string, args: readonly string[], cwd: string): Promise<numbe
 
 const p = await installPackage();
 writeFileSync(join(p.dir, 'admin.token'), `${ADMIN}\n`);
-const server = spawn(p.bin, ['serve', '--store', 'memory', '--port', '0', '--admin-token-file', join(p.dir, 'admin.token'), '--log-level', 'silent', '--host', '127.0.0.1'], { cwd: p.dir, stdio: ['ignore', 'ignore', 'pipe'] });
+const server = spawn(p.bin, ['serve', '--store', 'memory', '--port', '0', '--admin-token-file', join(p.dir, 'admin.token'), '--log-format', 'text', '--host', '127.0.0.1'], { cwd: p.dir, stdio: ['ignore', 'ignore', 'pipe'] });
 try {
   const url = await new Promise<string>((resolve, reject) => {
     let err = '';

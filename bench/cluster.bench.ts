@@ -3,7 +3,7 @@
  * the authority in cluster mode on one 3-member etcd cluster, beside a naive design measured in
  * the same run on the same cluster: the whole 2^20-bit bitmap in one etcd value, each allocation
  * a compare-and-swap of it (read the key, set the lowest clear bit, txn "mod revision unchanged"
- * then put, retry on conflict), as Kubernetes' service IP allocator did.
+ * then put, retry on conflict), as Kubernetes' service IP allocator did (its single-value bitmap once ran etcd out of space).
  *
  * Ours: N instances in this process, each a PasidAuthority over its own EtcdStore (own etcd
  * client) and EtcdClusterRole; each drives BENCH_CALLERS (32) concurrent callers, one per VM

@@ -1,5 +1,5 @@
 /**
- * ID engine benchmark (DESIGN 3.5, workload from spec/lessons-from-peers.md).
+ * ID engine benchmark (docs/core.md): the workload of the allocators it is compared with.
  *
  * Universe 2^20 (IDs [1, 0xFFFFF]). Fill with 1,000,000 allocations (ns/alloc); then 5,000,000
  * pairs "free a random live ID, allocate one" at 95 % and at 50 % occupancy (ns/pair). Engine

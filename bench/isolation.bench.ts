@@ -33,7 +33,8 @@ import { median, percentile, saveResult } from './util.ts';
 import type { AttackResult, AttackSpec } from './fixtures/isolation-attacker.ts';
 import type { ProbeResult, ProbeSpec } from './fixtures/isolation-probe.ts';
 
-const repo = fileURLToPath(new URL('..', import.meta.url));
+/** tsx's loader by its absolute URL: the children run in a temporary folder, not the checkout. */
+const TSX = import.meta.resolve('tsx');
 const fixture = (name: string) => fileURLToPath(new URL(`./fixtures/${name}`, import.meta.url));
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
@@ -57,8 +58,8 @@ process.on('exit', () => {
 process.on('SIGINT', () => process.exit(130));
 
 function child(script: string, args: string[] = [], stdio: 'ipc' | 'server' = 'ipc'): ChildProcess {
-  const c = spawn(process.execPath, ['--import', 'tsx', script, ...args], {
-    cwd: repo, stdio: stdio === 'ipc' ? ['ignore', 'inherit', 'inherit', 'ipc'] : ['ignore', 'ignore', 'pipe'],
+  const c = spawn(process.execPath, ['--import', TSX, script, ...args], {
+    cwd: dir, stdio: stdio === 'ipc' ? ['ignore', 'inherit', 'inherit', 'ipc'] : ['ignore', 'ignore', 'pipe'],
   });
   children.add(c);
   c.on('close', () => children.delete(c));
@@ -74,7 +75,7 @@ async function startServer(store: string): Promise<{ url: string; proc: ChildPro
     proc.stderr!.setEncoding('utf8');
     proc.stderr!.on('data', (c: string) => {
       stderr += c;
-      const m = /listening on (http:\/\/\S+?)[ ,)]/.exec(stderr);
+      const m = /listening on (http:\/\/[^\s,)]+)/.exec(stderr);
       if (m?.[1] !== undefined) resolve(m[1]);
     });
     void exited.then((code) => reject(new Error(`server exited (${code}): ${stderr}`)));

@@ -1,5 +1,5 @@
 /**
- * Store benchmark (DESIGN section 6): applies per second for single-mutation batches with N
+ * Store benchmark (docs/store.md): applies per second for single-mutation batches with N
  * concurrent callers. Each caller loops "insertPasid p; deletePasid p" on its own PASIDs (a VM
  * with a non-zero quota, so the quota count runs), awaiting each apply before the next, as the
  * service does per request. Backends: memory; SQLite with synchronous=FULL (the default) and

@@ -1,5 +1,5 @@
 /**
- * VCMD path benchmark (DESIGN 4, issue: vtd). One process, one host:
+ * VCMD path benchmark (docs/vtd.md). One process, one host:
  *  - VCMD path: a guest alloc+free pair through the whole stack: the guest's IoasidSpace (strict),
  *    the VT-d driver's custom allocator, MMIO writes and reads of a VcmdDevice (layout B), its
  *    synchronous backend, and the host's IoasidSpace (allocSync / freeSync in the VM's set);

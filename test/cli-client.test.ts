@@ -8,7 +8,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -318,15 +318,15 @@ describe('errors and token sources', () => {
     assert.deepEqual((await admin().listVms()).map((v) => v.id), ['vm1', 'vm2'], 'nothing was created');
   });
 
-  it('the service refusing a request (quota, range) is exit 1 with its errno code', async () => {
+  it('the service refusing a request (quota, a taken range) is exit 1 with its errno code', async () => {
     const [quota, range] = await Promise.all([
       cli(['pasid', 'alloc', 'vm1', '--count', '10', ...conn]),
-      cli(['pasid', 'alloc', 'vm1', '--min', '10', '--max', '5', ...conn]),
+      cli(['pasid', 'alloc', 'vm1', '--min', '1', '--max', '1', ...conn]),
     ]);
     assert.equal(quota.code, 1);
     assert.match(quota.stderr, /^error: EDQUOT: /);
     assert.equal(range.code, 1);
-    assert.match(range.stderr, /^error: EINVAL: /);
+    assert.match(range.stderr, /^error: ENOSPC: /);
   });
 
   it('IOASID_URL and IOASID_TOKEN, and ./var/admin.token as the last resort', async () => {
@@ -467,5 +467,295 @@ describe('client commands in process: colour and output helpers', () => {
     assert.equal(describeEvent({ type: 'alloc', vm: 'vm1', pasids: [1, 2, 3, 7], seq: 2, at: 0 }), '4 PASIDs (1-3, 7) allocated to VM vm1');
     assert.equal(describeEvent({ type: 'alloc', vm: 'vm1', pasids: [5, 7, 6], seq: 2, at: 0 }), '3 PASIDs (5-7) allocated to VM vm1');
     assert.equal(describeEvent({ type: 'mystery', x: 1, seq: 1, at: 0 } as never), 'mystery {"x":1}');
+  });
+});
+
+describe('exit codes and messages', () => {
+  it('an unknown command or option, and no command at all, are usage errors: exit 2 with error: EINVAL', async () => {
+    const [unknown, bogus, bare, steps] = await Promise.all([
+      spawnCli(['frobnicate']),
+      spawnCli(['--bogus']),
+      spawnCli([]),
+      spawnCli(['simulate', '--random', '--steps', 'abc']),
+    ]);
+    for (const r of [unknown, bogus, bare, steps]) assert.equal(r.code, 2, r.stderr);
+    assert.match(unknown.stderr, /^error: EINVAL: unknown command 'frobnicate' \(hint: see ioasid --help\)$/m);
+    assert.match(bogus.stderr, /^error: EINVAL: unknown option '--bogus' \(hint: see ioasid --help\)$/m);
+    assert.match(bare.stderr, /^Usage: ioasid /m, 'the help, on stderr');
+    assert.match(bare.stderr, /^error: EINVAL: ioasid needs a command \(listed above\)$/m);
+    assert.equal(bare.stdout, '');
+    assert.match(steps.stderr, /^error: EINVAL: option '--steps <n>' argument 'abc' is invalid\. --steps must be an integer >= 0, got "abc"/m);
+  });
+
+  it('arguments are checked against the contract\'s limits first: exit 2, said in words, nothing sent', async () => {
+    const before = server.authority.lastSeq;
+    const cases = await Promise.all([
+      cli(['pasid', 'free', 'vm1', '0x100000', ...conn]),
+      cli(['pasid', 'bind', 'vm1', '1', '00:02.0', ...conn]),
+      cli(['pasid', 'alloc', 'vm1', '--count', '0', ...conn]),
+      cli(['pasid', 'alloc', 'vm1', '--count', '1025', ...conn]),
+      cli(['pasid', 'alloc', 'vm1', '--min', '0x20', '--max', '0x10', ...conn]),
+      cli(['vm', 'create', 'bad id', ...conn]),
+      cli(['vm', 'create', 'x', '--quota', '0x100000', ...conn]),
+      cli(['vm', 'create', 'x', '--device', '0000:00:02.0:21', ...conn]),
+      cli(['vm', 'create', 'x', '--viommu', '0x10000', ...conn]),
+    ]);
+    for (const r of cases) {
+      assert.equal(r.code, 2, r.stderr);
+      assert.doesNotMatch(r.stderr, /pattern|params\/|body\//, 'no schema jargon');
+    }
+    const [free, bind, zero, many, range, id, quota, bits, segment] = cases.map((r) => r.stderr);
+    assert.match(free!, /^error: EINVAL: .*a PASID must be in \[1 \(0x1\), 1048575 \(0xfffff\)\], got "0x100000" \(0x100000\): a PASID is 20 bits, and 0 means no PASID/);
+    assert.match(bind!, /a device is a PCI address segment:bus:device\.function in hex, e\.g\. 0000:00:02\.0 .*got "00:02\.0" \(give the segment too: 0000:00:02\.0\)/);
+    assert.match(zero!, /--count must be in \[1, 1024\], got "0"/);
+    assert.match(many!, /--count must be in \[1, 1024\], got "1025"/);
+    assert.match(range!, /^error: EINVAL: --min 32 \(0x20\) is above --max 16 \(0x10\)$/m);
+    assert.match(id!, /a VM id is 1-63 letters, digits, "\.", "_" or "-", starting with a letter or digit, got "bad id"/);
+    assert.match(quota!, /--quota must be in \[0, 1048575\]/);
+    assert.match(bits!, /the PASID width \(BITS\) must be in \[1, 20\]/);
+    assert.match(segment!, /a segment must be in \[0, 65535\]/);
+    assert.equal(server.authority.lastSeq, before, 'nothing reached the service');
+  });
+
+  it('the limits are the service\'s: what the CLI accepts the service accepts, and one more it refuses', async () => {
+    await admin().createVm({ id: 'limits', quota: 0 });
+    const ok = await cli(['pasid', 'alloc', 'limits', '--count', '1024', '--json', ...conn]);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(JSON.parse(ok.stdout).pasids.length, 1024);
+    await assert.rejects(admin().allocPasids('limits', { count: 1025 }), (e: unknown) => (e as { code?: string }).code === 'EINVAL');
+    await admin().destroyVm('limits');
+  });
+
+  it('a quota refusal speaks of the VM\'s PASIDs, with the numbers', async () => {
+    await admin().createVm({ id: 'q', quota: 4 });
+    await admin().allocPasids('q', { count: 2 });
+    const r = await cli(['pasid', 'alloc', 'q', '--count', '5', ...conn]);
+    assert.equal(r.code, 1);
+    assert.equal(r.stderr, 'error: EDQUOT: VM q holds 2 PASIDs of its quota of 4: 5 more would exceed it (2 left)\n');
+    await admin().allocPasids('q', { count: 2 });
+    const full = await cli(['pasid', 'alloc', 'q', ...conn]);
+    assert.equal(full.stderr, 'error: EDQUOT: VM q holds 4 PASIDs of its quota of 4: 1 more would exceed it (0 left)\n');
+    await admin().destroyVm('q');
+  });
+
+  it('the service\'s own schema refusals are rephrased in the command line\'s words', async () => {
+    const { humanMessage } = await import('../src/cli/client-commands.ts');
+    const { IoasidError } = await import('../src/client/index.ts');
+    const refusal = async (p: Promise<unknown>) => {
+      try {
+        await p;
+      } catch (e) {
+        if (e instanceof IoasidError) return e;
+        throw e;
+      }
+      throw new Error('the service accepted it');
+    };
+    const a = admin();
+    const bdf = await refusal(a.bind('vm1', 1, '00:02.0'));
+    assert.match(bdf.message, /pattern/, 'the service says it in schema terms');
+    assert.equal(humanMessage(bdf), 'a device is a PCI address segment:bus:device.function in hex, e.g. 0000:00:02.0 (device 00-1f, function 0-7)');
+    assert.equal(humanMessage(await refusal(a.allocPasids('vm1', { count: 0 }))), '--count must be at least 1');
+    assert.equal(humanMessage(await refusal(a.freePasid('vm1', 0x100000))), 'the PASID must be at most 1048575 (0xfffff)');
+    assert.equal(humanMessage(await refusal(a.createVm({ id: 'bad id' }))), 'a VM id is 1-63 letters, digits, ".", "_" or "-", starting with a letter or digit');
+    assert.equal(humanMessage(await refusal(a.call('createVm', { body: { id: 'x', colour: 'red' } as never }))), 'the request has a field the service does not know');
+  });
+});
+
+describe('--timeout, unix: URLs and the environment', () => {
+  it('a service that never answers: --timeout, IOASID_TIMEOUT, and 10 s by default', async () => {
+    const hung = createServer(() => {}); // accepts, never answers
+    await new Promise<void>((r) => hung.listen(0, '127.0.0.1', () => r()));
+    const dead = `http://127.0.0.1:${(hung.address() as { port: number }).port}`;
+    const timed = async (args: string[], env: Record<string, string> = {}) => {
+      const t0 = Date.now();
+      const r = await spawnCli(args, { env });
+      return { ...r, seconds: (Date.now() - t0) / 1000 };
+    };
+    const [flag, env, byDefault, bad] = await Promise.all([
+      timed(['vm', 'list', '--url', dead, '--token', ADMIN, '--timeout', '300ms']),
+      timed(['status', '--url', dead, '--token', ADMIN], { IOASID_TIMEOUT: '0.5' }),
+      timed(['pasid', 'list', 'vm1', '--url', dead, '--token', ADMIN]),
+      timed(['vm', 'list', '--url', dead, '--timeout', 'soon']),
+    ]);
+    hung.close();
+    assert.equal(flag.code, 1);
+    assert.match(flag.stderr, new RegExp(`^error: ENODEV: the service at ${dead.replace(/[.]/g, '\\.')} is unreachable: no answer within 0\\.3 s`, 'm'));
+    assert.equal(env.code, 1);
+    assert.match(env.stderr, /no answer within 0\.5 s/);
+    assert.equal(byDefault.code, 1);
+    assert.match(byDefault.stderr, /no answer within 10 s/);
+    assert.ok(byDefault.seconds >= 9.5 && byDefault.seconds < 30, `gave up after ${byDefault.seconds} s`);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /^error: EINVAL: option '--timeout <duration>' argument 'soon' is invalid\. a timeout is a duration/m);
+  });
+
+  it('watch: an event stream that does not open within --timeout is reported as such', async () => {
+    const { createServer: createHttpServer } = await import('node:http');
+    // Answers the checks watch makes over HTTP, and never the WebSocket upgrade.
+    const mute = createHttpServer((req, res) => {
+      if (req.url?.startsWith('/v1/events/recent')) res.writeHead(200, { 'content-type': 'application/json' }).end('{"events":[]}');
+    });
+    mute.on('upgrade', () => {});
+    await new Promise<void>((r) => mute.listen(0, '127.0.0.1', () => r()));
+    const at = `http://127.0.0.1:${(mute.address() as { port: number }).port}`;
+    const t0 = Date.now();
+    const r = await spawnCli(['watch', '--url', at, '--token', ADMIN, '--timeout', '500ms']);
+    mute.closeAllConnections();
+    mute.close();
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /^error: ENODEV: the service at http:\/\/127\.0\.0\.1:\d+ is unreachable: the event stream did not open within 0\.5 s/m);
+    assert.ok(Date.now() - t0 < 10_000);
+  });
+
+  it('unix:PATH reaches a service on a Unix socket (requests and the event stream); IOASID_URL and IOASID_TOKEN_FILE too', async () => {
+    const dir = mkdtempSync(join(tmp, 'sock-'));
+    const tokenFile = join(dir, 'admin.token');
+    writeFileSync(tokenFile, `${ADMIN}\n`);
+    const s = await startServer({ store: 'memory', socket: join(dir, 'ioasid.sock'), adminTokenFile: tokenFile, stateDir: dir, logLevel: 'silent', say: () => {} });
+    try {
+      const created = await spawnCli(['vm', 'create', 'onsock', '--json', '--url', `unix:${join(dir, 'ioasid.sock')}`, '--token', ADMIN]);
+      assert.equal(created.code, 0, created.stderr);
+      const viaEnv = await spawnCli(['vm', 'list', '--json'], { cwd: dir, env: { IOASID_URL: 'unix:ioasid.sock', IOASID_TOKEN_FILE: 'admin.token' } });
+      assert.equal(viaEnv.code, 0, viaEnv.stderr);
+      assert.deepEqual(JSON.parse(viaEnv.stdout).vms.map((v: { id: string }) => v.id), ['onsock']);
+      const w = spawn(process.execPath, ['--import', TSX, MAIN, 'watch', '--json', '--url', `unix:${join(dir, 'ioasid.sock')}`, '--token', ADMIN], { cwd: tmp, env: childEnv() });
+      let out = '';
+      let err = '';
+      w.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      w.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      for (let i = 0; i < 150 && !err.includes('watching'); i++) await new Promise((r) => setTimeout(r, 100));
+      assert.match(err, /watching all events at unix:/);
+      await s.authority.allocPasids('onsock');
+      for (let i = 0; i < 100 && !out.includes('"alloc"'); i++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(JSON.parse(out.trim().split('\n')[0] ?? '{}').type, 'alloc');
+      w.kill('SIGINT');
+      await new Promise((r) => w.on('close', r));
+      const missing = await cli(['vm', 'list', '--url', `unix:${join(dir, 'nope.sock')}`, '--token', ADMIN]);
+      assert.equal(missing.code, 1);
+      assert.match(missing.stderr, /^error: ENODEV: the service at unix:\S+nope\.sock is unreachable: no such socket/);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
+describe('commands for the rest of the API', () => {
+  it('vm add-viommu, add-device, remove-device, remove-viommu', async () => {
+    await admin().createVm({ id: 'plug', viommus: [{ segment: 0 }] });
+    const steps = [
+      await cli(['vm', 'add-viommu', 'plug', '1:A', ...conn]),
+      await cli(['vm', 'add-device', 'plug', '0001:00:03.0:10', ...conn]),
+    ];
+    for (const r of steps) assert.equal(r.code, 0, r.stderr);
+    assert.match(steps[0]!.stdout, /^added a vIOMMU on segment 1 to VM plug$/m);
+    assert.match(steps[1]!.stdout, /0001:00:03\.0 \(segment 1, 10 PASID bits\)/);
+    const busy = await cli(['vm', 'remove-viommu', 'plug', '1', ...conn]);
+    assert.equal(busy.code, 1, 'a device sits behind it');
+    assert.match(busy.stderr, /^error: EBUSY: /);
+    assert.equal((await cli(['vm', 'remove-device', 'plug', '0001:00:03.0', ...conn])).code, 0);
+    const removed = await cli(['vm', 'remove-viommu', 'plug', '1', '--json', ...conn]);
+    assert.equal(removed.code, 0, removed.stderr);
+    assert.deepEqual(JSON.parse(removed.stdout).viommus.map((v: { segment: number }) => v.segment), [0]);
+    await admin().destroyVm('plug');
+  });
+
+  it('vm rotate-token prints the new token once; the old one is refused at once', async () => {
+    const { token } = await admin().createVm({ id: 'rot' });
+    const r = await cli(['vm', 'rotate-token', 'rot', ...conn]);
+    assert.equal(r.code, 0, r.stderr);
+    const fresh = /^token\s+(\S+)$/m.exec(r.stdout)?.[1];
+    assert.ok(fresh, r.stdout);
+    assert.match(r.stdout, /shown once/);
+    const old = await cli(['pasid', 'list', 'rot', '--url', url, '--token', token]);
+    assert.equal(old.code, 1);
+    assert.match(old.stderr, /^error: EPERM: /);
+    assert.equal((await cli(['pasid', 'list', 'rot', '--url', url, '--token', fresh])).code, 0);
+    await admin().destroyVm('rot');
+  });
+
+  it('vm migrate and cluster status/reclaim on a service without cluster mode: EOPNOTSUPP, exit 1', async () => {
+    const rs = await Promise.all([
+      cli(['vm', 'migrate', 'vm1', '--to', 'hostB', ...conn]),
+      cli(['cluster', 'status', ...conn]),
+      cli(['cluster', 'reclaim', 'hostB', ...conn]),
+    ]);
+    for (const r of rs) {
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /^error: EOPNOTSUPP: not a cluster/);
+    }
+    const usage = await cli(['vm', 'migrate', 'vm1', ...conn]);
+    assert.equal(usage.code, 2, 'migrate needs --to');
+  });
+
+  it('against a cluster: status, migrate, reclaim; a VM another host serves names where to send it', async () => {
+    const { fakeCluster } = await import('./helpers/fake-cluster.ts');
+    const { MemoryStore } = await import('../src/store/index.ts');
+    const { PasidAuthority, buildApp, hashToken } = await import('../src/service/index.ts');
+    const store = new MemoryStore();
+    const c = fakeCluster(store);
+    const authority = await PasidAuthority.open({ store, cluster: c.role });
+    await authority.setAdminTokenHash(hashToken(ADMIN));
+    const app = await buildApp({ authority });
+    const at = await app.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const on = ['--url', at, '--token', ADMIN];
+      const status = await cli(['cluster', 'status', ...on]);
+      assert.equal(status.code, 0, status.stderr);
+      assert.match(status.stdout, /^domain\s+rack7 \(this host: hostA, etcd revision 42\)$/m);
+      assert.match(status.stdout, /^\s+hostB\s+no\s+1\s+1\s+http:\/\/10\.0\.0\.2:7070$/m);
+      await authority.createVm({ id: 'mover' });
+      await authority.allocPasids('mover', { count: 2 });
+      const moved = await cli(['vm', 'migrate', 'mover', '--to', 'hostB', ...on]);
+      assert.equal(moved.code, 0, moved.stderr);
+      assert.match(moved.stdout, /^migrated VM mover from hostA to hostB with 2 PASIDs \(1-2\) and 0 bindings \(etcd revision 44\)$/m);
+      const reclaimed = await cli(['cluster', 'reclaim', 'hostB', '--force', '--json', ...on]);
+      assert.equal(JSON.parse(reclaimed.stdout).pasids, 2);
+      c.moveAway('mover');
+      const elsewhere = await cli(['pasid', 'alloc', 'mover', ...on]);
+      assert.equal(elsewhere.code, 1);
+      assert.equal(elsewhere.stderr, 'error: EREMOTE: VM mover runs on host hostB (send it to http://10.0.0.2:7070: --url http://10.0.0.2:7070)\n');
+    } finally {
+      await app.close();
+    }
+  });
+});
+
+describe('shell completion', () => {
+  it('bash: commands, subcommands, options and option values, from the command tree', async () => {
+    const script = await spawnCli(['completion', 'bash']);
+    assert.equal(script.code, 0, script.stderr);
+    const file = join(tmp, 'ioasid.bash');
+    writeFileSync(file, script.stdout);
+    const complete = (...words: string[]) => {
+      const r = spawnSync('bash', ['-c', `source ${file}; COMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _ioasid; printf '%s\\n' "\${COMPREPLY[@]}"`], { encoding: 'utf8', cwd: tmp });
+      assert.equal(r.status, 0, r.stderr);
+      return r.stdout.split('\n').filter((l) => l !== '');
+    };
+    assert.deepEqual(complete('ioasid', 'pa'), ['pasid']);
+    assert.deepEqual(complete('ioasid', 'c'), ['cluster', 'completion']);
+    assert.deepEqual(complete('ioasid', 'vm', 'r'), ['remove-viommu', 'remove-device', 'rotate-token']);
+    assert.ok(complete('ioasid', 'pasid', 'alloc', 'vm1', '--').includes('--timeout'));
+    assert.deepEqual(complete('ioasid', 'serve', '--sync', ''), ['full', 'normal']);
+    assert.deepEqual(complete('ioasid', 'serve', '--log-format', ''), ['json', 'text']);
+    assert.ok(complete('ioasid', 'simulate', 'ioasid.b').includes('ioasid.bash'), 'a file where a file is wanted');
+  });
+
+  it('zsh: the same candidates, described (zsh missing: skipped)', async (t) => {
+    if (spawnSync('zsh', ['--version']).status !== 0) return t.skip('zsh is not installed');
+    const script = await spawnCli(['completion', 'zsh']);
+    assert.equal(script.code, 0, script.stderr);
+    const file = join(tmp, '_ioasid');
+    writeFileSync(file, script.stdout);
+    assert.match(script.stdout, /^#compdef ioasid$/m);
+    // The completion system's own functions are stubbed: what _ioasid hands them is what zsh offers.
+    const complete = (...words: string[]) => {
+      const r = spawnSync('zsh', ['-f', '-c', `source ${file}; _describe() { shift 3; print -rl -- \${(P)1} }; _files() { print -r -- FILES }; words=(${words.map((w) => `'${w}'`).join(' ')}); CURRENT=${words.length}; _ioasid`], { encoding: 'utf8', cwd: tmp });
+      assert.equal(r.status, 0, r.stderr);
+      return r.stdout.split('\n').filter((l) => l !== '');
+    };
+    assert.ok(complete('ioasid', '').includes('pasid:allocate, free, list and inspect PASIDs (the VM\'s token or admin)'));
+    assert.deepEqual(complete('ioasid', 'serve', '--sync', ''), ['full:', 'normal:']);
+    assert.deepEqual(complete('ioasid', 'simulate', 'x'), ['FILES']);
+    assert.ok(complete('ioasid', 'vm', 'create', 'v', '--').some((l) => l.startsWith('--device:')));
   });
 });

@@ -187,6 +187,8 @@ describe('cluster: the journal of a domain', { skip: ETCD_SKIP ?? false }, () =>
     assert.equal((await mmio(a, { op: 'write', offset: 0xe00, size: 8, value: '0x1' })).status, 200);
     const done = await vcrsp(a);
     assert.equal(done & 1n, 0n, 'complete');
+    // Every host has applied the Allocate before the recording starts, so only the migration is seen.
+    await settleAll([a, b]);
     const seenA = record(a);
     const seenB = record(b);
     const m = await a.call('POST', '/v1/vms/rv/migrate', { to: 'r2' });

@@ -5,7 +5,7 @@
  *  - it restores its state from etcd: its VMs, their PASIDs (every acknowledged one, for its VM),
  *    bindings, and the VMs' tokens; it serves them again at once;
  *  - host B never stopped serving its own VMs, and agrees with A on every PASID's owner;
- *  - while A was dead its VMs were not served by anyone (B answered ENODEV naming A), and
+ *  - while A was dead its VMs were not served by anyone (B answered 421 EREMOTE naming A), and
  *    nothing of A's was freed;
  *  - a VM migrates from the restarted A to B and back, keeping its PASIDs;
  *  - SIGTERM exits 0 and removes only the host key (B sees A as not alive; A's VMs stay).
@@ -19,7 +19,6 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EtcdCluster, ETCD_SKIP } from './helpers/etcd-cluster.ts';
 
-const repo = fileURLToPath(new URL('..', import.meta.url));
 const serverScript = fileURLToPath(new URL('./fixtures/cluster-server.ts', import.meta.url));
 const ADMIN = 'restart-admin-token-0123456789abcdef';
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -47,8 +46,8 @@ interface Server {
 
 function startServer(hostId: string): Promise<Server> {
   const c = etcd as EtcdCluster;
-  const child = spawn(process.execPath, ['--import', 'tsx', serverScript, '--store', c.spec, '--host-id', hostId, '--domain', 'rs', '--port', '0', '--admin-token-file', join(dir, 'admin.token')], {
-    cwd: repo, stdio: ['ignore', 'ignore', 'pipe'],
+  const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), serverScript, '--store', c.spec, '--host-id', hostId, '--domain', 'rs', '--port', '0', '--admin-token-file', join(dir, 'admin.token')], {
+    cwd: dir, stdio: ['ignore', 'ignore', 'pipe'],
   });
   children.add(child);
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => {
@@ -128,7 +127,8 @@ it('an instance killed under load restores its state from etcd when it restarts'
   // While A is dead: B serves its own VM, refuses A's (naming A), and A's PASIDs stay.
   await sleep(300);
   const refused = await call(b, 'POST', '/v1/vms/va/pasids', {}, tokens.get('va'));
-  assert.equal(refused.status, 503);
+  assert.equal(refused.status, 421);
+  assert.equal(refused.body.code, 'EREMOTE');
   assert.equal(refused.body.details.host, 'ha');
   const bNs = await call(b, 'GET', '/v1/vms/va/pasids', undefined, tokens.get('va'));
   for (const p of acked.get('va') as Set<number>) assert.ok((bNs.body.pasids as number[]).includes(p), `acknowledged PASID ${p} of va still held while ha is dead`);
@@ -158,7 +158,7 @@ it('an instance killed under load restores its state from etcd when it restarts'
   const before = (await call(a, 'GET', '/v1/vms/va/pasids', undefined, tokens.get('va'))).body.pasids as number[];
   const m1 = await call(a, 'POST', '/v1/vms/va/migrate', { to: 'hb' });
   assert.equal(m1.status, 200, JSON.stringify(m1.body));
-  assert.equal((await call(a, 'POST', '/v1/vms/va/pasids', {}, tokens.get('va'))).status, 503);
+  assert.equal((await call(a, 'POST', '/v1/vms/va/pasids', {}, tokens.get('va'))).status, 421);
   const onB = await call(b, 'POST', '/v1/vms/va/pasids', {}, tokens.get('va'));
   assert.equal(onB.status, 201, 'B serves the VM right after the migration');
   const m2 = await call(b, 'POST', '/v1/vms/va/migrate', { to: 'ha' });

@@ -1,7 +1,7 @@
 /**
  * The etcd store as one host of a domain (what the conformance suite, with one host, cannot show),
  * on a real 3-member etcd cluster:
- *  - only the host serving a VM may change its rows (ENODEV naming that host), whatever the
+ *  - only the host serving a VM may change its rows (EREMOTE naming that host), whatever the
  *    integrity rules say, and a second incarnation of a host id fences the first;
  *  - another host's store sees the same rows and gets each change's journal part with the same
  *    event numbers;
@@ -47,7 +47,7 @@ describe('the etcd store: one host of a domain', { skip: ETCD_SKIP ?? false }, (
     await etcd?.stop();
   });
 
-  it("only the VM's host changes its rows (ENODEV naming it); another host sees them, with the same event numbers", async () => {
+  it("only the VM's host changes its rows (EREMOTE naming it); another host sees them, with the same event numbers", async () => {
     const { s: a } = await open('sa', 'serve');
     const { s: b } = await open('sb', 'serve');
     const parts: CommittedPart[] = [];
@@ -60,10 +60,10 @@ describe('the etcd store: one host of a domain', { skip: ETCD_SKIP ?? false }, (
     assert.deepEqual(parts[0]!.credentials, [{ vm: 'v1', tokenHash: hash('v1') }], 'the new VM\'s token hash travels with it');
     // b may not change a's VM, even where the integrity rules would allow it.
     for (const batch of [[pasid(6, 'v1')], [{ op: 'deletePasid', pasid: 5, vm: 'v1' }], [{ op: 'setTokenHash', vm: 'v1', tokenHash: hash('other') }], [{ op: 'setRegisters', vm: 'v1', segment: 0, registers: '{}' }]] as Mutation[][]) {
-      await assert.rejects(b.apply(batch), (e) => code('ENODEV')(e) && (e as IoasidError).details['host'] === 'sa' && /runs on host sa/.test((e as IoasidError).message), JSON.stringify(batch));
+      await assert.rejects(b.apply(batch), (e) => code('EREMOTE')(e) && (e as IoasidError).details['host'] === 'sa' && /runs on host sa/.test((e as IoasidError).message), JSON.stringify(batch));
     }
     // Nor create a VM id or a token hash the domain has (create-if-absent, checked by etcd too).
-    await assert.rejects(b.apply([vm('v1')]), code('ENODEV'));
+    await assert.rejects(b.apply([vm('v1')]), code('EREMOTE'));
     await assert.rejects(b.apply([{ op: 'putVm', row: { id: 'v2', quota: 0, tokenHash: hash('v1'), createdAt: T } }]), code('EEXIST'));
     // A second incarnation of sa fences the first: nothing the first sends commits.
     const { s: a2, state } = await open('sa', 'serve');

@@ -3,8 +3,8 @@
  * run in process (each a PasidAuthority with its own etcd client, driven through fastify inject):
  *  - two, then three instances allocate concurrently (narrow ranges included, so blocks run out
  *    and hosts borrow): no PASID is ever acknowledged to two VMs, and afterwards every instance,
- *    etcd, and the host model's invariants (checkInvariants) agree;
- *  - a VM is served by its host only (others: 503 ENODEV naming it), reads work anywhere, the
+ *    etcd, and the system's invariants (docs/scenarios.md) agree;
+ *  - a VM is served by its host only (others: 421 EREMOTE naming it and its URL), reads work anywhere, the
  *    namespace listing is the whole domain, VM ids are unique across the domain;
  *  - VMs migrate back and forth under load, following their host: every guest keeps its PASIDs
  *    and bindings, exactly as acknowledged;
@@ -160,10 +160,11 @@ describe('cluster: one namespace across hosts on a 3-member etcd cluster', { ski
     assert.ok(new Set(low.map(([, vm]) => (vm as string).split('-')[0])).size >= 2, 'several hosts allocated in [1, 255]');
   });
 
-  it('a VM is served by its host only: others answer 503 ENODEV naming it, reads work anywhere, the namespace is the whole domain', async () => {
+  it('a VM is served by its host only: others answer 421 EREMOTE naming it, reads work anywhere, the namespace is the whole domain', async () => {
     const d = 'serve';
     const a = await start('ha', d);
     const b = await start('hb', d);
+    await a.store.advertise('http://ha.example:7070');
     const r = await a.call('POST', '/v1/vms', { id: 'vmx', viommus: [{ segment: 0 }], devices: [{ bdf: '0000:00:02.0' }] });
     assert.equal(r.status, 201);
     const tok = r.body.token as string;
@@ -178,12 +179,13 @@ describe('cluster: one namespace across hosts on a 3-member etcd cluster', { ski
       ['POST', '/v1/vms/vmx/migrate', { to: 'ha' }],
     ] as const) {
       const x = await b.call(method, url, body, method === 'POST' && url.endsWith('migrate') ? undefined : tok);
-      assert.equal(x.status, 503, `${method} ${url}: ${JSON.stringify(x.body)}`);
-      assert.equal(x.body.code, 'ENODEV');
+      assert.equal(x.status, 421, `${method} ${url}: ${JSON.stringify(x.body)}`);
+      assert.equal(x.body.code, 'EREMOTE');
       assert.equal(x.body.details.host, 'ha');
+      assert.equal(x.body.details.url, 'http://ha.example:7070', 'the owner\'s advertised URL');
       assert.match(x.body.message, /runs on host ha/);
     }
-    assert.equal((await b.call('DELETE', '/v1/vms/vmx')).status, 503);
+    assert.equal((await b.call('DELETE', '/v1/vms/vmx')).status, 421);
     // Reads: the VM, its PASIDs, the namespace (the whole domain) on every host.
     assert.deepEqual((await b.call('GET', '/v1/vms/vmx/pasids', undefined, tok)).body.pasids, p);
     assert.equal((await b.call('GET', '/v1/vms/vmx', undefined, tok)).body.host, 'ha');
@@ -230,10 +232,10 @@ describe('cluster: one namespace across hosts on a 3-member etcd cluster', { ski
     const p1 = await vcmdAlloc(a);
     assert.equal((await readPasidKeys(a.store)).get(p1), 'gvm', 'the PASID is in etcd before the guest sees it');
     // b refuses the VM's registers; after the migration it serves them, and a refuses.
-    assert.equal((await b.call('POST', '/v1/vms/gvm/viommus/0/mmio', { op: 'read', offset: 0xe10, size: 8 }, tok)).status, 503);
+    assert.equal((await b.call('POST', '/v1/vms/gvm/viommus/0/mmio', { op: 'read', offset: 0xe10, size: 8 }, tok)).status, 421);
     assert.equal((await a.call('POST', '/v1/vms/gvm/migrate', { to: 'vb' })).status, 200);
     await settleAll([a, b]);
-    assert.equal((await a.call('POST', '/v1/vms/gvm/viommus/0/mmio', { op: 'read', offset: 0xe10, size: 8 }, tok)).status, 503);
+    assert.equal((await a.call('POST', '/v1/vms/gvm/viommus/0/mmio', { op: 'read', offset: 0xe10, size: 8 }, tok)).status, 421);
     const p2 = await vcmdAlloc(b);
     assert.notEqual(p2, p1);
     await settleAll([a, b]);
@@ -274,12 +276,12 @@ describe('cluster: one namespace across hosts on a 3-member etcd cluster', { ski
     const problems: string[] = [];
     let redirects = 0;
     let acks = 0;
-    /** Call the VM's host; on 503 ENODEV naming another host, follow it (a bounded number of times). */
+    /** Call the VM's host; on 421 EREMOTE naming another host, follow it (a bounded number of times). */
     const onHost = async (vm: string, method: 'POST' | 'DELETE', url: string, body?: unknown) => {
       for (let n = 0; n < 6; n++) {
         const i = where.get(vm) as Instance;
         const r = await i.call(method, url, body, tokens.get(vm));
-        if (r.status === 503 && r.body.code === 'ENODEV' && typeof r.body.details?.host === 'string' && byId.has(r.body.details.host)) {
+        if (r.status === 421 && r.body.code === 'EREMOTE' && typeof r.body.details?.host === 'string' && byId.has(r.body.details.host)) {
           redirects++;
           where.set(vm, byId.get(r.body.details.host) as Instance);
           continue;
@@ -330,7 +332,7 @@ describe('cluster: one namespace across hosts on a 3-member etcd cluster', { ski
         if (r.status === 200) {
           migrations.push(`${vm}:${from.id}->${to.id}`);
           where.set(vm, to);
-        } else if (!(r.status === 503 && r.body.code === 'ENODEV')) problems.push(`migrate ${vm}: ${r.status} ${JSON.stringify(r.body)}`);
+        } else if (!(r.status === 421 && r.body.code === 'EREMOTE')) problems.push(`migrate ${vm}: ${r.status} ${JSON.stringify(r.body)}`);
         await sleep(150);
       }
     };

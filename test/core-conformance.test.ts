@@ -1,6 +1,7 @@
 /**
- * Conformance of the IOASID framework to spec section 7, edge cases 1-36 (and 70-76 as far as the
- * strict profile adopts them). Each test names its edge case and pins the profiles it runs in.
+ * Conformance of the IOASID framework to the numbered behaviours 1-36 of docs/behaviours.md (and
+ * 70-76 as far as the strict profile adopts them). Each test names its behaviour and pins the
+ * profiles it runs in.
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -49,16 +50,16 @@ async function free(s: IoasidSpace, id: number): Promise<void> {
   else await s.free(id);
 }
 
-describe('core allocator (edge cases 1-17)', () => {
+describe('core allocator (behaviours 1-17)', () => {
   for (const p of ALL) {
     describe(p, () => {
-      it('edge 1: min > max fails and records nothing', async () => {
+      it('behaviour 1: min > max fails and records nothing', async () => {
         const { s } = space(p);
         await assert.rejects(s.alloc(null, 10, 5), rejectsCode('EINVAL'));
         assert.equal(s.size, 0);
       });
 
-      it('edge 2: the default allocator returns the lowest free ID in the inclusive range', async () => {
+      it('behaviour 2: the default allocator returns the lowest free ID in the inclusive range', async () => {
         const { s } = space(p);
         assert.equal(await s.alloc(null, 5, 9), 5);
         assert.equal(await s.alloc(null, 5, 9), 6);
@@ -66,14 +67,14 @@ describe('core allocator (edge cases 1-17)', () => {
         assert.equal(await s.alloc(null, 9, 9), 9);
       });
 
-      it('edge 3: min == max returns that ID when free and fails when taken', async () => {
+      it('behaviour 3: min == max returns that ID when free and fails when taken', async () => {
         const { s } = space(p);
         assert.equal(await s.alloc(null, 42, 42), 42);
         await assert.rejects(s.alloc(null, 42, 42), rejectsCode('ENOSPC'));
         assert.equal(s.size, 1);
       });
 
-      it('edge 4: a full range fails and leaves state unchanged', async () => {
+      it('behaviour 4: a full range fails and leaves state unchanged', async () => {
         const { s } = space(p);
         for (let i = 1; i <= 4; i++) await s.alloc(null, 1, 4);
         const before = JSON.stringify(s.snapshot());
@@ -81,7 +82,7 @@ describe('core allocator (edge cases 1-17)', () => {
         assert.equal(JSON.stringify(s.snapshot()), before);
       });
 
-      it('edge 5: a freed ID is reused before any higher free ID', async () => {
+      it('behaviour 5: a freed ID is reused before any higher free ID', async () => {
         const { s } = space(p);
         for (let i = 0; i < 5; i++) await s.alloc(null, 1, 100);
         await free(s, 3);
@@ -89,7 +90,7 @@ describe('core allocator (edge cases 1-17)', () => {
         assert.equal(await s.alloc(null, 1, 100), 6);
       });
 
-      it('edge 8: find(null, id) on a live ID returns its data, even null', async () => {
+      it('behaviour 8: find(null, id) on a live ID returns its data, even null', async () => {
         const { s } = space(p);
         const a = await s.alloc(null, 1, 10);
         const b = await s.alloc(null, 1, 10, { mm: 1 });
@@ -97,12 +98,12 @@ describe('core allocator (edge cases 1-17)', () => {
         assert.deepEqual(s.find(null, b), { mm: 1 });
       });
 
-      it('edge 9: find on an unknown ID is ENOENT', () => {
+      it('behaviour 9: find on an unknown ID is ENOENT', () => {
         const { s } = space(p);
         assert.throws(() => s.find(null, 7), rejectsCode('ENOENT'));
       });
 
-      it('edge 10: find with a set that does not own the ID is EACCES; find(null) ignores ownership', async () => {
+      it('behaviour 10: find with a set that does not own the ID is EACCES; find(null) ignores ownership', async () => {
         const { s } = space(p);
         const a = s.createSet({ name: 'a' });
         const b = s.createSet({ name: 'b' });
@@ -112,14 +113,14 @@ describe('core allocator (edge cases 1-17)', () => {
         assert.equal(s.find(null, id), 'pa');
       });
 
-      it('edge 11: a getter that refuses yields null, not an error', async () => {
+      it('behaviour 11: a getter that refuses yields null, not an error', async () => {
         const { s } = space(p);
         const id = await s.alloc(null, 1, 10, { alive: false });
         assert.equal(s.find(null, id, (d) => (d as { alive: boolean }).alive), null);
         assert.deepEqual(s.find(null, id, () => true), { alive: false });
       });
 
-      it('edge 12: the getter is never called when the lookup fails or the set does not match', async () => {
+      it('behaviour 12: the getter is never called when the lookup fails or the set does not match', async () => {
         const { s } = space(p);
         const a = s.createSet({ name: 'a' });
         const b = s.createSet({ name: 'b' });
@@ -133,7 +134,7 @@ describe('core allocator (edge cases 1-17)', () => {
         assert.equal(called, 1);
       });
 
-      it('edge 13: setData on an unknown ID is ENOENT; on a live ID it replaces the data (null allowed)', async () => {
+      it('behaviour 13: setData on an unknown ID is ENOENT; on a live ID it replaces the data (null allowed)', async () => {
         const { s } = space(p);
         assert.throws(() => s.setData(3, 'x'), rejectsCode('ENOENT'));
         const id = await s.alloc(null, 1, 10, 'old');
@@ -143,7 +144,7 @@ describe('core allocator (edge cases 1-17)', () => {
         assert.equal(s.find(null, id), null);
       });
 
-      it('edge 14: sets are compared by identity, not content', async () => {
+      it('behaviour 14: sets are compared by identity, not content', async () => {
         const { s } = space(p);
         const a = s.createSet({ name: 'same' });
         const b = s.createSet({ name: 'same' });
@@ -173,7 +174,7 @@ describe('core allocator (edge cases 1-17)', () => {
   }
 
   for (const p of LINUX) {
-    it(`edge 6 (${p}): freeing an unknown ID is a logged no-op`, async () => {
+    it(`behaviour 6 (${p}): freeing an unknown ID is a logged no-op`, async () => {
       const { s, logs } = space(p);
       await s.alloc(null, 1, 10);
       await s.free(5);
@@ -181,7 +182,7 @@ describe('core allocator (edge cases 1-17)', () => {
       assert.ok(logs.some((l) => /unknown IOASID/.test(l.message)));
     });
 
-    it(`edge 7 (${p}): a second free of the same ID is a no-op`, async () => {
+    it(`behaviour 7 (${p}): a second free of the same ID is a no-op`, async () => {
       const { s, logs } = space(p);
       const id = await s.alloc(null, 1, 10);
       await free(s, id);
@@ -191,14 +192,14 @@ describe('core allocator (edge cases 1-17)', () => {
       assert.equal(logs.length, n + 1);
     });
 
-    it(`edge 15 (${p}): a range that includes 0xFFFFFFFF never returns INVALID_IOASID`, async () => {
+    it(`behaviour 15 (${p}): a range that includes 0xFFFFFFFF never returns INVALID_IOASID`, async () => {
       const { s } = space(p, 32);
       assert.equal(await s.alloc(null, 0xfffffffe, 0xffffffff), 0xfffffffe);
       await assert.rejects(s.alloc(null, 0xfffffffe, 0xffffffff), rejectsCode('ENOSPC'));
     });
   }
 
-  it('edge 6/7 (strict): freeing an unknown or already freed ID is ENOENT (misuse reported)', async () => {
+  it('behaviour 6/7 (strict): freeing an unknown or already freed ID is ENOENT (misuse reported)', async () => {
     const { s } = space('strict');
     await assert.rejects(s.free(5), rejectsCode('ENOENT'));
     const id = await s.alloc(null, 1, 10);
@@ -206,13 +207,13 @@ describe('core allocator (edge cases 1-17)', () => {
     await assert.rejects(s.free(id), rejectsCode('ENOENT'));
   });
 
-  it('edge 15 (strict): max 0xFFFFFFFF is rejected as EINVAL; 0xFFFFFFFE is the top ID', async () => {
+  it('behaviour 15 (strict): max 0xFFFFFFFF is rejected as EINVAL; 0xFFFFFFFE is the top ID', async () => {
     const { s } = space('strict', 32);
     await assert.rejects(s.alloc(null, 1, 0xffffffff), rejectsCode('EINVAL'));
     assert.equal(await s.alloc(null, 0xfffffffe, 0xfffffffe), 0xfffffffe);
   });
 
-  it('edge 16 (linux-5.11): get on unknown only warns; put returns true and frees once, on the last reference', async () => {
+  it('behaviour 16 (linux-5.11): get on unknown only warns; put returns true and frees once, on the last reference', async () => {
     const { s, logs } = space('linux-5.11');
     s.get(77);
     assert.ok(logs.some((l) => l.level === 'warn'));
@@ -229,7 +230,7 @@ describe('core allocator (edge cases 1-17)', () => {
   });
 
   for (const p of ['linux-5.8', 'linux-5.18'] as const) {
-    it(`edge 17 (${p}): there is no get, and free releases at once`, async () => {
+    it(`behaviour 17 (${p}): there is no get, and free releases at once`, async () => {
       const { s } = space(p);
       const id = await s.alloc(null, 1, 10);
       assert.throws(() => s.get(id), rejectsCode('EOPNOTSUPP'));
@@ -249,10 +250,10 @@ describe('core allocator (edge cases 1-17)', () => {
   });
 });
 
-describe('custom allocators (edge cases 18-36)', () => {
+describe('custom allocators (behaviours 18-36)', () => {
   for (const p of IOASID) {
     describe(p, () => {
-      it('edge 18: registering the first custom allocator while the default holds an ID is EAGAIN', async () => {
+      it('behaviour 18: registering the first custom allocator while the default holds an ID is EAGAIN', async () => {
         const { s } = space(p);
         await s.alloc(null, 1, 10);
         assert.throws(() => s.registerAllocator(customHost().ops(1)), rejectsCode('EAGAIN'));
@@ -260,7 +261,7 @@ describe('custom allocators (edge cases 18-36)', () => {
         assert.equal(s.allocatorGroups, 0);
       });
 
-      it('edge 19: the first custom allocator with an empty default table becomes active at once', async () => {
+      it('behaviour 19: the first custom allocator with an empty default table becomes active at once', async () => {
         const { s } = space(p);
         const ops = customHost().ops(1);
         s.registerAllocator(ops);
@@ -268,14 +269,14 @@ describe('custom allocators (edge cases 18-36)', () => {
         assert.equal(await s.alloc(null, 1, 1000), 100);
       });
 
-      it('edge 20: registering the same ops object twice is EEXIST', () => {
+      it('behaviour 20: registering the same ops object twice is EEXIST', () => {
         const { s } = space(p);
         const ops = customHost().ops(1);
         s.registerAllocator(ops);
         assert.throws(() => s.registerAllocator(ops), rejectsCode('EEXIST'));
       });
 
-      it('edge 21: a different ops object with the same functions joins the group and shares its IDs', async () => {
+      it('behaviour 21: a different ops object with the same functions joins the group and shares its IDs', async () => {
         const { s } = space(p);
         const host = customHost();
         const a = host.ops('a');
@@ -288,7 +289,7 @@ describe('custom allocators (edge cases 18-36)', () => {
         assert.equal(s.find(null, id), null);
       });
 
-      it('edge 22: an allocator with different functions registers but stays inactive', () => {
+      it('behaviour 22: an allocator with different functions registers but stays inactive', () => {
         const { s } = space(p);
         const a = customHost().ops('a');
         const b = customHost().ops('b');
@@ -298,7 +299,7 @@ describe('custom allocators (edge cases 18-36)', () => {
         assert.equal(s.activeAllocator(), a);
       });
 
-      it('edge 23: custom allocation passes the primary ops pdata, whichever member asked', async () => {
+      it('behaviour 23: custom allocation passes the primary ops pdata, whichever member asked', async () => {
         const { s } = space(p);
         const host = customHost();
         s.registerAllocator(host.ops('first'));
@@ -307,14 +308,14 @@ describe('custom allocators (edge cases 18-36)', () => {
         assert.equal(host.calls[0]?.pdata, 'first');
       });
 
-      it('edge 24: a custom alloc returning INVALID_IOASID fails without recording', async () => {
+      it('behaviour 24: a custom alloc returning INVALID_IOASID fails without recording', async () => {
         const { s } = space(p);
         s.registerAllocator(customHost({ answers: [INVALID_IOASID] }).ops(1));
         await assert.rejects(s.alloc(null, 1, 1000), rejectsCode('ENOSPC'));
         assert.equal(s.size, 0);
       });
 
-      it('edge 27: freeing a custom ID calls free with the active pdata and drops the record even if the callback declines (Linux) ', async () => {
+      it('behaviour 27: freeing a custom ID calls free with the active pdata and drops the record even if the callback declines (Linux) ', async () => {
         const { s } = space(p);
         const calls: unknown[] = [];
         s.registerAllocator({ alloc: () => 200, free: (_id, pd) => { calls.push(pd); }, pdata: 'P' });
@@ -324,7 +325,7 @@ describe('custom allocators (edge cases 18-36)', () => {
         assert.equal(s.has(id), false);
       });
 
-      it('edge 28: unregistering a non-shared, non-active allocator keeps the active one', () => {
+      it('behaviour 28: unregistering a non-shared, non-active allocator keeps the active one', () => {
         const { s } = space(p);
         const a = customHost().ops('a');
         const b = customHost().ops('b');
@@ -335,7 +336,7 @@ describe('custom allocators (edge cases 18-36)', () => {
         assert.equal(s.allocatorGroups, 1);
       });
 
-      it('edge 29: unregistering the active allocator activates the next in order; its IDs become unknown', async () => {
+      it('behaviour 29: unregistering the active allocator activates the next in order; its IDs become unknown', async () => {
         const { s, logs } = space(p);
         const a = customHost({ start: 100 }).ops('a');
         const b = customHost({ start: 500 }).ops('b');
@@ -351,7 +352,7 @@ describe('custom allocators (edge cases 18-36)', () => {
         assert.equal(await s.alloc(null, 1, 1000), 500);
       });
 
-      it('edge 30: unregistering the last custom allocator reverts to the empty default and orphans its IDs', async () => {
+      it('behaviour 30: unregistering the last custom allocator reverts to the empty default and orphans its IDs', async () => {
         const { s } = space(p);
         const host = customHost();
         const a = host.ops('a');
@@ -363,7 +364,7 @@ describe('custom allocators (edge cases 18-36)', () => {
         assert.ok(host.held.has(id), 'the host still holds the orphaned ID');
       });
 
-      it('edge 31: unregistering one member of a shared group keeps outstanding IDs findable and freeable', async () => {
+      it('behaviour 31: unregistering one member of a shared group keeps outstanding IDs findable and freeable', async () => {
         const { s } = space(p);
         const host = customHost();
         const a = host.ops('a');
@@ -377,7 +378,7 @@ describe('custom allocators (edge cases 18-36)', () => {
         assert.equal(host.held.has(id), false);
       });
 
-      it('edge 33: unregistering with none registered is a logged no-op; an unknown ops is a silent no-op', () => {
+      it('behaviour 33: unregistering with none registered is a logged no-op; an unknown ops is a silent no-op', () => {
         const { s, logs } = space(p);
         s.unregisterAllocator(customHost().ops(1));
         assert.ok(logs.some((l) => /No custom IOASID allocators active/.test(l.message)));
@@ -389,7 +390,7 @@ describe('custom allocators (edge cases 18-36)', () => {
         assert.equal(s.activeAllocator(), a);
       });
 
-      it('edge 34: after reverting to default, the default may hand out numbers that collide with orphaned host IDs', async () => {
+      it('behaviour 34: after reverting to default, the default may hand out numbers that collide with orphaned host IDs', async () => {
         const { s } = space(p);
         const host = customHost({ start: 1 });
         const a = host.ops('a');
@@ -400,7 +401,7 @@ describe('custom allocators (edge cases 18-36)', () => {
         assert.ok(host.held.has(orphan));
       });
 
-      it('edge 35: re-registering after reverting is EAGAIN once the default allocator handed out IDs', async () => {
+      it('behaviour 35: re-registering after reverting is EAGAIN once the default allocator handed out IDs', async () => {
         const { s } = space(p);
         const a = customHost().ops('a');
         s.registerAllocator(a);
@@ -409,7 +410,7 @@ describe('custom allocators (edge cases 18-36)', () => {
         assert.throws(() => s.registerAllocator(a), rejectsCode('EAGAIN'));
       });
 
-      it('edge 36: find, setData, get/put and free see only the active table', async () => {
+      it('behaviour 36: find, setData, get/put and free see only the active table', async () => {
         const { s } = space(p);
         const a = customHost({ start: 100 }).ops('a');
         const b = customHost({ start: 500 }).ops('b');
@@ -426,7 +427,7 @@ describe('custom allocators (edge cases 18-36)', () => {
   }
 
   for (const p of LINUX) {
-    it(`edge 20 (${p}): a secondary member registered again is not detected (Linux quirk)`, () => {
+    it(`behaviour 20 (${p}): a secondary member registered again is not detected (Linux quirk)`, () => {
       const { s } = space(p);
       const host = customHost();
       s.registerAllocator(host.ops('a'));
@@ -435,7 +436,7 @@ describe('custom allocators (edge cases 18-36)', () => {
       assert.doesNotThrow(() => s.registerAllocator(b));
     });
 
-    it(`edge 25 (${p}): a custom result already tracked is handed back through free and the call fails`, async () => {
+    it(`behaviour 25 (${p}): a custom result already tracked is handed back through free and the call fails`, async () => {
       const { s } = space(p);
       const host = customHost({ answers: [300, 300] });
       s.registerAllocator(host.ops(1));
@@ -445,13 +446,13 @@ describe('custom allocators (edge cases 18-36)', () => {
       assert.equal(s.size, 1);
     });
 
-    it(`edge 26 (${p}): a custom result outside [min, max] is accepted`, async () => {
+    it(`behaviour 26 (${p}): a custom result outside [min, max] is accepted`, async () => {
       const { s } = space(p);
       s.registerAllocator(customHost({ answers: [5000] }).ops(1));
       assert.equal(await s.alloc(null, 1, 1023), 5000);
     });
 
-    it(`edge 27 (${p}): the record is dropped even when the custom free refuses`, async () => {
+    it(`behaviour 27 (${p}): the record is dropped even when the custom free refuses`, async () => {
       const { s } = space(p);
       s.registerAllocator({ alloc: () => 9, free: () => { throw new IoasidError('EBUSY', 'still bound'); }, pdata: null });
       const id = await s.alloc(null, 1, 100);
@@ -459,7 +460,7 @@ describe('custom allocators (edge cases 18-36)', () => {
       assert.equal(s.has(id), false);
     });
 
-    it(`edge 32 (${p}): unregistering the primary of a shared group keeps its stale pdata (Linux quirk)`, async () => {
+    it(`behaviour 32 (${p}): unregistering the primary of a shared group keeps its stale pdata (Linux quirk)`, async () => {
       const { s } = space(p);
       const host = customHost();
       const a = host.ops('a');
@@ -472,7 +473,7 @@ describe('custom allocators (edge cases 18-36)', () => {
   }
 
   describe('strict fixes', () => {
-    it('edge 20: a secondary member registered again is EEXIST', () => {
+    it('behaviour 20: a secondary member registered again is EEXIST', () => {
       const { s } = space('strict');
       const host = customHost();
       s.registerAllocator(host.ops('a'));
@@ -481,7 +482,7 @@ describe('custom allocators (edge cases 18-36)', () => {
       assert.throws(() => s.registerAllocator(b), rejectsCode('EEXIST'));
     });
 
-    it('edge 25: a custom result already tracked fails with EEXIST without releasing the tracked ID', async () => {
+    it('behaviour 25: a custom result already tracked fails with EEXIST without releasing the tracked ID', async () => {
       const { s } = space('strict');
       const host = customHost({ answers: [300, 300] });
       s.registerAllocator(host.ops(1));
@@ -491,7 +492,7 @@ describe('custom allocators (edge cases 18-36)', () => {
       assert.equal(s.size, 1);
     });
 
-    it('edge 26: a custom result outside [min, max] is handed back and the call fails with ERANGE', async () => {
+    it('behaviour 26: a custom result outside [min, max] is handed back and the call fails with ERANGE', async () => {
       const { s } = space('strict');
       const host = customHost({ answers: [5000] });
       s.registerAllocator(host.ops(1));
@@ -500,7 +501,7 @@ describe('custom allocators (edge cases 18-36)', () => {
       assert.equal(s.size, 0);
     });
 
-    it('edge 27: a custom free that refuses keeps the record and reports the error', async () => {
+    it('behaviour 27: a custom free that refuses keeps the record and reports the error', async () => {
       const { s } = space('strict');
       s.registerAllocator({ alloc: () => 9, free: () => { throw new IoasidError('EBUSY', 'still bound'); }, pdata: null });
       const id = await s.alloc(null, 1, 100);
@@ -508,7 +509,7 @@ describe('custom allocators (edge cases 18-36)', () => {
       assert.equal(s.has(id), true);
     });
 
-    it('edge 32: unregistering the primary of a shared group re-points to a remaining member', async () => {
+    it('behaviour 32: unregistering the primary of a shared group re-points to a remaining member', async () => {
       const { s } = space('strict');
       const host = customHost();
       const a = host.ops('a');
@@ -557,7 +558,7 @@ describe('custom allocators (edge cases 18-36)', () => {
   });
 });
 
-describe('serialised allocator calls (DESIGN 3.6)', () => {
+describe('serialised allocator calls (docs/core.md)', () => {
   it('concurrent callers of an asynchronous allocator never receive the same ID', async () => {
     const s = new IoasidSpace({ profile: 'strict' });
     const hostHeld = new Set<number>();
@@ -632,8 +633,8 @@ describe('serialised allocator calls (DESIGN 3.6)', () => {
   });
 });
 
-describe('sets, quotas and events (edge cases 70-76, strict)', () => {
-  it('edge 70: createSet rejects bad quotas (EINVAL), quotas above capacity (ENOSPC), duplicate tokens (EEXIST); 0 means no limit', async () => {
+describe('sets, quotas and events (behaviours 70-76, strict)', () => {
+  it('behaviour 70: createSet rejects bad quotas (EINVAL), quotas above capacity (ENOSPC), duplicate tokens (EEXIST); 0 means no limit', async () => {
     const s = new IoasidSpace({ profile: 'strict', bits: 4 });
     assert.throws(() => s.createSet({ name: 'x', quota: -1 }), rejectsCode('EINVAL'));
     assert.throws(() => s.createSet({ name: 'x', quota: 1.5 }), rejectsCode('EINVAL'));
@@ -646,7 +647,7 @@ describe('sets, quotas and events (edge cases 70-76, strict)', () => {
     assert.equal(s.setCount(unlimited), 16);
   });
 
-  it('edge 71: alloc in a set at its quota fails with EDQUOT and changes nothing', () => {
+  it('behaviour 71: alloc in a set at its quota fails with EDQUOT and changes nothing', () => {
     const s = new IoasidSpace({ profile: 'strict' });
     const vm = s.createSet({ name: 'vm', quota: 2 });
     s.allocSync(vm, 1, 100);
@@ -664,7 +665,7 @@ describe('sets, quotas and events (edge cases 70-76, strict)', () => {
     assert.doesNotThrow(() => s.allocSync(vm, 1, 100));
   });
 
-  it('edge 72: destroying a set that still owns IDs is EBUSY', () => {
+  it('behaviour 72: destroying a set that still owns IDs is EBUSY', () => {
     const s = new IoasidSpace({ profile: 'strict' });
     const vm = s.createSet({ name: 'vm' });
     const id = s.allocSync(vm, 1, 100);
@@ -683,7 +684,7 @@ describe('sets, quotas and events (edge cases 70-76, strict)', () => {
     assert.equal(s.ownerOf(id), a);
   });
 
-  it('freeAll of a set frees only its members, with work proportional to them (edge 69)', () => {
+  it('freeAll of a set frees only its members, with work proportional to them (behaviour 69)', () => {
     const s = new IoasidSpace({ profile: 'strict' });
     const a = s.createSet({ name: 'a' });
     const b = s.createSet({ name: 'b' });
@@ -692,7 +693,7 @@ describe('sets, quotas and events (edge cases 70-76, strict)', () => {
     assert.deepEqual(s.idsOf(b), [mine[1]]);
   });
 
-  it('edge 75: notifiers run cpu, then iommu, then device, whatever the subscription order', () => {
+  it('behaviour 75: notifiers run cpu, then iommu, then device, whatever the subscription order', () => {
     const s = new IoasidSpace({ profile: 'strict' });
     const order: string[] = [];
     s.subscribe(() => order.push('device'), { priority: 'device' });
@@ -730,7 +731,7 @@ describe('sets, quotas and events (edge cases 70-76, strict)', () => {
     assert.ok(logs.some((m) => /notifier failed/.test(m)));
   });
 
-  it('edge 73/74/76 are not adopted: documented in docs/core.md', () => {
+  it('behaviour 73/74/76 are not adopted: documented in docs/core.md', () => {
     // SPIDs (73) belong to the host layer (guest PASID == host PASID here); strict refuses to free
     // a referenced ID (EBUSY) instead of a FREE_PENDING state (74); set-scoped subscriptions need
     // the set to exist (76). This test pins the refusal of a subscription to a destroyed set.

@@ -63,7 +63,7 @@ describe('ioasid_unregister_allocator (v5.5-v6.3)', () => {
       assert.equal(s.find(null, id), 'bound', 'the outstanding ID is still tracked');
       const next = await s.alloc(null, 1, 1000);
       assert.equal(next, 2);
-      // Linux keeps a's stale pdata (edge 32); strict re-pointed the group to b.
+      // Linux keeps a's stale pdata (behaviour 32); strict re-pointed the group to b.
       assert.equal(g.calls.filter((c) => c.op === 'alloc').at(-1)?.pdata, p === 'strict' ? 'b' : 'a');
       s.unregisterAllocator(b);
       assert.equal(s.allocatorGroups, 0);

@@ -1,4 +1,4 @@
-/** `ioasid demo` tells the seed's story, and every step behaves as narrated. */
+/** `ioasid demo` tells the custom allocator's story, and every step behaves as narrated. */
 import { it } from 'node:test';
 import assert from 'node:assert/strict';
 import { runDemo } from '../src/cli/demo.ts';

@@ -1,5 +1,5 @@
 /**
- * The host layer (DESIGN 5): VMs with sets and quotas, vIOMMUs per segment, assigned devices, SVA
+ * The host layer (docs/core.md): VMs with sets and quotas, vIOMMUs per segment, assigned devices, SVA
  * binding through the guest, ownership, teardown, nesting, and the invariant checker catching
  * faults injected on purpose.
  */
@@ -269,8 +269,8 @@ describe('host: SVA concurrency', () => {
   });
 });
 
-describe('host: edge 78 (an address space keeps one PASID)', () => {
-  it('edge 78: a bound address space reuses its PASID; a device whose width cannot hold it is ERANGE and nothing changes', async () => {
+describe('host: behaviour 78 (an address space keeps one PASID)', () => {
+  it('behaviour 78: a bound address space reuses its PASID; a device whose width cannot hold it is ERANGE and nothing changes', async () => {
     const host = new Host();
     const vm = host.createVm({ id: 'vm', viommus: [{ segment: 0 }], devices: [{ bdf: '0000:00:02.0' }, { bdf: '0000:00:03.0', pasidBits: 4 }] });
     const other = host.createVm({ id: 'other', quota: 0 });

@@ -56,7 +56,7 @@ describe('the installed package, used from plain node', { timeout: 600_000 }, ()
     assert.ok(snippets.length >= 3, `${snippets.length} library snippets in the README`);
     const tokenFile = join(p.dir, 'admin.token');
     writeFileSync(tokenFile, 'consumer-admin-token-0123456789\n');
-    const server = spawn(p.bin, ['serve', '--store', `sqlite:${join(p.dir, 'state.db')}`, '--port', '0', '--admin-token-file', tokenFile, '--log-level', 'silent'], { cwd: p.dir, stdio: ['ignore', 'ignore', 'pipe'] });
+    const server = spawn(p.bin, ['serve', '--store', `sqlite:${join(p.dir, 'state.db')}`, '--port', '0', '--admin-token-file', tokenFile, '--log-format', 'text'], { cwd: p.dir, stdio: ['ignore', 'ignore', 'pipe'] });
     const exited = new Promise<number | null>((r) => server.on('exit', (code) => r(code)));
     try {
       const url = await new Promise<string>((resolve, reject) => {
@@ -167,7 +167,7 @@ export async function resolve(specifier, context, next) {
     };
     const version = await loaded(['--version']);
     assert.ok(version.some((m) => m === 'ioasid/dist/cli/main.js'), version.join('\n'));
-    assert.deepEqual(version.filter((m) => /^ioasid\/dist\/(?!cli\/(main|descriptions)\.js)/.test(m)), [], '--version loads no command');
+    assert.deepEqual(version.filter((m) => /^ioasid\/dist\/(?!cli\/(main|descriptions|usage)\.js)/.test(m)), [], '--version loads no command (usage.js: the usage-error rules, no command)');
     const status = await loaded(['status', '--url', 'http://127.0.0.1:9', '--token', 'x']);
     assert.ok(status.includes('ioasid/dist/client/index.js'), status.join('\n'));
     const heavy = status.filter((m) => /^ioasid\/dist\/(service|store|cluster|host|sim|vtd|remote)\/|^(fastify|better-sqlite3|etcd3|@grpc|prom-client|ws|yaml|undici)\b/.test(m));
@@ -178,12 +178,13 @@ export async function resolve(specifier, context, next) {
     const list = await run('tar', ['-tzf', p.tarball], { cwd: p.dir });
     const files = list.stdout.trim().split('\n').map((f) => f.replace(/^package\//, ''));
     assert.ok(p.tarballBytes <= 500 * 1024, `tarball ${p.tarballBytes} bytes`);
-    for (const f of ['bin/ioasid.js', 'dist/cli/main.js', 'dist/core/index.js', 'dist/core/index.d.ts', 'dist/core/index.js.map', 'dist/web/app.js', 'dist/web/app.css', 'dist/web/index.html', 'README.md', 'package.json']) {
+    for (const f of ['bin/ioasid.js', 'dist/cli/main.js', 'dist/core/index.js', 'dist/core/index.d.ts', 'dist/web/app.js', 'dist/web/app.css', 'dist/web/index.html', 'README.md', 'package.json']) {
       assert.ok(files.includes(f), `${f} is in the tarball`);
     }
     const unwanted = files.filter((f) => /^(test|bench|src|web|examples|docs|scripts)\//.test(f) || /fixtures|\.test\.|\.bench\./.test(f));
     assert.deepEqual(unwanted, []);
     assert.ok(files.every((f) => !f.endsWith('.ts') || f.endsWith('.d.ts')), 'no TypeScript sources');
+    assert.deepEqual(files.filter((f) => f.endsWith('.map')), [], 'no source maps (they would point at sources the package does not hold)');
   });
 
   it('installs without any engine warning', () => {

@@ -1,7 +1,7 @@
 /**
- * Remote guests (DESIGN 5 and 7): two guest kernels in two processes, each booting a RemoteGuest
+ * Remote guests (docs/remote-guest.md): two guest kernels in two processes, each booting a RemoteGuest
  * against one service in this process, whose vIOMMU registers are served through the trapped MMIO
- * endpoint. The seed's flow across processes: allocation through VCMD, SVA binds programmed on
+ * endpoint. The custom allocator's flow across processes: allocation through VCMD, SVA binds programmed on
  * the host, min/max (device PASID width, range extension), ownership at the register level, quota,
  * and the host's invariants afterwards. Also the synchronous transport on its own.
  */
@@ -22,7 +22,9 @@ import { startServer, type RunningServer } from '../src/service/index.ts';
 
 const ADMIN = 'admin-token-for-remote-guest-tests-0123456789';
 const FIXTURE = fileURLToPath(new URL('./fixtures/remote-guest-process.ts', import.meta.url));
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const TSX = import.meta.resolve('tsx');
+/** The guests' working folder: a temporary one, never the checkout. */
+const GUEST_CWD = tmpdir();
 
 type Line = Record<string, unknown> & { op: string; ok: boolean };
 
@@ -37,8 +39,8 @@ class GuestProcess {
   readonly exited: Promise<number | null>;
 
   constructor(url: string, vm: string, token: string, plan: unknown[]) {
-    this.child = spawn(process.execPath, ['--import', 'tsx', FIXTURE, '--url', url, '--vm', vm, '--plan', JSON.stringify(plan)], {
-      cwd: ROOT,
+    this.child = spawn(process.execPath, ['--import', TSX, FIXTURE, '--url', url, '--vm', vm, '--plan', JSON.stringify(plan)], {
+      cwd: GUEST_CWD,
       env: { ...process.env, REMOTE_GUEST_TOKEN: token },
       stdio: ['pipe', 'pipe', 'pipe'],
     });

@@ -3,10 +3,10 @@
  * check after every step plus the incremental one), and `ioasid simulate` exits 0 on a good
  * scenario, 1 on a wrong expectation and 2 on a bad file.
  */
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,7 +17,7 @@ const examples = readdirSync(join(root, 'examples')).filter((f) => /\.(ya?ml|jso
 
 describe('example scenarios', () => {
   it('there are examples for the stories the issue names', () => {
-    for (const f of ['seed-story.yaml', 'two-guests-compete.yaml', 'hot-unplug-active-viommu.yaml', 'nested-three-levels.yaml', 'narrow-device-range-extension.yaml', 'kernel-bugs.yaml']) {
+    for (const f of ['custom-allocator-story.yaml', 'two-guests-compete.yaml', 'hot-unplug-active-viommu.yaml', 'nested-three-levels.yaml', 'narrow-device-range-extension.yaml', 'kernel-bugs.yaml']) {
       assert.ok(examples.includes(f), `examples/${f} is missing`);
     }
   });
@@ -71,8 +71,12 @@ describe('examples/kernel-bugs.yaml', () => {
 });
 
 describe('ioasid simulate (CLI)', () => {
-  const cli = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', join(root, 'src/cli/main.ts'), 'simulate', ...args], {
-    cwd: root, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' }, timeout: 60_000,
+  // The CLI runs in a folder of its own, where `examples` leads to the checkout's (read only).
+  const cwd = mkdtempSync(join(tmpdir(), 'ioasid-sim-cwd-'));
+  symlinkSync(join(root, 'examples'), join(cwd, 'examples'));
+  after(() => rmSync(cwd, { recursive: true, force: true }));
+  const cli = (...args: string[]) => spawnSync(process.execPath, ['--import', import.meta.resolve('tsx'), join(root, 'src/cli/main.ts'), 'simulate', ...args], {
+    cwd, encoding: 'utf8', env: { ...process.env, NO_COLOR: '1' }, timeout: 60_000,
   });
 
   it('exits 0 on a passing scenario and prints the step and VM tables', () => {
@@ -86,12 +90,12 @@ describe('ioasid simulate (CLI)', () => {
   });
 
   it('--guest-profile runs a file\'s steps on another kernel; a profile that does not exist, or with --random, is exit 2', () => {
-    const r = cli('--json', '--keep-going', '--guest-profile', 'linux-6.x', 'examples/seed-story.yaml');
-    assert.equal(r.status, 1, 'the file\'s expectations were written for the seed\'s design');
+    const r = cli('--json', '--keep-going', '--guest-profile', 'linux-6.x', 'examples/custom-allocator-story.yaml');
+    assert.equal(r.status, 1, 'the file\'s expectations were written for the design with one system-wide namespace');
     const report = JSON.parse(r.stdout) as { checks: { violations: number }; records: { action: string; outcome: { pasid?: number } }[] };
     assert.equal(report.checks.violations, 0);
     assert.ok(report.records.some((x) => x.action.startsWith('bind vm2') && x.outcome.pasid === 1), 'vm2\'s own IDA starts at 1');
-    assert.equal(cli('--guest-profile', 'linux-9', 'examples/seed-story.yaml').status, 2);
+    assert.equal(cli('--guest-profile', 'linux-9', 'examples/custom-allocator-story.yaml').status, 2);
     assert.equal(cli('--random', '--guest-profile', 'linux-6.x').status, 2);
   });
 

@@ -54,8 +54,8 @@ describe('a guest/host register layout mismatch', () => {
 });
 
 describe('the same scenario on what replaced the design (--guest-profile linux-6.x)', () => {
-  it('seed-story on linux-6.x: each guest\'s own PASIDs (vm2 gets 1, not 2), no host PASIDs, no invariant violated, no crash', async () => {
-    const path = join('examples', 'seed-story.yaml');
+  it('custom-allocator-story on linux-6.x: each guest\'s own PASIDs (vm2 gets 1, not 2), no host PASIDs, no invariant violated, no crash', async () => {
+    const path = join('examples', 'custom-allocator-story.yaml');
     const scenario = parseScenario(readFileSync(join(root, path), 'utf8'), path);
     const r = await runScenario(scenario, { guestProfile: 'linux-6.x', stopOnFailure: false });
     assert.equal(r.checks.violations, 0, formatReport(r));
@@ -64,7 +64,7 @@ describe('the same scenario on what replaced the design (--guest-profile linux-6
     assert.deepEqual(vm2?.outcome, { ok: true, pasid: 1 }, 'no system-wide namespace: vm2\'s IDA starts at 1');
     assert.match(vm2?.unexpected ?? '', /expected PASID 2, got 1/);
     assert.ok(r.vms.every((v) => v.guest === 'linux-6.x' || v.guest === 'destroyed'));
-    // On the seed's design the same file passes.
+    // On the design with one system-wide namespace the same file passes.
     assert.equal((await runScenario(scenario)).ok, true);
   });
 });

@@ -1,5 +1,5 @@
 /**
- * Each invariant of DESIGN 5 broken on purpose by a fault injected into a test double (a VCMD
+ * Each invariant of the system (docs/scenarios.md) broken on purpose by a fault injected into a test double (a VCMD
  * backend wrapped through `new Host({ wrapBackend })`, a host space without quotas, a teardown
  * that forgets the bindings), run through the scenario runner: the incremental checker and the
  * full one both catch it, at the step that broke it. The random workload catches a fault too,

@@ -223,7 +223,8 @@ describe('security: no credential in any log line', () => {
     await new Promise((r) => setTimeout(r, 100));
 
     const lines = c.lines;
-    const incoming = lines.filter((l) => l.includes('"incoming request"'));
+    // One line per request, when it completes (app.ts, OneLinePerRequest).
+    const incoming = lines.filter((l) => l.includes('"request completed"') || l.includes('"request failed"'));
     assert.ok(incoming.length >= requests.length, `${incoming.length} request log lines for ${requests.length} requests: the logger was on`);
     assert.ok(lines.some((l) => l.includes('token=[redacted]')), 'query tokens are logged as redacted');
     assert.ok(lines.some((l) => l.includes('/v1/vms/[redacted]')), 'a token in the path is logged as redacted');

@@ -11,14 +11,13 @@
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
 import { IoasidClient, eventStreamProtocols } from '../src/client/index.ts';
 import { startServer } from '../src/service/index.ts';
+import { runCli } from './helpers/serve-process.ts';
 
 const ADMIN = 'events-sec-admin-token-0123456789abcdef';
 const dir = mkdtempSync(join(tmpdir(), 'ioasid-sec-events-'));
@@ -40,20 +39,11 @@ function open(url: string, token: string, vm: string | null, opts: WebSocket.Cli
 
 describe('security: event stream bounds', () => {
   it('ioasid serve --max-subscriptions-per-token and --max-subscriptions bound the streams, per token', async () => {
-    const repo = fileURLToPath(new URL('..', import.meta.url));
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--store', 'memory', '--port', '0', '--admin-token-file', adminFile, '--log-level', 'silent', '--max-subscriptions-per-token', '2', '--max-subscriptions', '5'], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.setEncoding('utf8');
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const serve = runCli(['serve', '--store', 'memory', '--port', '0', '--admin-token-file', adminFile, '--log-level', 'info', '--max-subscriptions-per-token', '2', '--max-subscriptions', '5'], { cwd: dir });
+    const child = serve.child;
+    const exited = serve.exited.then((r) => r.code);
     try {
-      const url = await new Promise<string>((resolve, reject) => {
-        child.stderr.on('data', (c: string) => {
-          stderr += c;
-          const m = /listening on (http:\/\/\S+?)[ ,)]/.exec(stderr);
-          if (m?.[1] !== undefined) resolve(m[1]);
-        });
-        void exited.then((code) => reject(new Error(`serve exited (${code}): ${stderr}`)));
-      });
+      const url = await serve.listening();
       const admin = new IoasidClient({ url, token: ADMIN });
       const evil = (await admin.createVm({ id: 'evil' })).token;
       const good = (await admin.createVm({ id: 'good' })).token;

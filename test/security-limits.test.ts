@@ -14,15 +14,14 @@
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { startServer, type ConnectionLimits, type RunningServer } from '../src/service/index.ts';
 import { forever, parseResponse, rawClient } from './helpers/raw-http.ts';
+import { runCli } from './helpers/serve-process.ts';
 
 const ADMIN = 'limits-admin-token-0123456789abcdef';
 const dir = mkdtempSync(join(tmpdir(), 'ioasid-limits-'));
@@ -185,23 +184,14 @@ describe('security: connection cap', () => {
 
 describe('security: shutdown', () => {
   it('ioasid serve stops on SIGTERM within its grace period, whatever its clients do', async () => {
-    const repo = fileURLToPath(new URL('..', import.meta.url));
-    const child = spawn(process.execPath, [
-      '--import', 'tsx', 'src/cli/main.ts', 'serve', '--store', 'memory', '--port', '0', '--admin-token-file', tokenFile, '--log-level', 'silent',
+    const serve = runCli([
+      'serve', '--store', 'memory', '--port', '0', '--admin-token-file', tokenFile, '--log-level', 'info',
       '--shutdown-grace', '700', '--headers-timeout', '30000', '--request-timeout', '30000',
-    ], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.setEncoding('utf8');
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    ], { cwd: dir });
+    const child = serve.child;
+    const exited = serve.exited.then((r) => r.code);
     try {
-      const url = await new Promise<string>((resolve, reject) => {
-        child.stderr.on('data', (c: string) => {
-          stderr += c;
-          const m = /listening on (http:\/\/\S+?)[ ,)]/.exec(stderr);
-          if (m?.[1] !== undefined) resolve(m[1]);
-        });
-        void exited.then((code) => reject(new Error(`serve exited (${code}): ${stderr}`)));
-      });
+      const url = await serve.listening();
       const port = Number(new URL(url).port);
       // A request in flight whose body never ends.
       const body = await rawClient(port);
@@ -223,7 +213,7 @@ describe('security: shutdown', () => {
       const took = Date.now() - t0;
       stopBody();
       stopHead();
-      assert.equal(code, 0, `exit code (${stderr})`);
+      assert.equal(code, 0, `exit code (${serve.stderr()})`);
       assert.ok(took < 700 + 2000, `stopped ${took} ms after SIGTERM (grace 700 ms)`);
       assert.ok(took >= 600, `the clients had their grace period (${took} ms)`);
       for (const c of [body, ws, head]) assert.ok((await within(1000, c.closed)) >= 0, 'every client was cut');

@@ -6,13 +6,12 @@
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { buildApp, hashToken, PasidAuthority, startServer } from '../src/service/index.ts';
 import { MemoryStore } from '../src/store/index.ts';
+import { runCli } from './helpers/serve-process.ts';
 
 const ADMIN = 'metrics-admin-token-0123456789abcdef';
 const SCRAPER = 'prometheus-scrape-token-0123456789abcdef';
@@ -98,29 +97,18 @@ describe('security: /metrics', () => {
   });
 
   it('ioasid serve --metrics-token-file: Prometheus scrapes with its token; the token is never printed', async () => {
-    const repo = fileURLToPath(new URL('..', import.meta.url));
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--store', 'memory', '--port', '0', '--admin-token-file', adminFile, '--metrics-token-file', scraperFile], { cwd: repo, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.setEncoding('utf8');
-    child.stderr.setEncoding('utf8');
-    child.stdout.on('data', (c: string) => (out += c));
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const serve = runCli(['serve', '--store', 'memory', '--port', '0', '--admin-token-file', adminFile, '--metrics-token-file', scraperFile], { cwd: dir });
+    const child = serve.child;
+    const exited = serve.exited.then((r) => r.code);
     try {
-      const url = await new Promise<string>((resolve, reject) => {
-        child.stderr.on('data', (c: string) => {
-          out += c;
-          const m = /listening on (http:\/\/\S+?)[ ,)]/.exec(out);
-          if (m?.[1] !== undefined) resolve(m[1]);
-        });
-        void exited.then((code) => reject(new Error(`serve exited (${code}): ${out}`)));
-      });
+      const url = await serve.listening();
       assert.equal((await fetch(`${url}/metrics`)).status, 401);
       const r = await fetch(`${url}/metrics`, { headers: { authorization: `Bearer ${SCRAPER}` } });
       assert.equal(r.status, 200);
       assert.match(await r.text(), /ioasid_pasids_allocated 0/);
       child.kill('SIGTERM');
       assert.equal(await exited, 0);
-      assert.ok(!out.includes(SCRAPER), 'the metrics token is in no output (logs at info)');
+      assert.ok(!`${serve.stdout()}${serve.stderr()}`.includes(SCRAPER), 'the metrics token is in no output (logs at info)');
     } finally {
       child.kill('SIGKILL');
       await exited;

@@ -10,14 +10,13 @@
  */
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { hashToken, PasidAuthority } from '../src/service/index.ts';
 import { MemoryStore, openStore } from '../src/store/index.ts';
+import { runCli } from './helpers/serve-process.ts';
 
 const ADMIN = 'state-admin-token-0123456789abcdef';
 const dir = mkdtempSync(join(tmpdir(), 'ioasid-state-'));
@@ -85,16 +84,10 @@ describe('security: the same tampering in a SQLite file, through PasidAuthority.
 
   /** `ioasid serve` on the file: its exit code and stderr. */
   function serve(path: string): Promise<{ code: number | null; stderr: string }> {
-    const repo = fileURLToPath(new URL('..', import.meta.url));
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve', '--store', `sqlite:${path}`, '--port', '0', '--admin-token-file', adminFile, '--log-level', 'silent'], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (c: string) => {
-      stderr += c;
-      // Should it start after all, stop it: the assertion below reports it.
-      if (stderr.includes('listening on')) child.kill('SIGTERM');
-    });
-    return new Promise((resolve) => child.once('exit', (code) => resolve({ code, stderr })));
+    const p = runCli(['serve', '--store', `sqlite:${path}`, '--port', '0', '--admin-token-file', adminFile, '--log-level', 'info'], { cwd: dir });
+    // Should it start after all, stop it: the assertion below reports it.
+    p.listening().then(() => p.child.kill('SIGTERM'), () => {});
+    return p.exited.then(({ code }) => ({ code, stderr: p.stderr() }));
   }
 
   async function refusedBoth(path: string, re: RegExp): Promise<void> {

@@ -1,6 +1,6 @@
 /**
- * DESIGN 7: "Every request is validated ... a bad request gets a JSON error with the errno code and
- * an HTTP status, and changes nothing." The service runs in process (fastify inject) with two VMs
+ * Every request is validated; a bad request gets a JSON error with the errno code and an HTTP
+ * status, and changes nothing (docs/api.md). The service runs in process (fastify inject) with two VMs
  * holding PASIDs and bindings; then several hundred bad requests, generated route by route from
  * the route table and its JSON schemas, are sent one at a time. After each: a 4xx status, an RFC
  * 9457 `application/problem+json` body (`type`, `title`, `status`, `detail`) with `{ code, errno,

@@ -1,5 +1,5 @@
 /**
- * The service keeps its promises across crashes (DESIGN 6-7). The real server runs as a child
+ * The service keeps its promises across crashes (docs/store.md). The real server runs as a child
  * process (test/fixtures/crash-server.ts: `ioasid serve` on an SQLite file); 4 VMs with small
  * quotas (so EDQUOT happens) are driven by 8 concurrent HTTP clients (IoasidClient over fetch,
  * keep-alive) allocating (single and batch) and freeing their own PASIDs. After a random 50-400 ms
@@ -25,7 +25,7 @@ import Database from 'better-sqlite3';
 import { IoasidClient } from '../src/client/index.ts';
 import { IoasidError } from '../src/core/index.ts';
 
-const repo = fileURLToPath(new URL('..', import.meta.url));
+const TSX = import.meta.resolve('tsx');
 const serverScript = fileURLToPath(new URL('./fixtures/crash-server.ts', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'ioasid-svc-crash-'));
 const ADMIN = 'crash-admin-token-0123456789abcdef';
@@ -54,8 +54,8 @@ interface Server {
 
 /** Spawn the server; resolves once it listens and /readyz answers, rejects if it exits first. */
 function startServer(db: string): Promise<Server> {
-  const child = spawn(process.execPath, ['--import', 'tsx', serverScript, '--store', `sqlite:${db}`, '--port', '0', '--admin-token-file', tokenFile, '--log-level', 'silent'], {
-    cwd: repo, stdio: ['ignore', 'ignore', 'pipe'],
+  const child = spawn(process.execPath, ['--import', TSX, serverScript, '--store', `sqlite:${db}`, '--port', '0', '--admin-token-file', tokenFile, '--log-level', 'silent'], {
+    cwd: dir, stdio: ['ignore', 'ignore', 'pipe'],
   });
   children.add(child);
   let stderr = '';

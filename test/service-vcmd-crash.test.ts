@@ -25,7 +25,7 @@ import { IoasidClient } from '../src/client/index.ts';
 import { openStore } from '../src/store/index.ts';
 import { decodeVcrsp, type VcmdGuestState } from '../src/vtd/index.ts';
 
-const repo = fileURLToPath(new URL('..', import.meta.url));
+const TSX = import.meta.resolve('tsx');
 const serverScript = fileURLToPath(new URL('./fixtures/crash-server.ts', import.meta.url));
 const guestScript = fileURLToPath(new URL('./fixtures/remote-guest-process.ts', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'ioasid-vcmd-crash-'));
@@ -65,8 +65,8 @@ async function start(port: number, failpoint: string | null): Promise<Server> {
   const env = { ...process.env };
   delete env['IOASID_FAILPOINT'];
   if (failpoint !== null) env['IOASID_FAILPOINT'] = failpoint;
-  const child = spawn(process.execPath, ['--import', 'tsx', serverScript, '--store', `sqlite:${db}`, '--port', String(port), '--admin-token-file', tokenFile, '--log-level', 'silent'], {
-    cwd: repo, stdio: ['ignore', 'ignore', 'pipe'], env,
+  const child = spawn(process.execPath, ['--import', TSX, serverScript, '--store', `sqlite:${db}`, '--port', String(port), '--admin-token-file', tokenFile, '--log-level', 'silent'], {
+    cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], env,
   });
   children.add(child);
   let stderr = '';
@@ -91,8 +91,8 @@ async function start(port: number, failpoint: string | null): Promise<Server> {
 
 /** The guest process: one command line in, one JSON line per step out. */
 function bootGuest(url: string, token: string) {
-  const child = spawn(process.execPath, ['--import', 'tsx', guestScript, '--url', url, '--vm', 'g', '--plan', '[{"op":"stdin"}]'], {
-    cwd: repo, stdio: ['pipe', 'pipe', 'pipe'],
+  const child = spawn(process.execPath, ['--import', TSX, guestScript, '--url', url, '--vm', 'g', '--plan', '[{"op":"stdin"}]'], {
+    cwd: dir, stdio: ['pipe', 'pipe', 'pipe'],
     env: { ...process.env, REMOTE_GUEST_TOKEN: token, REMOTE_GUEST_MMIO_TIMEOUT_MS: '60000', REMOTE_GUEST_TIMEOUT_MS: '60000' },
   });
   children.add(child);

@@ -1,5 +1,5 @@
 /**
- * An acknowledged allocation survives a crash (DESIGN section 6). A child process
+ * An acknowledged allocation survives a crash (docs/store.md). A child process
  * (test/fixtures/store-writer.ts) allocates and frees PASIDs on an SQLite store as fast as it can,
  * printing each one only after `apply` resolved; we SIGKILL it at random moments, 15 times, some
  * of them during start-up, then reopen the file: it must validate, hold every PASID acknowledged
@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openStore } from '../src/store/index.ts';
 
-const repo = fileURLToPath(new URL('..', import.meta.url));
+const TSX = import.meta.resolve('tsx');
 const writer = fileURLToPath(new URL('./fixtures/store-writer.ts', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'ioasid-store-crash-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -33,7 +33,7 @@ interface Run {
 /** Start the writer; kill it `delayMs` after "ready" (or after spawn if `fromSpawn`). */
 function runOnce(path: string, delayMs: number, fromSpawn: boolean): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', writer, path], { cwd: repo, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, ['--import', TSX, writer, path], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
     const lines: string[] = [];
     let rest = '';
     let stderr = '';

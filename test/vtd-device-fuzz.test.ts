@@ -199,7 +199,7 @@ async function run(cfg: VcmdDeviceConfigInput & { quota: number; async: boolean 
       const commandsBefore = dev.stats.commands;
       dev.write(off, valueOf(layout, op.value), op.size as 4 | 8);
       const after = regState();
-      // IP rule: while IP is set, writes change nothing (edge 55).
+      // IP rule: while IP is set, writes change nothing (behaviour 55).
       if (busyBefore) {
         assert.equal(after, before, 'a write while IP=1 changed the registers');
         assert.equal(dev.stats.commands, commandsBefore);
@@ -208,7 +208,7 @@ async function run(cfg: VcmdDeviceConfigInput & { quota: number; async: boolean 
       if (!async) assert.equal(dev.busy, false);
       trace.push(`write ${off} ${op.size} -> ${after}`);
     }
-    // VCRSP: RSLT is zero whenever SC != 0 (edge 59); reserved bits are zero.
+    // VCRSP: RSLT is zero whenever SC != 0 (behaviour 59); reserved bits are zero.
     const rsp = decodeVcrsp(layout, dev.read(vcrspOff, 8));
     if (rsp.sc !== 0) assert.equal(rsp.result, 0n);
     if (rsp.ip) assert.equal(dev.read(vcrspOff, 8), 1n, 'IP set means VCRSP was cleared');

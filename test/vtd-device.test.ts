@@ -1,7 +1,7 @@
 /**
- * The VCMD device (host side of one vIOMMU): spec 3.3 and 4.1, edge cases 55-65, in both layouts
+ * The VCMD device (host side of one vIOMMU): behaviours 55-65 of docs/behaviours.md, in both layouts
  * where the layout matters. The host behind the device is a strict core `IoasidSpace` with one set
- * per VM, as DESIGN 5 has it.
+ * per VM, as the host model has it (docs/core.md).
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -152,9 +152,9 @@ describe('VCMD device: registers', () => {
   });
 });
 
-describe('VCMD device: command state machine (edge cases 55-63)', () => {
+describe('VCMD device: command state machine (behaviours 55-63)', () => {
   for (const layout of LAYOUTS) {
-    it(`edge 55: a write to VCMD while IP=1 is dropped and changes nothing (layout ${layout})`, async () => {
+    it(`behaviour 55: a write to VCMD while IP=1 is dropped and changes nothing (layout ${layout})`, async () => {
       const { backend, host, vm } = hostWithVm();
       const slow = deferredBackend(backend);
       const dev = device(layout, slow);
@@ -179,7 +179,7 @@ describe('VCMD device: command state machine (edge cases 55-63)', () => {
       assert.equal(dev.recentCommands().length, 1);
     });
 
-    it(`edge 56: writing the command field clears VCRSP and sets IP before the command completes (layout ${layout})`, async () => {
+    it(`behaviour 56: writing the command field clears VCRSP and sets IP before the command completes (layout ${layout})`, async () => {
       const { backend } = hostWithVm();
       const slow = deferredBackend(backend);
       const dev = device(layout, slow);
@@ -194,7 +194,7 @@ describe('VCMD device: command state machine (edge cases 55-63)', () => {
       assert.deepEqual(decodeVcrsp(layout, dev.read(off(layout, 'VCRSP_REG'), 8)).pasid, 2);
     });
 
-    it(`edge 57: commands 3-255 complete with SC=1 "undefined command" (layout ${layout})`, () => {
+    it(`behaviour 57: commands 3-255 complete with SC=1 "undefined command" (layout ${layout})`, () => {
       const { backend, host, vm } = hostWithVm();
       const dev = device(layout, backend);
       for (let cmd = 3; cmd <= 255; cmd++) {
@@ -205,7 +205,7 @@ describe('VCMD device: command state machine (edge cases 55-63)', () => {
       assert.equal(dev.recentCommands().at(-1)?.statusName, 'undefined command');
     });
 
-    it(`edge 57: commands not advertised in VCCAP complete with "undefined command" (layout ${layout})`, () => {
+    it(`behaviour 57: commands not advertised in VCCAP complete with "undefined command" (layout ${layout})`, () => {
       const { backend, host, vm } = hostWithVm();
       // Linux PAS bit 0: no NS bit, so Null is never advertised.
       assert.equal(command(device(layout, backend), layout, VCMD_CMD.NULL).sc, 1);
@@ -214,7 +214,7 @@ describe('VCMD device: command state machine (edge cases 55-63)', () => {
       assert.equal(noPas.read(off(layout, 'VCCAP_REG'), 8), 0n);
       assert.equal(command(noPas, layout, VCMD_CMD.ALLOCATE).sc, 1);
       assert.equal(command(noPas, layout, VCMD_CMD.FREE, 1).sc, 1);
-      // Spec 5.10 bits: FPS clear makes Free undefined while Allocate works.
+      // VT-d Rev 5.10 bits: FPS clear makes Free undefined while Allocate works.
       const noFps = device(layout, backend, { pasBit: 1, freeCommand: false });
       assert.equal(noFps.read(off(layout, 'VCCAP_REG'), 8), 0b011n);
       const a = command(noFps, layout, VCMD_CMD.ALLOCATE);
@@ -223,7 +223,7 @@ describe('VCMD device: command state machine (edge cases 55-63)', () => {
       assert.deepEqual(host.idsOf(vm), [a.pasid]);
     });
 
-    it(`edge 58: the Null command completes with SC=0 and a zero result when NS is supported (layout ${layout})`, () => {
+    it(`behaviour 58: the Null command completes with SC=0 and a zero result when NS is supported (layout ${layout})`, () => {
       const { backend, host, vm } = hostWithVm();
       const dev = device(layout, backend, { pasBit: 1, nullCommand: true });
       assert.equal(dev.read(off(layout, 'VCCAP_REG'), 8) & 1n, 1n);
@@ -233,7 +233,7 @@ describe('VCMD device: command state machine (edge cases 55-63)', () => {
       assert.equal(host.setCount(vm), 1);
     });
 
-    it(`edge 59: RSLT is zero whenever SC != 0 (layout ${layout})`, () => {
+    it(`behaviour 59: RSLT is zero whenever SC != 0 (layout ${layout})`, () => {
       const { backend } = hostWithVm(1);
       const dev = device(layout, backend);
       assert.equal(command(dev, layout, VCMD_CMD.ALLOCATE).sc, 0);
@@ -246,7 +246,7 @@ describe('VCMD device: command state machine (edge cases 55-63)', () => {
       assert.deepEqual([bad.sc, bad.result], [NO_PASID[layout], 0n]);
     });
 
-    it(`edge 60: Free of a PASID the VM does not own, of PASID 0, or of a never-allocated PASID is "invalid PASID" (layout ${layout})`, () => {
+    it(`behaviour 60: Free of a PASID the VM does not own, of PASID 0, or of a never-allocated PASID is "invalid PASID" (layout ${layout})`, () => {
       const host = new IoasidSpace({ profile: 'strict' });
       const vm1 = host.createSet({ name: 'vm1', quota: 10 });
       const vm2 = host.createSet({ name: 'vm2', quota: 10 });
@@ -262,7 +262,7 @@ describe('VCMD device: command state machine (edge cases 55-63)', () => {
       assert.deepEqual(host.idsOf(vm1), []);
     });
 
-    it(`edge 61: Allocate beyond the VM's quota (default 1000) is "no PASID available" (layout ${layout})`, () => {
+    it(`behaviour 61: Allocate beyond the VM's quota (default 1000) is "no PASID available" (layout ${layout})`, () => {
       const { backend, host, vm } = hostWithVm(1000);
       const dev = device(layout, backend);
       for (let i = 0; i < 1000; i++) assert.equal(command(dev, layout, VCMD_CMD.ALLOCATE).sc, 0);
@@ -272,7 +272,7 @@ describe('VCMD device: command state machine (edge cases 55-63)', () => {
       assert.match(dev.recentCommands().at(-1)?.error ?? '', /EDQUOT/);
     });
 
-    it(`edge 62: the quota is per VM, shared by all its vIOMMUs, not per device (layout ${layout})`, () => {
+    it(`behaviour 62: the quota is per VM, shared by all its vIOMMUs, not per device (layout ${layout})`, () => {
       const host = new IoasidSpace({ profile: 'strict' });
       const vm1 = host.createSet({ name: 'vm1', quota: 2 });
       const vm2 = host.createSet({ name: 'vm2', quota: 2 });
@@ -287,7 +287,7 @@ describe('VCMD device: command state machine (edge cases 55-63)', () => {
     });
   }
 
-  it('edge 63: a 32-bit guest writing the low dword first does not fire until the high dword arrives (layout B, PASID bits 35:32)', () => {
+  it('behaviour 63: a 32-bit guest writing the low dword first does not fire until the high dword arrives (layout B, PASID bits 35:32)', () => {
     const { backend, host, vm } = hostWithVm(0);
     const dev = device('B', backend);
     const vcmd = off('B', 'VCMD_REG');
@@ -304,7 +304,7 @@ describe('VCMD device: command state machine (edge cases 55-63)', () => {
     assert.equal(host.has(target & 0xffff), true, 'the truncated PASID was not freed');
   });
 
-  it('edge 63: the high dword first also forms one command, firing on the low write', () => {
+  it('behaviour 63: the high dword first also forms one command, firing on the low write', () => {
     const { backend, host, vm } = hostWithVm(0);
     for (let i = 0; i < 0x10005; i++) host.allocSync(vm, 1, 0xfffff);
     const dev = device('B', backend);
@@ -317,7 +317,7 @@ describe('VCMD device: command state machine (edge cases 55-63)', () => {
     assert.equal(host.has(0x10003), false);
   });
 
-  it('edge 63: a 64-bit write fires at once and discards a half-written pair; layout A works the same', () => {
+  it('behaviour 63: a 64-bit write fires at once and discards a half-written pair; layout A works the same', () => {
     for (const layout of LAYOUTS) {
       const { backend, host, vm } = hostWithVm();
       const dev = device(layout, backend);
@@ -354,9 +354,9 @@ describe('VCMD device: command state machine (edge cases 55-63)', () => {
   });
 });
 
-describe('VCMD device: host and backend (edge cases 64, 65)', () => {
+describe('VCMD device: host and backend (behaviours 64, 65)', () => {
   for (const layout of LAYOUTS) {
-    it(`edge 64: VM teardown frees every PASID the VM owns and notifies; later guest Frees get "invalid PASID" (layout ${layout})`, () => {
+    it(`behaviour 64: VM teardown frees every PASID the VM owns and notifies; later guest Frees get "invalid PASID" (layout ${layout})`, () => {
       const host = new IoasidSpace({ profile: 'strict' });
       const vm1 = host.createSet({ name: 'vm1', quota: 10 });
       const vm2 = host.createSet({ name: 'vm2', quota: 10 });
@@ -373,7 +373,7 @@ describe('VCMD device: host and backend (edge cases 64, 65)', () => {
       assert.equal(command(dev1, layout, VCMD_CMD.FREE, mine[0]).sc, NO_PASID[layout]);
     });
 
-    it(`edge 65: host allocation uses [1, 0xFFFFF] and never returns PASID 0 (layout ${layout})`, () => {
+    it(`behaviour 65: host allocation uses [1, 0xFFFFF] and never returns PASID 0 (layout ${layout})`, () => {
       const { backend } = hostWithVm();
       assert.equal(command(device(layout, backend), layout, VCMD_CMD.ALLOCATE).pasid, 1);
       // A backend that answers 0 (or anything outside [1, 0xFFFFF]) is a host bug: the guest sees

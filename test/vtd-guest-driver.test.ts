@@ -1,5 +1,5 @@
 /**
- * The guest VT-d driver's custom PASID allocator (spec 2; edge cases 37-54), over in-process VCMD
+ * The guest VT-d driver's custom PASID allocator (behaviours 37-54 of docs/behaviours.md), over in-process VCMD
  * devices backed by a strict host space with a set per VM. Each test pins the guest profile it
  * applies to; layout-dependent rules run in both layouts.
  */
@@ -146,9 +146,9 @@ function fakeClock(onSleep?: (polls: number) => void): { now: () => number; slee
 
 // ---------------------------------------------------------------------------------- registration
 
-describe('registration (edge cases 37-42, 46)', () => {
+describe('registration (behaviours 37-42, 46)', () => {
   for (const profile of [...LINUX, 'strict'] as Profile[]) {
-    it(`edge 37: no custom allocator when CAP.CM = 0 (bare metal) [${profile}]`, async () => {
+    it(`behaviour 37: no custom allocator when CAP.CM = 0 (bare metal) [${profile}]`, async () => {
       const r = rig({ profile, layout: 'B', device: { cachingMode: false } });
       assert.equal(r.driver.units[0]?.registered, false);
       assert.equal(r.guest.activeAllocator(), null);
@@ -159,7 +159,7 @@ describe('registration (edge cases 37-42, 46)', () => {
   }
 
   for (const layout of LAYOUTS) {
-    it(`edge 38: no custom allocator (warning) when scalable mode is not in use, by option or by ECAP.SMTS [linux-5.8, layout ${layout}]`, () => {
+    it(`behaviour 38: no custom allocator (warning) when scalable mode is not in use, by option or by ECAP.SMTS [linux-5.8, layout ${layout}]`, () => {
       const off = rig({ profile: 'linux-5.8', layout, driver: { scalableMode: false } });
       assert.equal(off.guest.activeAllocator(), null);
       assert.deepEqual(off.messages('warn'), ['VT-d Scalable Mode not enabled, no PASID allocation']);
@@ -168,7 +168,7 @@ describe('registration (edge cases 37-42, 46)', () => {
       assert.deepEqual(noSmts.messages('warn'), ['VT-d Scalable Mode not enabled, no PASID allocation']);
     });
 
-    it(`edge 39: no custom allocator when VCCAP.PAS is clear; the guest stays on its default allocator [linux-5.18, layout ${layout}]`, async () => {
+    it(`behaviour 39: no custom allocator when VCCAP.PAS is clear; the guest stays on its default allocator [linux-5.18, layout ${layout}]`, async () => {
       const r = rig({ profile: 'linux-5.18', layout, device: { pasidAllocation: false } });
       assert.equal(r.driver.units[0]?.vccap, 0n);
       assert.equal(r.guest.activeAllocator(), null);
@@ -179,7 +179,7 @@ describe('registration (edge cases 37-42, 46)', () => {
       assert.equal(r.host.setCount(r.vm), 0);
     });
 
-    it(`edge 40: VCCAP is treated as 0 and never read when ECAP.VCS is clear [linux-5.8, layout ${layout}]`, () => {
+    it(`behaviour 40: VCCAP is treated as 0 and never read when ECAP.VCS is clear [linux-5.8, layout ${layout}]`, () => {
       const r = rig({ profile: 'linux-5.8', layout, device: { virtualCommands: false } });
       const vccap = registerOffset(layout, 'VCCAP_REG');
       assert.equal(r.mmio[0]?.log.some((a) => a.offset === vccap), false);
@@ -196,7 +196,7 @@ describe('registration (edge cases 37-42, 46)', () => {
   });
 
   for (const profile of [...LINUX, 'strict'] as Profile[]) {
-    it(`edge 41: a registration failure disables scalable mode globally and later vIOMMUs skip registration [${profile}]`, async () => {
+    it(`behaviour 41: a registration failure disables scalable mode globally and later vIOMMUs skip registration [${profile}]`, async () => {
       let held = 0;
       const r = rig({ profile, layout: 'B', units: 3, before: (g) => { held = g.allocSync(null, 1, 10); } });
       assert.equal(r.driver.scalableMode, false);
@@ -211,7 +211,7 @@ describe('registration (edge cases 37-42, 46)', () => {
       assert.equal(r.host.setCount(r.vm), 0);
     });
 
-    it(`edge 42: with two vIOMMUs both register into one group, one is active, and all VCMD traffic goes through the first [${profile}]`, async () => {
+    it(`behaviour 42: with two vIOMMUs both register into one group, one is active, and all VCMD traffic goes through the first [${profile}]`, async () => {
       const r = rig({ profile, layout: 'B', units: 2 });
       const [u0, u1] = r.driver.units;
       assert.ok(u0 !== undefined && u1 !== undefined);
@@ -228,7 +228,7 @@ describe('registration (edge cases 37-42, 46)', () => {
     });
   }
 
-  it('edge 46: intel_pasid_max_id is the minimum of 2 << ECAP.PSS over PASID-capable units, default 0x100000', () => {
+  it('behaviour 46: intel_pasid_max_id is the minimum of 2 << ECAP.PSS over PASID-capable units, default 0x100000', () => {
     const none = new VtdGuestDriver(new IoasidSpace(), { layout: 'B' });
     assert.equal(none.pasidMaxId, INTEL_PASID_MAX);
     const r = rig({
@@ -242,15 +242,15 @@ describe('registration (edge cases 37-42, 46)', () => {
 
 // ---------------------------------------------------------------------------------- allocation
 
-describe('alloc (edge cases 43-49)', () => {
+describe('alloc (behaviours 43-49)', () => {
   for (const profile of LINUX) {
-    it(`edge 43: alloc with min = 0 fails without any VCMD write [${profile}]`, async () => {
+    it(`behaviour 43: alloc with min = 0 fails without any VCMD write [${profile}]`, async () => {
       const r = rig({ profile, layout: 'B' });
       await assert.rejects(r.guest.alloc(null, 0, 100), (e) => isIoasidError(e, 'ENOSPC')); // INVALID_IOASID
       assert.deepEqual(vcmdWrites(r, 0, 'B'), []);
     });
 
-    it(`edge 44: alloc with max > intel_pasid_max_id fails without VCMD traffic, max == intel_pasid_max_id is accepted [${profile}]`, async () => {
+    it(`behaviour 44: alloc with max > intel_pasid_max_id fails without VCMD traffic, max == intel_pasid_max_id is accepted [${profile}]`, async () => {
       const r = rig({ profile, layout: 'A', device: { pss: 7 } });
       assert.equal(r.driver.pasidMaxId, 256);
       await assert.rejects(r.guest.alloc(null, 1, 257), (e) => isIoasidError(e, 'ENOSPC'));
@@ -259,7 +259,7 @@ describe('alloc (edge cases 43-49)', () => {
       assert.deepEqual(vcmdWrites(r, 0, 'A'), [1n]);
     });
 
-    it(`edge 45: a narrower range still issues VCMD Allocate and returns the host's PASID even outside it [${profile}]`, async () => {
+    it(`behaviour 45: a narrower range still issues VCMD Allocate and returns the host's PASID even outside it [${profile}]`, async () => {
       const r = rig({ profile, layout: 'B', device: { rangeExtension: true } });
       const other = r.host.createSet({ name: 'vm2' });
       for (let i = 0; i < 4; i++) r.host.allocSync(other, 1, 0xfffff);
@@ -271,7 +271,7 @@ describe('alloc (edge cases 43-49)', () => {
     });
   }
 
-  it('edge 43/44 in strict: out-of-bounds ranges are EINVAL naming the bound, and the exclusive bound is enforced', async () => {
+  it('behaviour 43/44 in strict: out-of-bounds ranges are EINVAL naming the bound, and the exclusive bound is enforced', async () => {
     const r = rig({ profile: 'strict', layout: 'B', device: { pss: 7 } });
     await assert.rejects(r.guest.alloc(null, 0, 100), (e) => isIoasidError(e, 'EINVAL'));
     await assert.rejects(r.guest.alloc(null, 1, 256), (e) => isIoasidError(e, 'EINVAL') && /255/.test(e.message));
@@ -279,7 +279,7 @@ describe('alloc (edge cases 43-49)', () => {
     assert.equal(await r.guest.alloc(null, 1, 255), 1);
   });
 
-  it('edge 45 in strict: a host answer outside [min, max] is freed back to the host and the call fails with ERANGE', async () => {
+  it('behaviour 45 in strict: a host answer outside [min, max] is freed back to the host and the call fails with ERANGE', async () => {
     const r = rig({ profile: 'strict', layout: 'B' });
     const other = r.host.createSet({ name: 'vm2' });
     for (let i = 0; i < 4; i++) r.host.allocSync(other, 1, 0xfffff);
@@ -307,7 +307,7 @@ describe('alloc (edge cases 43-49)', () => {
 
   for (const layout of LAYOUTS) {
     for (const profile of ['linux-5.8', 'strict'] as Profile[]) {
-      it(`edge 47: a successful Allocate yields the 20-bit RESULT field as the PASID [${profile}, layout ${layout}]`, async () => {
+      it(`behaviour 47: a successful Allocate yields the 20-bit RESULT field as the PASID [${profile}, layout ${layout}]`, async () => {
         const r = rig({ profile, layout });
         assert.equal(await r.guest.alloc(null, 1, 0xfffff), 1);
         // A response with bits set above the PASID sub-field: Linux masks them, strict refuses.
@@ -317,7 +317,7 @@ describe('alloc (edge cases 43-49)', () => {
         else assert.equal(await guest.alloc(null, 1, 0xfffff), 0x1234);
       });
 
-      it(`edge 48: status "no PASID available" maps to ENOSPC [${profile}, layout ${layout}]`, async () => {
+      it(`behaviour 48: status "no PASID available" maps to ENOSPC [${profile}, layout ${layout}]`, async () => {
         const r = rig({ profile, layout, quota: 1 });
         await r.guest.alloc(null, 1, 0xfffff);
         if (profile === 'linux-5.8' && layout === 'A') {
@@ -333,7 +333,7 @@ describe('alloc (edge cases 43-49)', () => {
         assert.deepEqual(r.messages('info').slice(-1), ['IOMMU: dmar0: No PASID available']);
       });
 
-      it(`edge 49: "undefined command" or an unknown status maps to ENODEV [${profile}, layout ${layout}]`, async () => {
+      it(`behaviour 49: "undefined command" or an unknown status maps to ENODEV [${profile}, layout ${layout}]`, async () => {
         // The PAS bit discrepancy end to end: a spec-5.10 device (PAS at bit 1) advertising only NS
         // at bit 0 looks like PAS to a Linux guest, whose Allocate is then an undefined command.
         const r = rig({ profile, layout, device: { pasBit: 1, pasidAllocation: false, nullCommand: true } });
@@ -353,7 +353,7 @@ describe('alloc (edge cases 43-49)', () => {
     }
   }
 
-  it('edge 59: the guest ignores RSLT when SC != 0', async () => {
+  it('behaviour 59: the guest ignores RSLT when SC != 0', async () => {
     const { guest } = guestWith('linux-5.18', 'B', fakeUnit('B', () => (0x777n << 16n) | (16n << 1n)));
     await assert.rejects(guest.alloc(null, 1, 0xfffff), (e) => isIoasidError(e, 'ENOSPC'));
     assert.equal(guest.size, 0);
@@ -362,9 +362,9 @@ describe('alloc (edge cases 43-49)', () => {
 
 // ---------------------------------------------------------------------------------- free
 
-describe('free (edge cases 50-52)', () => {
+describe('free (behaviours 50-52)', () => {
   for (const profile of LINUX) {
-    it(`edge 50: freeing a PASID with private data issues no VCMD Free, logs "Cannot free active IOASID", and the framework forgets it [${profile}]`, async () => {
+    it(`behaviour 50: freeing a PASID with private data issues no VCMD Free, logs "Cannot free active IOASID", and the framework forgets it [${profile}]`, async () => {
       const r = rig({ profile, layout: 'B' });
       const id = await r.guest.alloc(null, 1, 0xfffff, { device: '0000:00:02.0' });
       await r.guest.free(id);
@@ -375,7 +375,7 @@ describe('free (edge cases 50-52)', () => {
     });
   }
 
-  it('edge 50 in strict: free of a PASID that still has a device bound is EBUSY and the guest keeps it', async () => {
+  it('behaviour 50 in strict: free of a PASID that still has a device bound is EBUSY and the guest keeps it', async () => {
     const r = rig({ profile: 'strict', layout: 'B' });
     const id = await r.guest.alloc(null, 1, 0xfffff, { device: '0000:00:02.0' });
     await assert.rejects(r.guest.free(id), (e) => isIoasidError(e, 'EBUSY'));
@@ -389,7 +389,7 @@ describe('free (edge cases 50-52)', () => {
 
   for (const layout of LAYOUTS) {
     for (const profile of ['linux-5.8', 'linux-5.18', 'strict'] as Profile[]) {
-      it(`edge 51: free after clearing private data issues VCMD Free with the PASID at the layout's shift [${profile}, layout ${layout}]`, async () => {
+      it(`behaviour 51: free after clearing private data issues VCMD Free with the PASID at the layout's shift [${profile}, layout ${layout}]`, async () => {
         const r = rig({ profile, layout });
         const other = r.host.createSet({ name: 'other' });
         for (let i = 0; i < 0x1233; i++) r.host.allocSync(other, 1, 0xfffff);
@@ -402,7 +402,7 @@ describe('free (edge cases 50-52)', () => {
         assert.deepEqual(r.host.idsOf(r.vm), []);
       });
 
-      it(`edge 52: a Free answered "invalid PASID" is only logged and raises no error [${profile}, layout ${layout}]`, async () => {
+      it(`behaviour 52: a Free answered "invalid PASID" is only logged and raises no error [${profile}, layout ${layout}]`, async () => {
         const r = rig({ profile, layout });
         const id = await r.guest.alloc(null, 1, 0xfffff);
         r.host.freeSync(id, r.vm); // the host dropped it behind the guest's back
@@ -434,9 +434,9 @@ describe('free (edge cases 50-52)', () => {
 
 // ---------------------------------------------------------------------------------- polling
 
-describe('polling (edge cases 53, 54)', () => {
+describe('polling (behaviours 53, 54)', () => {
   for (const profile of ['linux-5.18', 'strict'] as Profile[]) {
-    it(`edge 53: the driver polls VCRSP.IP until clear, yielding so an asynchronous host can answer [${profile}]`, async () => {
+    it(`behaviour 53: the driver polls VCRSP.IP until clear, yielding so an asynchronous host can answer [${profile}]`, async () => {
       const waiting: (() => void)[] = [];
       const clock = fakeClock((polls) => { if (polls === 3) for (const w of waiting.splice(0)) w(); });
       const r = rig({
@@ -450,7 +450,7 @@ describe('polling (edge cases 53, 54)', () => {
       assert.equal(reads.at(-1)?.value, 1n << 16n);
     });
 
-    it(`edge 53: a host that never answers gives ETIMEDOUT after the deadline, never a hang [${profile}]`, async () => {
+    it(`behaviour 53: a host that never answers gives ETIMEDOUT after the deadline, never a hang [${profile}]`, async () => {
       const clock = fakeClock();
       const r = rig({
         profile, layout: 'B', driver: { now: clock.now, sleep: clock.sleep, timeoutMs: 10_000, pollIntervalMs: 250 },
@@ -493,7 +493,7 @@ describe('polling (edge cases 53, 54)', () => {
   });
 
   for (const profile of ['linux-5.18', 'strict'] as Profile[]) {
-    it(`edge 54: SC is decoded per layout, and a guest/host layout mismatch surfaces as "unexpected status" [${profile}]`, async () => {
+    it(`behaviour 54: SC is decoded per layout, and a guest/host layout mismatch surfaces as "unexpected status" [${profile}]`, async () => {
       // A layout-A answer "no PASID" (SC 2 in bits 2:1) read by a layout-B guest: SC = (0x4 & 0xff) >> 1 = 2.
       const b = guestWith(profile, 'B', fakeUnit('B', () => 0x4n));
       await assert.rejects(b.guest.alloc(null, 1, 0xfffff), (e) => isIoasidError(e, 'ENODEV'));
@@ -593,7 +593,7 @@ describe('several vIOMMUs and hot-unplug', () => {
   });
 
   for (const profile of LINUX) {
-    it(`edges 30/34: unplugging the last vIOMMU reverts to the default allocator, orphaning host PASIDs that the guest may reuse [${profile}]`, async () => {
+    it(`behaviours 30/34: unplugging the last vIOMMU reverts to the default allocator, orphaning host PASIDs that the guest may reuse [${profile}]`, async () => {
       const r = rig({ profile, layout: 'B' });
       const [u0] = r.driver.units;
       assert.ok(u0 !== undefined);

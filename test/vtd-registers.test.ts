@@ -1,6 +1,6 @@
 /**
- * VT-d register tables and codecs (DESIGN 4.1, spec 3): offsets and fields pinned to the spec
- * tables, values pinned to hand-computed encodings, and encode/decode round trips (fast-check).
+ * VT-d register tables and codecs (docs/vtd-registers.md): offsets and fields pinned to the VT-d
+ * specification's tables, values pinned to hand-computed encodings, and encode/decode round trips (fast-check).
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -82,7 +82,7 @@ describe('register tables pinned to the spec', () => {
     assert.deepEqual([b.rangeMax?.hi, b.rangeMax?.lo], [19, 0]);
   });
 
-  it('VCCAP: PAS at bit 0 (Linux) or NS 0 / PAS 1 / FPS 2 (spec 5.10); RX bit 63 only in layout B', () => {
+  it('VCCAP: PAS at bit 0 (Linux) or NS 0 / PAS 1 / FPS 2 (VT-d Rev 5.10); RX bit 63 only in layout B', () => {
     assert.deepEqual(bits('A', 'VCCAP_REG', 0), { PAS: '0:0' });
     assert.deepEqual(bits('A', 'VCCAP_REG', 1), { NS: '0:0', PAS: '1:1', FPS: '2:2' });
     assert.deepEqual(bits('B', 'VCCAP_REG', 0), { PAS: '0:0', RX: '63:63' });
@@ -155,7 +155,7 @@ describe('values pinned to the spec tables', () => {
     assert.equal(encodeRegister('A', 'CAP_REG', { CM: 1n }), 0x80n);
   });
 
-  it('VCCAP values: Linux PAS = 0x1; spec 5.10 NS|PAS|FPS = 0x7; RX = bit 63', () => {
+  it('VCCAP values: Linux PAS = 0x1; VT-d Rev 5.10 NS|PAS|FPS = 0x7; RX = bit 63', () => {
     assert.equal(encodeVccap(registerMap('B', 0), { allocate: true, free: true }), 1n);
     assert.equal(encodeVccap(registerMap('B', 1), { allocate: true, free: true, nullCommand: true }), 7n);
     assert.equal(encodeVccap(registerMap('B', 1), { allocate: true }), 2n);

@@ -29,6 +29,8 @@ export const HTTP_STATUS: Readonly<Record<IoasidErrorCode, number>> = {
   EDEADLK: 500,
   ENOTSUPP: 500,
   ENODEV: 503,
+  EROFS: 503,
+  EREMOTE: 421,
   ETIMEDOUT: 504,
 };
 
@@ -55,6 +57,8 @@ export const PROBLEM_TITLES: Readonly<Record<IoasidErrorCode, string>> = {
   ENOTSUPP: 'Not supported',
   ENODEV: 'Unavailable',
   ETIMEDOUT: 'Timed out',
+  EROFS: 'Store is read-only',
+  EREMOTE: 'Served by another host',
 };
 
 export function httpStatusOf(e: { readonly code: IoasidErrorCode }): number {

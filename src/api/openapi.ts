@@ -45,8 +45,9 @@ const ERROR_TEXT: Readonly<Record<number, string>> = {
   404: 'No such VM, PASID, vIOMMU, device or binding (ENOENT). A VM token gets 404 for a PASID that is not its own, whether free or another VM\'s.',
   409: 'The state says no (ENOSPC, EDQUOT, EEXIST, EBUSY, ERANGE, EAGAIN): nothing changed.',
   413: 'The request body is larger than the limit (EFBIG).',
+  421: 'Misdirected (EREMOTE, cluster mode): another host of the domain serves this VM; `details.host` names it and `details.url` is where to send the request. Nothing changed.',
   500: 'An internal error (EFAULT): a bug or a store failure; the change was not acknowledged.',
-  503: 'Unavailable (ENODEV): shutting down, or (cluster) the VM runs on another host, named in `details`; or not committed (EIO): nothing of it took effect, send it again.',
+  503: 'Unavailable (ENODEV): shutting down, or (cluster) this host is fenced or cut off; not committed (EIO, EROFS): nothing of it took effect, send it again.',
   504: 'Timed out (ETIMEDOUT): the outcome of a cluster write is unknown.',
 };
 

@@ -55,12 +55,12 @@ export const OPERATIONS = {
   },
   readyz: {
     method: 'GET', path: '/readyz', auth: 'none', tag: 'ops', status: 200,
-    summary: 'Readiness: the store is open and the service takes requests; 503 ENODEV while it shuts down.',
+    summary: 'Readiness: 200 when the service takes changes; 503 ENODEV (details.reason says why) while it shuts down, when its store cannot commit, or in cluster mode when this host is fenced, has lost its lease or cannot reach etcd.',
     response: READY, errors: [503],
   },
   metrics: {
     method: 'GET', path: '/metrics', auth: 'metrics', tag: 'ops', status: 200, produces: METRICS_MEDIA_TYPE,
-    summary: 'Prometheus metrics: operations by kind and result, errors by code, PASIDs used and quota per VM, request latency.',
+    summary: 'Prometheus metrics: operations by kind and result (ok or the errno code), request latency, PASIDs allocated and capacity, PASIDs and quota per VM, store commit latency, event subscribers and dropped consumers, cluster health, build info.',
     description: 'Needs the admin token or the metrics token given at start (`--metrics-token-file`; Prometheus: `authorization: { credentials_file: ... }`), since it names every VM; open to anyone only when the service runs with `--metrics-no-auth`.',
   },
   openapi: {
@@ -85,35 +85,35 @@ export const OPERATIONS = {
   destroyVm: {
     method: 'DELETE', path: '/v1/vms/{vm}', auth: 'admin', tag: 'vms', status: 200,
     summary: 'Destroy a VM: unbind its devices, free every PASID it held, forget it.',
-    params: VM_PARAMS, response: DESTROYED_VM, errors: [409, 503],
+    params: VM_PARAMS, response: DESTROYED_VM, errors: [409, 421, 503],
   },
   replaceToken: {
     method: 'POST', path: '/v1/vms/{vm}/token', auth: 'admin', tag: 'vms', status: 200,
     summary: "Give a VM a new bearer token (shown once): the old one stops working at once, everywhere, and the event subscriptions made with it end.",
-    params: VM_PARAMS, response: NEW_TOKEN, errors: [503],
+    params: VM_PARAMS, response: NEW_TOKEN, errors: [421, 503],
   },
   addViommu: {
     method: 'POST', path: '/v1/vms/{vm}/viommus', auth: 'admin', tag: 'vms', status: 201, summary: 'Hot-plug a vIOMMU for one PCI segment.',
-    params: VM_PARAMS, body: VIOMMU_SPEC, response: VM_INFO, errors: [409, 503],
+    params: VM_PARAMS, body: VIOMMU_SPEC, response: VM_INFO, errors: [409, 421, 503],
   },
   removeViommu: {
     method: 'DELETE', path: '/v1/vms/{vm}/viommus/{segment}', auth: 'admin', tag: 'vms', status: 200,
     summary: 'Hot-unplug a vIOMMU (no device may sit behind it).',
-    params: SEGMENT_PARAMS, response: VM_INFO, errors: [409, 503],
+    params: SEGMENT_PARAMS, response: VM_INFO, errors: [409, 421, 503],
   },
   addDevice: {
     method: 'POST', path: '/v1/vms/{vm}/devices', auth: 'admin', tag: 'vms', status: 201, summary: 'Assign a device (behind the vIOMMU of its segment).',
-    params: VM_PARAMS, body: DEVICE_SPEC, response: VM_INFO, errors: [409, 503],
+    params: VM_PARAMS, body: DEVICE_SPEC, response: VM_INFO, errors: [409, 421, 503],
   },
   removeDevice: {
     method: 'DELETE', path: '/v1/vms/{vm}/devices/{bdf}', auth: 'admin', tag: 'vms', status: 200, summary: 'Remove a device (its bindings are dropped).',
-    params: DEVICE_PARAMS, response: VM_INFO, errors: [503],
+    params: DEVICE_PARAMS, response: VM_INFO, errors: [421, 503],
   },
   allocPasids: {
     method: 'POST', path: '/v1/vms/{vm}/pasids', auth: 'vm', tag: 'pasids', status: 201,
     summary: 'Allocate PASIDs for the VM, lowest free in [min, max]; count > 1 is a batch, all or nothing.',
     description: '409 ENOSPC when no PASID is free in the range, 409 EDQUOT when the VM would exceed its quota.',
-    params: VM_PARAMS, body: ALLOC_BODY, response: PASID_LIST_BODY, errors: [409, 503],
+    params: VM_PARAMS, body: ALLOC_BODY, response: PASID_LIST_BODY, errors: [409, 421, 503],
   },
   listVmPasids: {
     method: 'GET', path: '/v1/vms/{vm}/pasids', auth: 'vm', tag: 'pasids', status: 200, summary: "The VM's PASIDs, ascending.",
@@ -127,21 +127,21 @@ export const OPERATIONS = {
   freePasid: {
     method: 'DELETE', path: '/v1/vms/{vm}/pasids/{pasid}', auth: 'vm', tag: 'pasids', status: 204,
     summary: "Free one of the VM's PASIDs (403 another VM's, 404 unknown, 409 still bound).",
-    params: PASID_PARAMS, errors: [409, 503],
+    params: PASID_PARAMS, errors: [409, 421, 503],
   },
   bind: {
     method: 'POST', path: '/v1/vms/{vm}/pasids/{pasid}/bindings', auth: 'vm', tag: 'pasids', status: 201,
     summary: "Bind one of the VM's devices to one of its PASIDs (within the device's PASID width).",
-    params: PASID_PARAMS, body: BIND_BODY, response: BINDING, errors: [409, 503],
+    params: PASID_PARAMS, body: BIND_BODY, response: BINDING, errors: [409, 421, 503],
   },
   unbind: {
     method: 'DELETE', path: '/v1/vms/{vm}/pasids/{pasid}/bindings/{bdf}', auth: 'vm', tag: 'pasids', status: 204, summary: 'Unbind a device from a PASID.',
-    params: BINDING_PARAMS, errors: [503],
+    params: BINDING_PARAMS, errors: [421, 503],
   },
   mmio: {
     method: 'POST', path: '/v1/vms/{vm}/viommus/{segment}/mmio', auth: 'vm', tag: 'vcmd', status: 200,
     summary: 'Forward a trapped register read or write of a vIOMMU to its VCMD device model (64-bit values as hex strings).',
-    params: SEGMENT_PARAMS, body: MMIO_BODY, response: MMIO_RESULT, errors: [503],
+    params: SEGMENT_PARAMS, body: MMIO_BODY, response: MMIO_RESULT, errors: [421, 503],
   },
   getViommu: {
     method: 'GET', path: '/v1/vms/{vm}/viommus/{segment}', auth: 'vm', tag: 'vcmd', status: 200,
@@ -174,7 +174,7 @@ export const OPERATIONS = {
   migrateVm: {
     method: 'POST', path: '/v1/vms/{vm}/migrate', auth: 'admin', tag: 'cluster', status: 200,
     summary: 'Live migration (cluster mode): move the VM, its set, PASIDs and bindings to host `to` in one etcd transaction; the guest keeps every PASID. Sent to the host the VM runs on.',
-    params: VM_PARAMS, body: MIGRATE_BODY, response: MIGRATE_RESULT, errors: [409, 503, 504],
+    params: VM_PARAMS, body: MIGRATE_BODY, response: MIGRATE_RESULT, errors: [409, 421, 503, 504],
   },
   reclaimHost: {
     method: 'POST', path: '/v1/cluster/hosts/{host}/reclaim', auth: 'admin', tag: 'cluster', status: 200,

@@ -39,7 +39,7 @@ export const PASID = { type: 'integer', minimum: PASID_MIN, maximum: PASID_MAX, 
 export const SEGMENT = { type: 'integer', minimum: 0, maximum: SEGMENT_MAX, description: 'A PCI segment (one vIOMMU per segment).' } as const;
 export const BDF = {
   type: 'string', pattern: BDF_PATTERN,
-  description: 'A PCI address, segment:bus:device.function, e.g. 0000:00:02.0.',
+  description: "A device's PCI address as the guest sees it, segment:bus:device.function, e.g. 0000:00:02.0 (the segment selects the guest's vIOMMU; the host's own address of the device stays with the VMM).",
 } as const;
 export const HEX64 = { type: 'string', pattern: '^0x[0-9a-fA-F]{1,16}$', description: 'A 64-bit register value in hex, e.g. 0x1.' } as const;
 export const LAYOUT = { type: 'string', enum: ['A', 'B'], description: 'VT-d register layout: A = VT-d 3.0/3.1, B = VT-d 3.3 and later.' } as const;
@@ -178,7 +178,7 @@ export const VIOMMU_CONFIG = {
   required: ['layout', 'pasBit', 'pasidAllocation', 'freeCommand', 'nullCommand', 'rangeExtension', 'pss', 'cachingMode', 'scalableMode', 'pasidSupport', 'virtualCommands', 'logSize'],
   properties: {
     layout: LAYOUT,
-    pasBit: { type: 'integer', enum: [0, 1], description: 'VCCAP.PAS position: 0 as Linux, 1 as the VT-d spec 5.10.' },
+    pasBit: { type: 'integer', enum: [0, 1], description: 'VCCAP.PAS position: 0 as Linux, 1 as the VT-d specification Rev 5.10.' },
     pasidAllocation: { type: 'boolean', description: 'VCCAP.PAS: Allocate is supported.' },
     freeCommand: { type: 'boolean', description: 'Free is supported.' },
     nullCommand: { type: 'boolean', description: 'VCCAP.NS: the Null command is supported.' },

@@ -1,5 +1,5 @@
 /**
- * `ioasid demo`: the seed's story, narrated. A host; a guest with two vIOMMUs on two PCI segments;
+ * `ioasid demo`: the story of the VT-d custom allocator's review, narrated. A host; a guest with two vIOMMUs on two PCI segments;
  * boot and registration of the VT-d custom allocator; allocation through VCMD with every register
  * access shown decoded; min/max; the quota running out; a foreign free refused; free while bound
  * refused; hot-removal of the active vIOMMU; teardown; where to see the kernel's own bugs

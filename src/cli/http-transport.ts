@@ -16,6 +16,8 @@ export function netReason(e: unknown, timeoutMs: number): string {
   const err = e as { code?: unknown; message?: unknown; cause?: { code?: unknown; message?: unknown } } | null;
   const code = typeof err?.code === 'string' ? err.code : typeof err?.cause?.code === 'string' ? err.cause.code : undefined;
   if (code === 'ECONNREFUSED') return 'connection refused';
+  if (code === 'ENOENT') return 'no such socket';
+  if (code === 'EACCES') return 'no permission to connect to the socket';
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return 'host not found';
   if (code === 'ECONNRESET') return 'connection reset';
   if (code === 'ETIMEDOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') return 'connection timed out';
@@ -23,13 +25,23 @@ export function netReason(e: unknown, timeoutMs: number): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-export function httpTransport(timeoutMs: number): FetchLike {
+/**
+ * `unix`: a service on a Unix socket. The client's URLs are then `unix:PATH/v1/...` (`base` is
+ * `unix:PATH`): the request goes to the socket, with the rest as its path.
+ */
+export function httpTransport(timeoutMs: number, unix?: { readonly base: string; readonly socketPath: string }): FetchLike {
   return async (url, init) => {
-    const u = new URL(url);
-    const send = u.protocol === 'https:' ? (await import('node:https')).request : httpRequest;
+    let target: URL | { socketPath: string; path: string; host: string };
+    let send = httpRequest;
+    if (unix !== undefined && url.startsWith(unix.base)) target = { socketPath: unix.socketPath, path: url.slice(unix.base.length) || '/', host: 'localhost' };
+    else {
+      target = new URL(url);
+      if (target.protocol === 'https:') send = (await import('node:https')).request;
+    }
     return new Promise<Answer>((resolve, reject) => {
       const body = init.body === undefined ? undefined : Buffer.from(init.body, 'utf8');
-      const req = send(u, { method: init.method, headers: { ...init.headers, ...(body !== undefined ? { 'content-length': String(body.length) } : {}) } }, (res: IncomingMessage) => {
+      const options = { method: init.method, headers: { ...init.headers, ...(body !== undefined ? { 'content-length': String(body.length) } : {}) } };
+      const onAnswer = (res: IncomingMessage) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('error', (e) => reject(new Error(netReason(e, timeoutMs))));
@@ -43,7 +55,8 @@ export function httpTransport(timeoutMs: number): FetchLike {
             arrayBuffer: async () => bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) as ArrayBuffer,
           });
         });
-      });
+      };
+      const req = target instanceof URL ? send(target, options, onAnswer) : send({ ...target, ...options }, onAnswer);
       req.setTimeout(timeoutMs, () => req.destroy(Object.assign(new Error('timeout'), { name: 'TimeoutError' })));
       req.on('error', (e) => reject(new Error(netReason(e, timeoutMs))));
       req.end(body);

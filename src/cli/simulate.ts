@@ -34,7 +34,7 @@ interface SimulateOptions {
 function positiveInt(what: string, min: number) {
   return (v: string): number => {
     const n = Number(v);
-    if (!Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`${what} must be an integer >= ${min}`);
+    if (!/^\s*\d+\s*$/.test(v) || !Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`${what} must be an integer >= ${min}, got ${JSON.stringify(v)}`);
     return n;
   };
 }
@@ -70,7 +70,7 @@ function print(report: RunReport, opts: SimulateOptions): void {
 
 function usage(message: string, json: boolean | undefined): void {
   if (json === true) process.stdout.write(`${JSON.stringify({ ok: false, error: { code: 'EINVAL', message } }, null, 2)}\n`);
-  else process.stderr.write(`ioasid simulate: ${message}\n`);
+  else process.stderr.write(`error: EINVAL: ${message}\n`);
   process.exitCode = 2;
 }
 
@@ -122,7 +122,7 @@ export function simulateCommand(): Command {
           if (!(e instanceof ScenarioFormatError)) throw e;
           if (opts.json === true) process.stdout.write(`${JSON.stringify({ ok: false, file, error: { code: 'EINVAL', issues: e.issues } }, null, 2)}\n`);
           else {
-            process.stderr.write(`ioasid simulate: ${file} is not a valid scenario (${e.issues.length} problem${e.issues.length === 1 ? '' : 's'}):\n`);
+            process.stderr.write(`error: EINVAL: ${file} is not a valid scenario (${e.issues.length} problem${e.issues.length === 1 ? '' : 's'}):\n`);
             for (const i of e.issues) process.stderr.write(`  ${formatIssue(i, file)}\n`);
           }
           process.exitCode = 2;

@@ -10,7 +10,7 @@
  *     commit reach it as their journal records, in revision order, through `Host.applyCommitted`
  *     (the host's own apply code); nothing else writes the model.
  *  2. A VM is served only by the host its VM key names: the journal refuses every change to a VM
- *     served elsewhere with ENODEV naming the serving host, and `ensureServes` says so before the
+ *     served elsewhere with EREMOTE naming the serving host, and `ensureServes` says so before the
  *     host checks a request, after a quorum read (a VM that has just migrated here is served at
  *     once, once the watch has brought its last changes).
  *  3. Every host publishes every event of the domain with the same number (etcd-keys.ts), in that
@@ -26,7 +26,7 @@ import {
 } from '../host/index.ts';
 import type { CommittedPart, EtcdStore, Mutation, NewEventRow, ReclaimReport } from '../store/index.ts';
 import { BlockPlacement, type ClusterLogFn } from './placement.ts';
-import type { ClusterRole, ClusterStatus, MigrateResult } from './role.ts';
+import type { ClusterHealth, ClusterRole, ClusterStatus, MigrateResult } from './role.ts';
 
 /**
  * The rows an entry writes: the service's one mapping between host changes and store rows
@@ -128,7 +128,9 @@ export class EtcdClusterRole implements ClusterRole {
 
   /** Rule 1: follow the domain (the host was rebuilt from the store's state first). */
   attach(host: Host<Journal>): void {
-    if (host.journal !== this.journal) throw new IoasidError('EINVAL', 'the cluster role follows a host that commits through its journal', {});
+    let j: Journal | undefined = host.journal;
+    while (j !== undefined && j !== this.journal) j = j.inner;
+    if (j === undefined) throw new IoasidError('EINVAL', 'the cluster role follows a host that commits through its journal', {});
     this.#host = host;
     this.#placement.attach(host.space);
     const early = this.#early;
@@ -168,6 +170,24 @@ export class EtcdClusterRole implements ClusterRole {
 
   hostOf(vm: string): string | null {
     return this.store.vm(vm)?.host ?? null;
+  }
+
+  health(): ClusterHealth {
+    const store = this.store;
+    const { lease, watching } = store.health;
+    const f = store.fenced;
+    const reason = !store.isOpen ? 'not open'
+      : f !== null ? `fenced by ${f.by} (${f.reason})`
+      : !lease.held ? 'lease lost'
+      : !watching ? 'etcd watch down'
+      : null;
+    return {
+      ready: reason === null,
+      ...(reason !== null ? { reason } : {}),
+      fenced: f !== null,
+      lease,
+      blocksHeld: this.#placement.ownBlocks().length,
+    };
   }
 
   async ensureServes(vm: string): Promise<void> {

@@ -3,7 +3,7 @@
  * migration of VMs. The service's PasidAuthority commits through the role's etcd journal when its
  * store is etcd; the etcd backend itself is in src/store (etcd-*.ts). See docs/cluster.md.
  */
-export type { ClusterRole, ClusterStatus, MigrateResult } from './role.ts';
+export type { ClusterHealth, ClusterRole, ClusterStatus, MigrateResult } from './role.ts';
 export { EtcdClusterRole } from './etcd-role.ts';
 export type { EntryRows, EtcdClusterRoleOptions } from './etcd-role.ts';
 export { BlockPlacement } from './placement.ts';

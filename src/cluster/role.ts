@@ -29,6 +29,25 @@ export interface ClusterStatus {
   readonly inconsistencies: number;
 }
 
+/**
+ * What the service reads of cluster mode for `/readyz` and `/metrics` (docs/cluster.md,
+ * "Health"). Synchronous and cheap: it is read at every probe and every scrape, so it reports
+ * what the role already knows (its lease keep-alives, its watch, the fence it saw), never a
+ * round trip to etcd.
+ */
+export interface ClusterHealth {
+  /** True when this host takes changes: not fenced, its lease held, etcd reachable. */
+  readonly ready: boolean;
+  /** Why not, in a few words, when `ready` is false (e.g. "fenced by hostB", "lease lost"). */
+  readonly reason?: string;
+  /** This incarnation was fenced: every change is refused until it restarts. */
+  readonly fenced: boolean;
+  /** This host's etcd lease: kept alive or not, and the seconds left on it at its last keep-alive (null: no lease). */
+  readonly lease: { readonly held: boolean; readonly ttlSeconds: number | null };
+  /** PASID blocks of the namespace this host holds. */
+  readonly blocksHeld: number;
+}
+
 export interface ClusterRole {
   /** This host's name in its migration domain. */
   readonly hostId: string;
@@ -36,8 +55,16 @@ export interface ClusterRole {
   readonly journal: Journal;
   /** Start following the domain: keep `host` current with the changes other hosts commit. */
   attach(host: Host<Journal>): void | Promise<void>;
-  /** ENODEV (naming the host that serves it) unless this host serves the VM. */
+  /**
+   * Resolves when this host serves the VM. A VM another host of the domain serves is refused
+   * with `EREMOTE` (HTTP 421 Misdirected Request) whose details name the owner: `{ vm, host,
+   * url }` (`url`: the owner's advertised URL, null when it has none); the client sends the
+   * request there. A VM nobody serves is `ENOENT`; a fenced or cut-off host answers `ENODEV`.
+   * The service calls it before every change of a VM (src/service/authority.ts).
+   */
   ensureServes(vm: string): Promise<void>;
+  /** Readiness and health, for `/readyz` and `/metrics`. */
+  health(): ClusterHealth;
   /** The host a VM runs on, or null. */
   hostOf(vm: string): string | null;
   status(): ClusterStatus;

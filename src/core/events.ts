@@ -1,5 +1,5 @@
 /**
- * Notifications (the extension series' notifier chains, spec 5.5): `alloc`, `free`, `bind`,
+ * Notifications (the extension series' notifier chains; behaviours 75-76 of docs/behaviours.md): `alloc`, `free`, `bind`,
  * `unbind`, delivered synchronously after the state change, in priority order (cpu, then iommu,
  * then device: quiesce vCPUs before the IOMMU and the device), registration order within one
  * priority. A subscriber may watch one set or all. A throwing subscriber is logged and skipped:

@@ -1,5 +1,5 @@
 /**
- * The ID engine: the default allocator of the IOASID core (DESIGN 3.5).
+ * The ID engine: the default allocator of the IOASID core (docs/core.md).
  *
  * Rules of the engine:
  *  1. The universe is the inclusive range [min, max], 0 <= min <= max <= 0xFFFFFFFE. 0xFFFFFFFF

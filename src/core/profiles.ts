@@ -1,5 +1,5 @@
 /**
- * Behaviour profiles (DESIGN 3.4). Linux changed the framework across versions and had bugs the
+ * Behaviour profiles (docs/core.md). Linux changed the framework across versions and had bugs the
  * reviews pointed out; each profile reproduces one observable behaviour, `strict` has the fixes.
  *
  * `linux-5.8`, `linux-5.11` and `linux-5.18` are the three forms of drivers/iommu/ioasid.c

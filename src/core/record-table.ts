@@ -6,7 +6,7 @@
  *    are allocated on first use, so a 32-bit space costs memory only where IDs are.
  *  - Per set (tag), a count and, per page, how many of the set's IDs the page holds. A set's
  *    members are enumerated by visiting only the pages that hold some of them, so freeing a VM's
- *    PASIDs (edge 69) never walks the range, only the set's own pages; an alloc or a free touches
+ *    PASIDs (behaviour 69) never walks the range, only the set's own pages; an alloc or a free touches
  *    just the ID's tag and one counter of its set (a per-set linked list would relink two random
  *    neighbours, two cache misses, on every free).
  * Two layouts behind one interface: `DenseRecordTable` (the default allocator's table, pages of

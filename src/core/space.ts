@@ -2,7 +2,7 @@
  * `IoasidSpace`: the IOASID framework of one kernel (the host's, or one guest's), after
  * drivers/iommu/ioasid.c. Nothing is global: make as many spaces as you model kernels.
  *
- * Rules (kernel comment block of ioasid.c, and spec section 1.3):
+ * Rules (the kernel comment block of ioasid.c, and its code as it behaves; docs/behaviours.md 1-36):
  *  1. The default allocator always exists and is never registered; it hands out the lowest free
  *     ID in the inclusive [min, max] (or the next one, cyclic policy) from the ID engine.
  *  2. Custom allocators take precedence over the default: the first one registered becomes
@@ -147,7 +147,7 @@ export class IoasidSpace {
 
   // ---------------------------------------------------------------- sets
 
-  /** Create a set (extension series `ioasid_set_alloc`, edge 70). */
+  /** Create a set (extension series `ioasid_set_alloc`, behaviour 70). */
   createSet(opts: IoasidSetOptions): IoasidSet {
     const o = opts as unknown;
     if (typeof o !== 'object' || o === null) throw new IoasidError('EINVAL', `set options must be an object, got ${fmtId(o)}`);
@@ -175,7 +175,7 @@ export class IoasidSpace {
     return set;
   }
 
-  /** Destroy an empty set (edge 72: a set that still owns IDs is EBUSY). */
+  /** Destroy an empty set (behaviour 72: a set that still owns IDs is EBUSY). */
   destroySet(set: IoasidSet): void {
     const slot = this.#slot(set);
     if (slot < 0) throw new IoasidError('EINVAL', 'destroySet needs a set', { set: null });
@@ -203,7 +203,7 @@ export class IoasidSpace {
     return slot < 0 ? this.#active.table.countOf(TAG_NO_SET) : this.#active.table.countOf(slot + 2);
   }
 
-  /** The set's IDs in the active table, ascending; work proportional to the set (edge 69). */
+  /** The set's IDs in the active table, ascending; work proportional to the set (behaviour 69). */
   idsOf(set: IoasidSet | null): number[] {
     const slot = this.#slot(set);
     return this.#active.table.membersOf(slot < 0 ? TAG_NO_SET : slot + 2).sort((a, b) => a - b);
@@ -705,7 +705,7 @@ export class IoasidSpace {
     }
   }
 
-  /** Free every ID of a set, whatever its references (VM teardown, edge 64); returns the IDs. */
+  /** Free every ID of a set, whatever its references (VM teardown, behaviour 64); returns the IDs. */
   freeAllSync(set: IoasidSet): number[] {
     this.#assertNotInCallback('freeAllSync');
     if (this.#active.custom) throw new IoasidError('EOPNOTSUPP', 'freeAllSync needs the default allocator; use freeAll()');

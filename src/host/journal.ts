@@ -92,6 +92,8 @@ export interface Journal {
   readonly sync: boolean;
   /** Where this host may allocate; default: the lowest free PASID of the range. */
   readonly placement?: AllocationPolicy;
+  /** A journal that decorates another (a stopwatch, say) names the one it commits through. */
+  readonly inner?: Journal;
 }
 
 /** A journal whose commits are synchronous: the host's operations are then synchronous too. */

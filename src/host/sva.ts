@@ -15,9 +15,9 @@
  *    (`ioasid_alloc(NULL, PASID_MIN, pasid_max - 1, svm)` with `pasid_max = min(device,
  *    intel_pasid_max_id)`), sets the private data, programs the device's PASID entry, raises a bind
  *    event. The same address space bound to a second device reuses its PASID; a device whose
- *    PASID width cannot hold that PASID is ERANGE (the 6.x check, edge 78).
+ *    PASID width cannot hold that PASID is ERANGE (the 6.x check, behaviour 78).
  *  - `svaUnbind(device, mm)` unbinds; on the last device it clears the private data, then frees
- *    ("Clear private data so that free pass check", spec 2.4).
+ *    ("Clear private data so that free pass check", as the VT-d driver's comment says).
  *  - Operations on one address space run one at a time: two concurrent first binds of one mm get
  *    one PASID (the kernel held `pasid_mutex`).
  */
@@ -129,8 +129,8 @@ export class GuestSva {
     if (b === undefined || !b.devices.has(device.bdf)) throw new IoasidError('ENOENT', `device ${device.bdf} is not bound to ${fmtId(mm)}`, { bdf: device.bdf, mm });
     await this.#port.unbind(device.bdf, b.pasid);
     b.devices.delete(device.bdf);
-    // Linux profiles may have forgotten the PASID already (a free while bound: the kernel's leak,
-    // spec 2.4); the unbind still completes, and the host keeps the PASID until teardown.
+    // Linux profiles may have forgotten the PASID already (a free while bound: the kernel's leak);
+    // the unbind still completes, and the host keeps the PASID until teardown.
     const known = this.#space.has(b.pasid);
     if (known) this.#space.notify('unbind', b.pasid, { bdf: device.bdf, mm });
     if (b.devices.size > 0) return;

@@ -25,7 +25,7 @@ export interface ViommuSpec {
   readonly layout?: Layout;
   /** Advertise the range extension (layout B only). */
   readonly rangeExtension?: boolean;
-  /** VCCAP.PAS position: 0 as Linux (default), 1 as spec 5.10. */
+  /** VCCAP.PAS position: 0 as Linux (default), 1 as the VT-d specification Rev 5.10. */
   readonly pasBit?: PasBit;
   /** ECAP.PSS: PASID width - 1 (default 19). */
   readonly pss?: number;

@@ -17,7 +17,7 @@
  */
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import websocket from '@fastify/websocket';
 import {
   EVENT_STREAM, PROBLEM_MEDIA_TYPE, TRANSPORT_STATUS, buildOpenApi, httpStatusOf, toProblem, type OperationId,
@@ -68,8 +68,8 @@ export interface MetricsAccess {
 
 export interface AppOptions {
   readonly authority: PasidAuthority;
-  /** pino options (a level, and a destination for tests) or false. */
-  readonly logger?: boolean | { readonly level: string; readonly stream?: { write(line: string): void } };
+  /** pino options (level, where the lines go, its hooks) or false (tests). */
+  readonly logger?: boolean | { level: string; stream?: { write(line: string): void }; hooks?: { logMethod?: (this: unknown, args: unknown[], method: (...a: unknown[]) => void, level: number) => void } };
   /** Largest request body, bytes (default 64 KiB). */
   readonly bodyLimit?: number;
   /** Extra routes (e.g. the dashboard's static files) registered after the API. */
@@ -114,6 +114,22 @@ const REALM = 'ioasid';
 
 /** Query parameters whose values are logged, and the shape a value must have to be. */
 const LOGGED_QUERY: Readonly<Record<string, RegExp>> = { vm: new RegExp(VM_ID_PATTERN), since: /^\d{1,15}$/, limit: /^\d{1,10}$/ };
+
+/**
+ * Request logs: one line per request, when it completes, at debug (fastify writes two at info,
+ * which at the default level doubled every request in the log); a failed one at error.
+ */
+class OneLinePerRequest extends LogController {
+  override incomingRequest(): void {}
+
+  override requestCompleted(error: Error | null | undefined, req: FastifyRequest, reply: FastifyReply): void {
+    const log = reply.log as FastifyReply['log'] & { isLevelEnabled?: (level: string) => boolean };
+    if (!error && log.isLevelEnabled?.('debug') !== true) return; // nothing to build at the default level
+    const fields = { req, status: reply.statusCode, ms: +reply.elapsedTime.toFixed(3) };
+    if (error) log.error({ ...fields, err: error }, 'request failed');
+    else log.debug(fields, 'request completed');
+  }
+}
 
 function decodePart(s: string): string | null {
   try {
@@ -233,6 +249,7 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
       ? {
           level: opts.logger.level,
           ...(opts.logger.stream !== undefined ? { stream: opts.logger.stream } : {}),
+          ...(opts.logger.hooks !== undefined ? { hooks: opts.logger.hooks } : {}),
           // Neither headers (Authorization, the WebSocket subprotocol) nor query values are
           // logged: see redactToken.
           serializers: {
@@ -240,6 +257,7 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
           },
         }
       : (opts.logger ?? false),
+    logController: new OneLinePerRequest(),
     bodyLimit: opts.bodyLimit ?? 64 * 1024,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false } },
     // Requests that arrive while closing get our 503 problem (below), not fastify's own body.
@@ -265,6 +283,9 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
           ? new IoasidError('EINVAL', 'a path parameter is longer than 100 characters (no identifier of the API is)', { limit: 100 })
           : new IoasidError('EFAULT', 'internal error', {});
       void sendProblem(req, reply, e);
+      // Fastify ends these without its request-completed hook: their one log line is written here.
+      const log = reply.log as FastifyReply['log'] & { isLevelEnabled?: (level: string) => boolean };
+      if (log.isLevelEnabled?.('debug') === true) log.debug({ req, status: reply.statusCode }, 'request completed');
     },
     // The connection's own refusals (before any request exists), as problems; the raw packet, which
     // holds the headers and so the token, is never logged.
@@ -327,10 +348,11 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
       else {
         req.log.error({ err }, 'internal error');
         const bug = err instanceof IoasidBugError;
+        metrics.refused(req.method, req.routeOptions.url, 'EFAULT');
         return sendProblem(req, reply, new IoasidError('EFAULT', bug ? (err as Error).message : 'internal error', {}));
       }
     }
-    metrics.error(e.code);
+    metrics.refused(req.method, req.routeOptions.url, e.code);
     return sendProblem(req, reply, e);
   });
   app.setNotFoundHandler((req, reply) => {
@@ -348,6 +370,7 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
 
   // Before the WebSocket plugin's own close hook: subscribers are told 1001 (going away).
   const hub = new EventHub(authority, opts.events ?? {});
+  metrics.watchEvents(hub);
   app.addHook('preClose', async () => {
     closing = true;
     hub.close();
@@ -418,10 +441,9 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
           return reply.status(def.status).send(result);
         } catch (e) {
           if (!(e instanceof IoasidError)) throw e;
-          // A VM's own token does not learn whose a PASID is (tenant-view.ts).
-          const seen = caller?.kind === 'vm' ? tenantError(op, caller.vm, e) : e;
-          metrics.op(op, seen.code);
-          throw seen;
+          // A VM's own token does not learn whose a PASID is (tenant-view.ts). The refusal is
+          // counted by the error handler, with those of authentication and validation.
+          throw caller?.kind === 'vm' ? tenantError(op, caller.vm, e) : e;
         }
       },
     });

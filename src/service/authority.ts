@@ -12,10 +12,10 @@
  * journal instead, and the role keeps the host current with the changes other hosts commit.
  */
 import {
-  IoasidError, PASID_MAX, fmtId, isIoasidError, type IoasidErrorCode,
+  IoasidError, PASID_MAX, fmtId, isCommitError, isIoasidError, type IoasidErrorCode,
 } from '../core/index.ts';
 import { decodeRegister, registerOffset, type AccessSize, type VcmdDeviceConfig, type VcmdLogEntry, type VcmdWriter } from '../vtd/index.ts';
-import { Host, type HostEventRecord, type Journal, type ViommuSpec, type Vm } from '../host/index.ts';
+import { Host, type AllocationPolicy, type Committed, type HostEventRecord, type Journal, type JournalEntry, type ViommuSpec, type Vm } from '../host/index.ts';
 import type { Store } from '../store/index.ts';
 import type { ClusterRole, ClusterStatus, MigrateResult, ReclaimReport } from '../cluster/index.ts';
 import type { CreateVmBody, PasidInfo, VmInfo } from '../api/index.ts';
@@ -42,6 +42,62 @@ export interface AuthorityOptions {
 export type CreateVmRequest = CreateVmBody;
 
 const ADMIN_HASH_KEY = 'admin.tokenHash';
+/** A meta row written only to learn whether the store takes commits again after one failed. */
+const PROBE_KEY = 'service.readyProbe';
+/** At most one such probe per this many ms (readiness probes may come much faster). */
+const PROBE_INTERVAL_MS = 1000;
+
+/** A commit's duration (seconds) and outcome, for the metrics. */
+export type CommitListener = (seconds: number, ok: boolean) => void;
+
+/**
+ * The host's journal with a stopwatch: every commit's duration and outcome goes to the listeners,
+ * and a commit that failed in the backend (a `CommitError`: I/O, a full disk, an unreachable
+ * store) is remembered until one succeeds (readiness).
+ */
+class WatchedJournal implements Journal {
+  readonly durable: boolean;
+  readonly sync: boolean;
+  readonly placement?: AllocationPolicy;
+  readonly inner: Journal;
+  readonly #inner: Journal;
+  readonly #onCommit: (seconds: number, error: unknown) => void;
+
+  constructor(inner: Journal, onCommit: (seconds: number, error: unknown) => void) {
+    this.#inner = inner;
+    this.inner = inner;
+    this.#onCommit = onCommit;
+    this.durable = inner.durable;
+    this.sync = inner.sync;
+    if (inner.placement !== undefined) this.placement = inner.placement;
+  }
+
+  commit(entry: JournalEntry): Committed | Promise<Committed> {
+    const t0 = performance.now();
+    const done = (error: unknown) => this.#onCommit((performance.now() - t0) / 1000, error);
+    let r: Committed | Promise<Committed>;
+    try {
+      r = this.#inner.commit(entry);
+    } catch (e) {
+      done(e);
+      throw e;
+    }
+    if (!(r instanceof Promise)) {
+      done(null);
+      return r;
+    }
+    return r.then(
+      (c) => {
+        done(null);
+        return c;
+      },
+      (e: unknown) => {
+        done(e);
+        throw e;
+      },
+    );
+  }
+}
 
 export class PasidAuthority {
   readonly host: Host<Journal>;
@@ -57,6 +113,10 @@ export class PasidAuthority {
   /** Events numbered up to this one may have been lost (pruned by the store, or out of the ring). */
   #lostUpTo = 0;
   #adminHash: string | null = null;
+  readonly #commitListeners = new Set<CommitListener>();
+  /** The last commit failed in the backend (and none succeeded since): why. */
+  #commitFailure: { code: string; message: string } | null = null;
+  #lastProbe = 0;
 
   private constructor(opts: AuthorityOptions) {
     this.store = opts.store;
@@ -66,7 +126,7 @@ export class PasidAuthority {
     this.host = new Host<Journal>({
       name: 'authority',
       now: this.#now,
-      journal: this.cluster?.journal ?? new StoreJournal(opts.store, this.#now),
+      journal: new WatchedJournal(this.cluster?.journal ?? new StoreJournal(opts.store, this.#now), (seconds, error) => this.#committed(seconds, error)),
     });
     this.host.on((e) => this.#record(e));
   }
@@ -107,6 +167,58 @@ export class PasidAuthority {
     for (const vm of this.host.vms()) for (const v of vm.viommus()) await v.device.settled();
     await this.cluster?.close();
     await this.store.close();
+  }
+
+  // ------------------------------------------------------------------ commits and readiness
+
+  #committed(seconds: number, error: unknown): void {
+    if (error === null) this.#commitFailure = null;
+    else if (isCommitError(error)) this.#commitFailure = { code: error.code, message: error.message };
+    const ok = error === null;
+    for (const l of this.#commitListeners) l(seconds, ok);
+  }
+
+  /** Be told of every commit's duration and outcome (metrics). */
+  onCommit(listener: CommitListener): () => void {
+    this.#commitListeners.add(listener);
+    return () => this.#commitListeners.delete(listener);
+  }
+
+  /** Why the last commit failed in the backend, or null when it succeeded (or none failed). */
+  get commitFailure(): { readonly code: string; readonly message: string } | null {
+    return this.#commitFailure;
+  }
+
+  /**
+   * Whether this service can take changes now: the cluster's own health in cluster mode; else the
+   * store's, which is known from the last commit. After a failed commit, a small probe commit (at
+   * most one a second) finds out whether the store takes commits again, so a service that is
+   * sent no traffic while not ready still comes back once its store does.
+   */
+  async readiness(): Promise<{ ready: boolean; reason?: string }> {
+    if (this.cluster !== null) {
+      const h = this.cluster.health();
+      return h.ready ? { ready: true } : { ready: false, reason: `cluster: ${h.reason ?? 'not ready'}` };
+    }
+    if (this.#commitFailure !== null && this.#now() - this.#lastProbe >= PROBE_INTERVAL_MS) {
+      this.#lastProbe = this.#now();
+      try {
+        await this.store.apply([{ op: 'putMeta', row: { key: PROBE_KEY, value: String(this.#lastProbe) } }]);
+        this.#commitFailure = null;
+      } catch (e) {
+        if (isIoasidError(e)) this.#commitFailure = { code: e.code, message: e.message };
+      }
+    }
+    const f = this.#commitFailure;
+    return f === null ? { ready: true } : { ready: false, reason: `store ${this.store.spec} cannot commit: ${f.code}: ${f.message}` };
+  }
+
+  /**
+   * Cluster mode: refuse a change of a VM another host serves (EREMOTE, naming it). Without a
+   * cluster, null: the caller awaits nothing (no extra turn on the hot path).
+   */
+  #serving(vm: string): Promise<void> | null {
+    return this.cluster !== null ? this.cluster.ensureServes(vm) : null;
   }
 
   // ------------------------------------------------------------------ events
@@ -201,8 +313,9 @@ export class PasidAuthority {
 
   /** Give a VM a new token; the old one stops working at once. Returns the new token (shown once). */
   async replaceToken(vmId: string): Promise<{ vm: string; token: string }> {
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     const token = newToken();
-    await this.cluster?.ensureServes(vmId);
     await this.host.vm(vmId).replaceCredential(hashToken(token));
     return { vm: vmId, token };
   }
@@ -240,31 +353,36 @@ export class PasidAuthority {
 
   /** Destroy a VM: unbind everything, free every PASID, forget it (one commit). */
   async destroyVm(id: string): Promise<{ freed: number[]; bindings: number }> {
-    await this.cluster?.ensureServes(id);
+    const serving = this.#serving(id);
+    if (serving !== null) await serving;
     const r = await this.host.destroyVm(id);
     return { freed: r.pasids, bindings: r.bindings.length };
   }
 
   async addViommu(vmId: string, spec: ViommuSpec): Promise<VmInfo> {
-    await this.cluster?.ensureServes(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     await this.host.vm(vmId).addViommu(spec);
     return this.vmInfo(vmId);
   }
 
   async removeViommu(vmId: string, segment: number): Promise<VmInfo> {
-    await this.cluster?.ensureServes(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     await this.host.vm(vmId).removeViommu(segment);
     return this.vmInfo(vmId);
   }
 
   async addDevice(vmId: string, spec: { bdf: string; pasidBits?: number }): Promise<VmInfo> {
-    await this.cluster?.ensureServes(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     await this.host.vm(vmId).assignDevice(spec);
     return this.vmInfo(vmId);
   }
 
   async removeDevice(vmId: string, bdf: string): Promise<VmInfo> {
-    await this.cluster?.ensureServes(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     await this.host.vm(vmId).removeDevice(bdf);
     return this.vmInfo(vmId);
   }
@@ -273,23 +391,27 @@ export class PasidAuthority {
 
   /** Allocate `count` PASIDs for a VM in [min, max]; all or nothing, one commit. */
   async allocPasids(vmId: string, opts: { min?: number; max?: number; count?: number } = {}): Promise<number[]> {
-    await this.cluster?.ensureServes(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     return this.host.vm(vmId).allocPasids(opts);
   }
 
   /** Free a VM's PASID: EACCES if another VM's, ENOENT if unknown, EBUSY if bound. */
   async freePasid(vmId: string, pasid: number): Promise<void> {
-    await this.cluster?.ensureServes(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     return this.host.vm(vmId).freePasid(pasid);
   }
 
   async bind(vmId: string, pasid: number, bdf: string): Promise<void> {
-    await this.cluster?.ensureServes(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     await this.host.vm(vmId).bind(bdf, pasid);
   }
 
   async unbind(vmId: string, pasid: number, bdf: string): Promise<void> {
-    await this.cluster?.ensureServes(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     await this.host.vm(vmId).unbind(bdf, pasid);
   }
 
@@ -383,7 +505,8 @@ export class PasidAuthority {
    */
   async mmio(vmId: string, segment: number, access: { op: 'read' | 'write'; offset: number; size: AccessSize; value?: bigint; writer?: VcmdWriter }): Promise<bigint | null> {
     const v = this.host.vm(vmId).viommu(segment);
-    await this.cluster?.ensureServes(vmId);
+    const serving = this.#serving(vmId);
+    if (serving !== null) await serving;
     if (access.op === 'read') return v.device.read(access.offset, access.size);
     await v.device.writeDurable(access.offset, access.value ?? 0n, access.size, access.writer);
     return null;

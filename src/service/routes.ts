@@ -37,8 +37,12 @@ export type Handler<K extends OperationId> = (a: PasidAuthority, req: RouteReque
 
 export const HANDLERS: { readonly [K in OperationId]: Handler<K> } = {
   healthz: () => ({ ok: true }),
-  readyz: (a, _req, ctx) => {
-    if (ctx.closing()) throw new IoasidError('ENODEV', 'shutting down');
+  // Not ready (503 ENODEV, `details.reason` says why) while shutting down, when the store cannot
+  // commit, or, in cluster mode, when this host is fenced, has lost its lease or cannot reach etcd.
+  readyz: async (a, _req, ctx) => {
+    if (ctx.closing()) throw new IoasidError('ENODEV', 'not ready: shutting down', { reason: 'shutting down' });
+    const r = await a.readiness();
+    if (!r.ready) throw new IoasidError('ENODEV', `not ready: ${r.reason ?? 'unknown'}`, { reason: r.reason ?? null });
     return { ready: true, store: a.store.kind };
   },
   metrics: (_a, _req, ctx) => ctx.metrics.render(),

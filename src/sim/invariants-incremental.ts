@@ -1,5 +1,5 @@
 /**
- * The invariants of DESIGN 5 (see `invariants.ts`), checked for exactly what one step touched, in
+ * The system's invariants (see `invariants.ts` and docs/scenarios.md), checked for exactly what one step touched, in
  * time independent of how many PASIDs the system holds. `checkInvariants` walks every PASID of
  * every VM at every level; a million-step workload cannot afford that after each step, so the
  * scenario runner calls this checker after every step and the full one every K steps.

@@ -1,5 +1,5 @@
 /**
- * The system's invariants (DESIGN 5), checked over a host and every host nested below it:
+ * The system's invariants (docs/scenarios.md), checked over a host and every host nested below it:
  *  1. single-owner: a PASID has one owner per host level (no two VMs' sets, no two guests),
  *     and across levels the owners form one chain (host -> VM -> nested VM ...).
  *  2. guest-subset: every PASID a guest kernel holds is owned by its VM on the host.

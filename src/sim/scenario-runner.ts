@@ -1,5 +1,5 @@
 /**
- * The scenario runner (DESIGN 5): builds the host tree a scenario declares, runs its steps one at
+ * The scenario runner (docs/scenarios.md): builds the host tree a scenario declares, runs its steps one at
  * a time, compares each outcome with the step's expectation, and checks the system's invariants
  * after every step.
  *

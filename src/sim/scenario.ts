@@ -1,5 +1,5 @@
 /**
- * Scenarios (DESIGN 5): a declarative description of a host tree (hosts, VMs, vIOMMUs, devices,
+ * Scenarios (docs/scenarios.md): a declarative description of a host tree (hosts, VMs, vIOMMUs, devices,
  * guests, nested hosts) and of the steps to run against it, each with its expected outcome. This
  * file holds the validated, normalised model; `scenario-parse.ts` turns YAML/JSON (or plain
  * objects) into it, `scenario-runner.ts` runs it, `random-workload.ts` generates steps.

@@ -209,6 +209,8 @@ export class EtcdStore implements Store {
   #fenced: FenceRecord | null = null;
   #lease: Lease | null = null;
   #leaseId = '0';
+  /** Seconds left on the lease at its last grant or keep-alive. */
+  #leaseTtl: number | null = null;
   #url: string | null = null;
   #startedAt = 0;
 
@@ -295,6 +297,15 @@ export class EtcdStore implements Store {
 
   get isOpen(): boolean {
     return this.#open;
+  }
+
+  /**
+   * What this store knows of its own health without a round trip: its lease (kept alive, and
+   * the seconds left on it at its last keep-alive) and whether its watch of the domain is up.
+   */
+  get health(): { readonly lease: { readonly held: boolean; readonly ttlSeconds: number | null }; readonly watching: boolean } {
+    const held = this.#open && this.#lease !== null && this.#leaseLoop === null;
+    return { lease: { held, ttlSeconds: this.#lease !== null ? this.#leaseTtl : null }, watching: this.#open && this.#watcher !== null };
   }
 
   /** Revision up to which the watch has applied the domain's changes. */
@@ -413,10 +424,14 @@ export class EtcdStore implements Store {
     return withRetry('a lease', this.#policy, async () => {
       const lease = client.lease(ttl);
       lease.on('lost', () => this.#leaseLost(lease));
+      lease.on('keepaliveSucceeded', (res: { TTL?: string }) => {
+        if (lease === this.#lease && res.TTL !== undefined) this.#leaseTtl = Number(res.TTL);
+      });
       try {
         const id = await lease.grant();
         this.#lease = lease;
         this.#leaseId = id;
+        this.#leaseTtl = ttl;
         return id;
       } catch (e) {
         lease.release();
@@ -633,7 +648,7 @@ export class EtcdStore implements Store {
     if (p === undefined) return new IoasidError('ENOENT', `no VM ${fmtId(id)} in domain ${this.domain}`, { vm: id, domain: this.domain });
     if (p.state !== 'active') return new IoasidError('ENODEV', `VM ${id} is being destroyed by host ${p.host}`, { vm: id, state: p.state, host: p.host });
     const url = this.#hosts.get(p.host)?.url ?? null;
-    return new IoasidError('ENODEV', `VM ${id} runs on host ${p.host}${url !== null ? ` (${url})` : ''}, not on ${this.hostId}: send its requests there`, { vm: id, host: p.host, url, here: this.hostId });
+    return new IoasidError('EREMOTE', `VM ${id} runs on host ${p.host}${url !== null ? ` (${url})` : ''}, not on ${this.hostId}: send its requests there`, { vm: id, host: p.host, url, here: this.hostId });
   }
 
   /** A linearizable read of a VM key (quorum), with retries: where it runs, and the key's revision. */
@@ -994,7 +1009,10 @@ export class EtcdStore implements Store {
       }
       if (kv === undefined) return new IoasidError('ENODEV', `VM ${p.vm} no longer exists (destroyed or reclaimed)`, { vm: p.vm });
       const rec = safe(() => decodeVm(kv.value, failed.key, p.vm).placement);
-      if (rec !== null && rec.host !== this.hostId) return new IoasidError('ENODEV', `VM ${p.vm} has migrated to host ${rec.host}`, { vm: p.vm, host: rec.host });
+      if (rec !== null && rec.host !== this.hostId) {
+        const url = this.#hosts.get(rec.host)?.url ?? null;
+        return new IoasidError('EREMOTE', `VM ${p.vm} has migrated to host ${rec.host}${url !== null ? ` (${url})` : ''}: send its requests there`, { vm: p.vm, host: rec.host, url, here: this.hostId });
+      }
       if (rec !== null && rec.state !== 'active') return new IoasidError('ENODEV', `VM ${p.vm} is being destroyed`, { vm: p.vm, state: rec.state });
       return new IoasidError('EAGAIN', `VM ${p.vm} changed while this request was in flight; retry`, { vm: p.vm });
     }

@@ -517,6 +517,13 @@ export class SqliteStore implements Store {
     return { batches: this.#batches, failedBatches: this.#failed, commits: this.#commits };
   }
 
+  /** The durability the open connection runs with, read back from SQLite (null when closed). */
+  get synchronous(): SqliteSyncMode | null {
+    if (this.#conn === null) return null;
+    const level = this.#conn.db.pragma('synchronous', { simple: true });
+    return level === 2 ? 'full' : level === 1 ? 'normal' : null;
+  }
+
   async close(): Promise<void> {
     const c = this.#conn;
     if (!c) return;

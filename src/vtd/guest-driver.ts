@@ -1,13 +1,13 @@
 /**
- * The guest kernel's VT-d driver, as far as PASID allocation goes (DESIGN 4.3; spec 2; edge
- * cases 37-54): it probes each vIOMMU, registers the VCMD custom allocator into the guest's
+ * The guest kernel's VT-d driver, as far as PASID allocation goes (behaviours 37-54 of
+ * docs/behaviours.md): it probes each vIOMMU, registers the VCMD custom allocator into the guest's
  * `IoasidSpace` as `register_pasid_allocator()` does, and implements `intel_vcmd_ioasid_alloc` /
  * `intel_vcmd_ioasid_free`.
  *
  * Rules, in the kernel's order:
  *  1. `intel_pasid_max_id` = min over PASID-capable units (scalable mode in use and ECAP.PASID) of
- *     2 << ECAP.PSS, starting at 0x100000 (an exclusive bound; edge 46).
- *  2. Registration per unit: CAP.CM clear -> nothing (bare metal, edge 37); scalable mode not in
+ *     2 << ECAP.PSS, starting at 0x100000 (an exclusive bound; behaviour 46).
+ *  2. Registration per unit: CAP.CM clear -> nothing (bare metal, behaviour 37); scalable mode not in
  *     use (driver option and ECAP.SMTS) -> warning, nothing (38); ECAP.VCS clear or VCCAP.PAS
  *     clear -> nothing (39, 40; VCCAP is never read without VCS); else register this unit's own
  *     ops object with the shared functions below. A failed registration turns scalable mode off
@@ -20,12 +20,12 @@
  *     [min, max] with the command so the host allocates inside it.
  *  4. free: a PASID that still has private data (a device is bound) gets no VCMD Free and the log
  *     line "Cannot free active IOASID"; the Linux profiles return normally (the core forgets the
- *     ID and the host keeps it: the kernel's leak, edge 50), strict throws EBUSY and the core keeps
+ *     ID and the host keeps it: the kernel's leak, behaviour 50), strict throws EBUSY and the core keeps
  *     it. Else VCMD Free (51); "invalid PASID" is only logged (52).
  *  5. Hot-unplug: the unit's ops are unregistered (`free_dmar_iommu`). In strict, unplugging the
  *     last registered unit first frees the guest's outstanding PASIDs to the host through it, and
  *     from then on allocation is ENODEV (no silent fallback to a guest-local namespace). The Linux
- *     profiles revert to the default allocator, as the kernel did (edges 30, 34).
+ *     profiles revert to the default allocator, as the kernel did (behaviours 30, 34).
  *  6. Hot-add (`intel_iommu_add`): the kernel probes the unit and registers nothing, nor does it
  *     lower `intel_pasid_max_id` (only `init_dmars()` does both, at boot). The Linux profiles do
  *     the same; strict registers the unit (it may take over from rule 7's refusal) and lowers the
@@ -343,7 +343,7 @@ export class VtdGuestDriver {
       if (this.#useRange && unit.caps.rangeExtension && this.#map.layout === 'B') return unit.allocate({ min, max });
       return unit.allocate();
     }
-    // The host's answer goes back unchecked (edge 45); a narrower device may get a PASID it cannot emit.
+    // The host's answer goes back unchecked (behaviour 45); a narrower device may get a PASID it cannot emit.
     const r = unit.allocate();
     if (typeof r === 'number') return this.#unchecked(r, min, max, unit);
     return r.then((p) => this.#unchecked(p, min, max, unit));

@@ -211,7 +211,7 @@ export class GuestViommu {
   }
 
   /**
-   * VCMD Free (`vcmd_free_pasid`). "Invalid PASID" is only logged (edge 52). Any other
+   * VCMD Free (`vcmd_free_pasid`). "Invalid PASID" is only logged (behaviour 52). Any other
    * unexpected status is logged; in strict it is also ENODEV so the caller keeps the PASID.
    */
   free(pasid: number): void | Promise<void> {

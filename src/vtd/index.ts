@@ -1,5 +1,5 @@
 /**
- * `ioasid/vtd`: the Intel VT-d model of the project (DESIGN 4): register tables and codecs for
+ * `ioasid/vtd`: the Intel VT-d model of the project (docs/vtd.md): register tables and codecs for
  * both VCMD layouts, the VCMD device (host side of a vIOMMU) and the guest driver's custom PASID
  * allocator. Pure: no I/O, no clock; time comes in through options.
  */

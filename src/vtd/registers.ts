@@ -1,17 +1,17 @@
 /**
- * VT-d register tables and codecs (DESIGN 4.1, spec section 3). Every register and field the VCMD
- * model touches is defined once, here, with the spec's own names, offset and bit range, per
+ * VT-d register tables and codecs (docs/vtd-registers.md). Every register and field the VCMD
+ * model touches is defined once, here, with the VT-d specification's own names, offset and bit range, per
  * register layout:
  *
  * - layout A: VT-d 3.0/3.1 (Linux v5.8-v5.14, the QEMU RFCs): VCCAP 0xE00, VCMD 0xE10,
  *   VCRSP 0xE20; SC in VCRSP bits 2:1; PASID operand/result at bits 27:8.
- * - layout B: VT-d 3.3 and later (Linux >= v5.15, spec Rev 5.10 section 11.4.16): VCMD 0xE00,
+ * - layout B: VT-d 3.3 and later (Linux >= v5.15, VT-d specification Rev 5.10, 11.4.16): VCMD 0xE00,
  *   VCMD_EO 0xE08, VCRSP 0xE10, VCCAP 0xE30; SC in bits 7:1; PASID at bits 35:16.
  *
  * The PAS bit of VCCAP is a setting: bit 0 as Linux tested it (`DMA_VCS_PAS = 1`, no NS/FPS bits),
- * bit 1 as spec Rev 5.10 puts it (bit 0 NS, bit 1 PAS, bit 2 FPS).
+ * bit 1 as the VT-d specification Rev 5.10 puts it (bit 0 NS, bit 1 PAS, bit 2 FPS).
  *
- * The range extension (ours, DESIGN 4.4, layout B only): VCCAP bit 63 `RX`, reserved in the spec,
+ * The range extension (ours, docs/decisions.md 4, layout B only): VCCAP bit 63 `RX`, reserved in the VT-d specification,
  * advertises that Allocate takes `min` in VCMD.OA bits 35:16 and `max` in VCMD_EO bits 19:0.
  *
  * Nothing outside this file decodes a register by hand: everything goes through `getField` /
@@ -62,7 +62,7 @@ export type Bit = 0n | 1n;
 export interface RegisterFields {
   readonly CAP_REG: { readonly CM: Bit };
   readonly ECAP_REG: { readonly PSS: bigint; readonly PASID: Bit; readonly SMTS: Bit; readonly VCS: Bit };
-  /** NS and FPS exist only with the PAS bit at 1 (spec 5.10); RX only in layout B (our extension). */
+  /** NS and FPS exist only with the PAS bit at 1 (VT-d specification Rev 5.10); RX only in layout B (our extension). */
   readonly VCCAP_REG: { readonly PAS: Bit; readonly NS?: Bit; readonly FPS?: Bit; readonly RX?: Bit };
   readonly VCMD_REG: { readonly CMD: bigint; readonly OA: bigint };
   readonly VCMD_EO_REG: { readonly OB: bigint };
@@ -120,7 +120,7 @@ function register(name: RegisterName, offset: number, access: FieldAccess, descr
   return Object.freeze({ name, offset, size: 8, access, fields: Object.freeze(fields), writableMask, definedMask, description });
 }
 
-// Registers common to both layouts (spec 3.1).
+// Registers common to both layouts.
 const CAP_REG = register('CAP_REG', 0x08, 'RO', 'Capability Register (only the bit the VCMD path uses)', [
   field('CM', 7, 7, 'RO', 'Caching Mode: 1 = not-present entries may be cached; Linux reads it as "running under a vIOMMU"'),
 ]);

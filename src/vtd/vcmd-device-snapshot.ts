@@ -1,7 +1,7 @@
 /**
  * The serialisable state of a VCMD device and its validating parser. A snapshot is untrusted
  * input when restored: every field is checked and anything malformed is a clear EINVAL, never a
- * crash (lessons-from-peers: firecracker's panicking deserialiser).
+ * crash (as Firecracker learned from a deserialiser that panicked on a bad snapshot).
  */
 import { IoasidError } from '../core/index.ts';
 import { parseDeviceConfig, MAX_LOG_SIZE, type VcmdDeviceConfig } from './vcmd-device-config.ts';

@@ -1,6 +1,6 @@
 /**
  * The VCMD device: the host side of one vIOMMU's virtual command interface, as a small register
- * file (DESIGN 4.2; spec 3.3 and 4.1; edge cases 55-65). Laid out in the spec's order:
+ * file (docs/vtd.md; behaviours 55-65 of docs/behaviours.md), in that order:
  *
  * 1. Registers: CAP_REG and ECAP_REG (read-only, the advertised capabilities), VCCAP_REG
  *    (read-only), VCMD_REG and VCMD_EO_REG (read-write), VCRSP_REG (read-only). Other offsets read
@@ -9,7 +9,7 @@
  *    VCMD registers are RsvdZ: they read 0 and ignore writes.
  * 2. A write that sets the command field clears VCRSP and sets VCRSP.IP; while IP is set, writes to
  *    VCMD_REG and VCMD_EO_REG are dropped (spec Rev 5.10 11.4.16.1).
- * 3. 32-bit accesses (edge 63): a pair of 32-bit writes to the low and the high dword of VCMD_REG,
+ * 3. 32-bit accesses (behaviour 63): a pair of 32-bit writes to the low and the high dword of VCMD_REG,
  *    in either order, forms one command; it fires on the write that completes the pair. A 64-bit
  *    write fires at once (and discards a half-written pair). So a 32-bit guest may write the
  *    operand's high dword (layout B PASID bits 35:32) before or after the low dword: the command
@@ -18,12 +18,12 @@
  *    asks the backend for a PASID; Free (2) asks the backend to free OA's PASID; 3-255, and any
  *    command VCCAP does not advertise, complete with SC 1 "undefined command". RSLT is zero
  *    whenever SC != 0. Allocate failures give "no PASID available", Free failures "invalid
- *    PASID" (2 in layout A, 16 in layout B); PASID 0 is never freed (edge 60, 65).
+ *    PASID" (2 in layout A, 16 in layout B); PASID 0 is never freed (behaviour 60, 65).
  * 5. The backend may answer later (a Promise): IP stays set until it does. The guest-visible
  *    status is written first; an internal error (anything but an IoasidError, or a backend answer
  *    that is not a valid PASID) is then reported through `onInternalError`, never thrown into the
  *    guest's write.
- * 6. Range extension (ours, DESIGN 4.4, layout B): with VCCAP.RX, Allocate carries min in OA
+ * 6. Range extension (ours, docs/decisions.md 4, layout B): with VCCAP.RX, Allocate carries min in OA
  *    bits 35:16 and max in VCMD_EO bits 19:0; min = max = 0 means "any PASID"; min 0 reads as 1.
  *
  * 7. Durable hosts (the backend has `persist`): every change a guest can observe is committed
@@ -458,7 +458,7 @@ export class VcmdDevice implements MmioAccessor, VcmdCommandContext {
   }
 
   #fire(before: Saved | null): void {
-    this.#vcrsp = IP; // clears VCRSP and sets IP (edge 56)
+    this.#vcrsp = IP; // clears VCRSP and sets IP (behaviour 56)
     this.#stats.commands++;
     const cmd = bits(this.#vcmd, this.#cmd);
     const entry = this.#newEntry();
