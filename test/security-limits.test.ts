@@ -56,6 +56,11 @@ function healthz(port: number): Promise<{ status: number; ms: number }> {
   });
 }
 
+/** /metrics as the admin scrapes it. */
+async function scrape(s: RunningServer): Promise<string> {
+  return (await s.app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${ADMIN}` } })).body;
+}
+
 const within = (ms: number, p: Promise<number>) => Promise.race([p, new Promise<number>((r) => setTimeout(() => r(-1), ms))]);
 
 function assertTimeoutProblem(raw: string, what: string): void {
@@ -81,6 +86,7 @@ describe('security: timeouts', () => {
         assertTimeoutProblem(c.received(), what);
       }
       assert.equal(s.app.connectionStats().timedOut, 2);
+      assert.match(await scrape(s), /^ioasid_http_requests_timed_out_total 2$/m, 'an operator sees them in /metrics');
     });
   });
 
@@ -169,6 +175,10 @@ describe('security: connection cap', () => {
       assert.ok(t >= 0, 'the eleventh connection was closed');
       assert.equal(extra.received(), '', 'and answered nothing');
       assert.ok(s.app.connectionStats().refused >= 1);
+      const m = await scrape(s);
+      const read = (name: string) => Number(new RegExp(`^${name} (\\d+)$`, 'm').exec(m)?.[1] ?? NaN);
+      assert.ok(read('ioasid_http_connections_refused_total') >= 1, 'an operator sees the refusal in /metrics');
+      assert.equal(read('ioasid_http_connections_open'), 10, 'and the ten connections held');
       for (const h of holders.slice(0, 3)) h.socket.destroy();
       await new Promise((r) => setTimeout(r, 50));
       assert.equal((await healthz(port)).status, 200);

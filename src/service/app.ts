@@ -330,6 +330,7 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
   app.removeContentTypeParser('text/plain');
 
   const metrics = new ServiceMetrics(authority);
+  metrics.watchConnections(() => ({ open: sockets.size, refused, timedOut }));
   let closing = false;
   const stopping = () => new IoasidError('ENODEV', 'the service is stopping', {});
   const ctx: ServiceContext = { closing: () => closing, metrics, openapi: buildOpenApi() };

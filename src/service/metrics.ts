@@ -6,6 +6,8 @@
  *    quota is `+Inf`, so `used / quota` is 0, never a division by zero);
  *  - durability: the store's commit latency, and whether the last commit failed;
  *  - the event stream: subscribers connected, consumers dropped for not keeping up, refusals;
+ *  - connections: open now, turned away at the connection cap, closed for a request that did not
+ *    arrive in time (slow or hostile clients show here before they show anywhere else);
  *  - cluster mode: ready, fenced, the lease and the PASID blocks this host holds;
  *  - `ioasid_build_info`: version, Node version and store kind, as labels of a constant 1.
  */
@@ -17,6 +19,13 @@ import type { PasidAuthority } from './authority.ts';
 /** What the metrics read of the event stream (EventHub.stats). */
 export interface EventStats {
   stats(): { subscribers: number; dropped: number; refused: number };
+}
+
+/** What the metrics read of the HTTP server's connections (ServiceApp.connectionStats). */
+export interface ConnectionCounts {
+  readonly open: number;
+  readonly refused: number;
+  readonly timedOut: number;
 }
 
 /** The package's version, from its package.json (beside src/ and dist/ alike). */
@@ -39,6 +48,7 @@ export class ServiceMetrics {
   readonly #ops: Counter<'op' | 'result'>;
   readonly #latency: Histogram<'method' | 'route' | 'status'>;
   #events: EventStats | null = null;
+  #connections: (() => ConnectionCounts) | null = null;
 
   constructor(authority: PasidAuthority) {
     const registers = [this.registry];
@@ -117,6 +127,26 @@ export class ServiceMetrics {
         this.inc(metrics.#events?.stats().refused ?? 0);
       },
     });
+    new Gauge({
+      name: 'ioasid_http_connections_open', help: 'HTTP connections open now (WebSockets included)', registers,
+      collect() {
+        this.set(metrics.#connections?.().open ?? 0);
+      },
+    });
+    new Counter({
+      name: 'ioasid_http_connections_refused_total', help: 'Connections closed at once because the connection cap was reached', registers,
+      collect() {
+        this.reset();
+        this.inc(metrics.#connections?.().refused ?? 0);
+      },
+    });
+    new Counter({
+      name: 'ioasid_http_requests_timed_out_total', help: 'Connections answered 408 and closed because a request did not arrive in time (headers or whole request)', registers,
+      collect() {
+        this.reset();
+        this.inc(metrics.#connections?.().timedOut ?? 0);
+      },
+    });
     const cluster = authority.cluster;
     if (cluster !== null) {
       const health = () => cluster.health();
@@ -137,6 +167,11 @@ export class ServiceMetrics {
   /** Read the event stream's counters (the hub is made after the metrics). */
   watchEvents(events: EventStats): void {
     this.#events = events;
+  }
+
+  /** Read the server's connection counts (the server is made after the metrics). */
+  watchConnections(read: () => ConnectionCounts): void {
+    this.#connections = read;
   }
 
   op(op: string, result: string): void {
