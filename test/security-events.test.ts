@@ -80,6 +80,8 @@ describe('security: event stream bounds', () => {
       assert.ok(closed !== null, 'the silent subscriber was cut');
       assert.equal(closed.code, 1006, 'cut, not closed: its peer would not answer a close either');
       assert.equal(s.app.events.stats().dead, 1);
+      const m = (await s.app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${ADMIN}` } })).body;
+      assert.match(m, /^ioasid_event_subscribers_dead_total 1$/m, 'an operator sees it in /metrics');
       // Its slot is free again (perCaller 1), and the one that answers pings is still there.
       const again = open(s.url, token, 'vm1');
       assert.equal(await again.opened, true);

@@ -5,7 +5,8 @@
  *  - capacity: PASIDs allocated, the namespace's capacity, PASIDs and quota per VM (an unlimited
  *    quota is `+Inf`, so `used / quota` is 0, never a division by zero);
  *  - durability: the store's commit latency, and whether the last commit failed;
- *  - the event stream: subscribers connected, consumers dropped for not keeping up, refusals;
+ *  - the event stream: subscribers connected, consumers dropped for not keeping up, peers cut for
+ *    answering no heartbeat, refusals;
  *  - connections: open now, turned away at the connection cap, closed for a request that did not
  *    arrive in time (slow or hostile clients show here before they show anywhere else);
  *  - cluster mode: ready, fenced, the lease and the PASID blocks this host holds;
@@ -18,7 +19,7 @@ import type { PasidAuthority } from './authority.ts';
 
 /** What the metrics read of the event stream (EventHub.stats). */
 export interface EventStats {
-  stats(): { subscribers: number; dropped: number; refused: number };
+  stats(): { subscribers: number; dropped: number; refused: number; dead?: number };
 }
 
 /** What the metrics read of the HTTP server's connections (ServiceApp.connectionStats). */
@@ -118,6 +119,13 @@ export class ServiceMetrics {
       collect() {
         this.reset();
         this.inc(metrics.#events?.stats().dropped ?? 0);
+      },
+    });
+    new Counter({
+      name: 'ioasid_event_subscribers_dead_total', help: 'Event stream subscribers cut because they answered no heartbeat ping (a peer gone without closing)', registers,
+      collect() {
+        this.reset();
+        this.inc(metrics.#events?.stats().dead ?? 0);
       },
     });
     new Counter({
