@@ -6,7 +6,7 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { IoasidClient } from '../src/client/index.ts';
 import { SqliteStore } from '../src/store/index.ts';
 import { startServer } from '../src/service/index.ts';
-import { runCli, unprivileged } from './helpers/serve-process.ts';
+import { TSX, cleanEnv, runCli, unprivileged } from './helpers/serve-process.ts';
 
 let root = '';
 before(() => {
@@ -282,5 +282,41 @@ describe('the log: one format, one stream', () => {
     assert.match(banner[3] ?? '', /^next, in another terminal: ioasid status --url http/);
     const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { scripts: { start: string } };
     assert.equal(pkg.scripts.start, 'node bin/ioasid.js serve --log-format text');
+  });
+});
+
+describe('signals while the service starts', () => {
+  const fixture = new URL('./fixtures/signal-during-start.ts', import.meta.url).pathname;
+  const run = (signals: string[]) => {
+    const cwd = folder();
+    return new Promise<{ code: number | null; signal: NodeJS.Signals | null; msgs: string[]; stderr: string }>((done, fail) => {
+      const c = spawn(process.execPath, ['--import', TSX, fixture, join(cwd, 'state'), ...signals], { cwd, env: cleanEnv(), stdio: ['ignore', 'ignore', 'pipe'] });
+      let err = '';
+      c.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      const kill = setTimeout(() => c.kill('SIGKILL'), 20_000);
+      c.on('error', fail);
+      c.on('close', (code, signal) => {
+        clearTimeout(kill);
+        const msgs = err.split('\n').filter((l) => l.startsWith('{')).map((l) => (JSON.parse(l) as { msg: string }).msg);
+        done({ code, signal, msgs, stderr: err });
+      });
+    });
+  };
+
+  it('a SIGTERM that arrives before the service listens is a clean stop once the start is over, not a kill mid-write', async () => {
+    const r = await run(['SIGTERM']);
+    assert.equal(r.signal, null, `the process was not killed by the signal: ${r.stderr}`);
+    assert.equal(r.code, 0, r.stderr);
+    const at = r.msgs.findIndex((m) => m.startsWith('listening on '));
+    assert.ok(at >= 0, `it finished starting: ${r.stderr}`);
+    assert.deepEqual(r.msgs.slice(-2), ['SIGTERM: finishing requests in flight and closing the store', 'stopped']);
+  });
+
+  it('a second signal while starting exits at once, with 128 + its number', async () => {
+    const r = await run(['SIGTERM', 'SIGINT']);
+    assert.equal(r.signal, null, r.stderr);
+    assert.equal(r.code, 130, r.stderr);
+    assert.match(r.stderr, /^SIGINT again while starting: exiting now$/m);
+    assert.ok(!r.msgs.includes('stopped'), r.stderr);
   });
 });

@@ -13,6 +13,7 @@
 import { accessSync, constants, existsSync, linkSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { basename, dirname, join, resolve } from 'node:path';
+import { constants as osConstants } from 'node:os';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { IoasidError, isIoasidError } from '../core/index.ts';
 import { EtcdStore, openStore, type EtcdSecurityOptions, type SqliteSyncMode } from '../store/index.ts';
@@ -206,24 +207,52 @@ export async function startServer(opts: ServeOptions = {}): Promise<RunningServe
   }
 }
 
-/** Run until SIGTERM/SIGINT, then shut down cleanly and exit 0. */
+/**
+ * Run until SIGTERM/SIGINT, then shut down cleanly and exit 0. The handlers are in place before
+ * the start begins: a signal that arrives while the service starts (even just after its
+ * "listening on" line, which a supervisor may be waiting for) is not the default action that kills
+ * the process mid-write, but a clean stop as soon as the start is over. A second signal during the
+ * start exits at once (128 + the signal's number), for a start that waits on an unreachable store.
+ */
 export async function serveUntilSignalled(opts: ServeOptions = {}): Promise<RunningServer> {
-  const server = await startServer(opts);
-  const stop = (signal: string) => {
-    server.log.info({ signal }, `${signal}: finishing requests in flight and closing the store`);
-    server.close().then(
+  let server: RunningServer | null = null;
+  let pending: NodeJS.Signals | null = null;
+  const say = opts.say ?? ((l: string) => void process.stderr.write(`${l}\n`));
+  const stop = (s: RunningServer, signal: string) => {
+    s.log.info({ signal }, `${signal}: finishing requests in flight and closing the store`);
+    s.close().then(
       () => {
-        server.log.info('stopped');
+        s.log.info('stopped');
         process.exit(0);
       },
       (e: unknown) => {
-        server.log.error({ err: e }, 'shutdown failed');
+        s.log.error({ err: e }, 'shutdown failed');
         process.exit(1);
       },
     );
   };
-  process.once('SIGTERM', () => stop('SIGTERM'));
-  process.once('SIGINT', () => stop('SIGINT'));
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (server !== null) {
+      process.removeListener('SIGTERM', onSignal);
+      process.removeListener('SIGINT', onSignal);
+      stop(server, signal);
+    } else if (pending === null) {
+      pending = signal;
+    } else {
+      say(`${signal} again while starting: exiting now`);
+      process.exit(128 + (osConstants.signals[signal] ?? 15));
+    }
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  try {
+    server = await startServer(opts);
+  } catch (e) {
+    process.removeListener('SIGTERM', onSignal);
+    process.removeListener('SIGINT', onSignal);
+    throw e;
+  }
+  if (pending !== null) onSignal(pending);
   return server;
 }
 
