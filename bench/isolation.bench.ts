@@ -30,6 +30,7 @@ import os, { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { median, percentile, saveResult } from './util.ts';
+import { buildDist } from './fixtures/built.ts';
 import type { AttackResult, AttackSpec } from './fixtures/isolation-attacker.ts';
 import type { ProbeResult, ProbeSpec } from './fixtures/isolation-probe.ts';
 
@@ -48,6 +49,7 @@ const ADMIN = 'isolation-bench-admin-token-0123456789abcdef';
 const CLK_TCK = 100;
 
 const dir = mkdtempSync(join(tmpdir(), 'ioasid-isolation-bench-'));
+buildDist();
 const tokenFile = join(dir, 'admin.token');
 writeFileSync(tokenFile, `${ADMIN}\n`, { mode: 0o600 });
 const children = new Set<ChildProcess>();
@@ -210,7 +212,7 @@ const path = saveResult('isolation', {
     secondsPerPhase: SECONDS,
     warmupMs: WARMUP_MS,
     maxBatches: MAX_BATCHES,
-    server: 'bench/fixtures/service-server.ts (serveUntilSignalled, log level silent, default bounds: 16 subscriptions per token); SQLite with the default --sync normal',
+    server: 'bench/fixtures/service-server.ts (serveUntilSignalled from dist/, built first, log level silent, default bounds: 16 subscriptions per token); SQLite with the default --sync normal',
     transport: 'HTTP/1.1 keep-alive over loopback; subscriptions over WebSocket with the token as subprotocol',
     loadAverage: { before: loadBefore, after: os.loadavg().map((x) => +x.toFixed(2)), cores: os.cpus().length },
   },

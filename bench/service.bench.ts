@@ -38,6 +38,7 @@ import os, { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { median, percentile, saveResult } from './util.ts';
+import { buildDist } from './fixtures/built.ts';
 import type { LoadResult, LoadSpec, LoadWindow } from './fixtures/load-gen.ts';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
@@ -60,6 +61,7 @@ type ConfigName = 'ceiling' | 'memory' | 'sqlite-normal' | 'sqlite-full';
 const CONFIGS: readonly ConfigName[] = ['ceiling', 'memory', 'sqlite-normal', 'sqlite-full'];
 
 const dir = mkdtempSync(join(tmpdir(), 'ioasid-service-bench-'));
+buildDist();
 const tokenFile = join(dir, 'admin.token');
 writeFileSync(tokenFile, `${ADMIN}\n`, { mode: 0o600 });
 const children = new Set<ChildProcess>();
@@ -399,7 +401,7 @@ const path = saveResult('service', {
     secondsPerRun: SECONDS, warmupMs: WARMUP_MS, rounds: REPS, generatorProcesses: GEN_PROCS,
     servers: {
       ceiling: 'bench/fixtures/ceiling-server.ts: fastify 5, same paths/methods/statuses, constant answers, no schema/auth/logger',
-      memory: 'bench/fixtures/service-server.ts --store memory (serveUntilSignalled, log level silent)',
+      memory: 'bench/fixtures/service-server.ts --store memory (serveUntilSignalled from dist/, built first: the compiled code npm start runs; log level silent)',
       'sqlite-normal': 'bench/fixtures/service-server.ts --store sqlite:<os.tmpdir()>/... --sync normal (WAL, group commit; acknowledged commits survive a crash of the service, not a power loss), ext4 on a virtual disk',
       'sqlite-full': 'the service default, --sync full (an fsync per commit, shared by group commit; acknowledged commits survive a power loss too); reported beside the others, no target',
     },

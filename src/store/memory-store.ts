@@ -19,6 +19,11 @@ function bump<K>(m: Map<K, number>, k: K, by: number): void {
   else m.set(k, n);
 }
 
+/** As bump, but a count that reaches 0 stays in the map (the key comes back soon: no churn). */
+function count<K>(m: Map<K, number>, k: K, by: number): void {
+  m.set(k, (m.get(k) ?? 0) + by);
+}
+
 /** The tables, with secondary counts kept in step by the write primitives. */
 class MemoryTables implements StateTx {
   readonly #vms = new Map<string, VmRow>();
@@ -80,6 +85,7 @@ class MemoryTables implements StateTx {
     this.#journal(() => this.putVm(prev));
     this.#vmByHash.delete(prev.tokenHash);
     this.#vms.delete(id);
+    if (this.#held.get(id) === 0) this.#held.delete(id);
   }
   putViommu(row: ViommuRow): void {
     const k = pairKey(row.vm, row.segment);
@@ -120,14 +126,14 @@ class MemoryTables implements StateTx {
   }
   insertPasid(row: PasidRow): void {
     this.#journal(() => this.deletePasid(row.pasid));
-    if (row.vm !== null) bump(this.#held, row.vm, 1);
+    if (row.vm !== null) count(this.#held, row.vm, 1);
     this.#pasids.set(row.pasid, row);
   }
   deletePasid(pasid: number): void {
     const prev = this.#pasids.get(pasid);
     if (!prev) return;
     this.#journal(() => this.insertPasid(prev));
-    if (prev.vm !== null) bump(this.#held, prev.vm, -1);
+    if (prev.vm !== null) count(this.#held, prev.vm, -1);
     this.#pasids.delete(pasid);
   }
   putBinding(row: BindingRow): void {

@@ -221,64 +221,94 @@ export function checkMetaRow(x: unknown, where: Where, field = 'row', allowReser
   });
 }
 
+/** A mutation's place in its batch, for messages: the text is made only when an error needs it. */
+class BatchPlace implements Where {
+  readonly #index: number;
+  readonly #op: MutationOp | null;
+  constructor(index: number, op: MutationOp | null) {
+    this.#index = index;
+    this.#op = op;
+  }
+  get label(): string {
+    return this.#op === null ? `batch[${this.#index}]` : `batch[${this.#index}] ${this.#op}`;
+  }
+  get details(): ErrorDetails {
+    return this.#op === null ? { index: this.#index } : { index: this.#index, op: this.#op };
+  }
+}
+
+/** The fields a mutation of each kind may have. */
+const KEYS_ROW: readonly string[] = ['op', 'row'];
+const KEYS_ID: readonly string[] = ['op', 'id'];
+const KEYS_VM_TOKENHASH: readonly string[] = ['op', 'vm', 'tokenHash'];
+const KEYS_VM_SEGMENT_REGISTERS: readonly string[] = ['op', 'vm', 'segment', 'registers'];
+const KEYS_EVENTS: readonly string[] = ['op', 'events'];
+const KEYS_VM_SEGMENT: readonly string[] = ['op', 'vm', 'segment'];
+const KEYS_VM_BDF: readonly string[] = ['op', 'vm', 'bdf'];
+const KEYS_PASID_VM: readonly string[] = ['op', 'pasid', 'vm'];
+const KEYS_PASID_BDF: readonly string[] = ['op', 'pasid', 'bdf'];
+const KEYS_KEY: readonly string[] = ['op', 'key'];
+/** `events[i]` for the first events of a batch, made once. */
+const EVENT_FIELDS: readonly string[] = Array.from({ length: 64 }, (_, i) => `events[${i}]`);
+
 /** Validate one mutation and return a frozen copy. */
 export function checkMutation(x: unknown, index: number): Mutation {
-  const pre: Where = { label: `batch[${index}]`, details: { index } };
+  const pre: Where = new BatchPlace(index, null);
   if (typeof x !== 'object' || x === null || Array.isArray(x)) bad(pre, 'mutation', x, 'an object');
   const op = (x as { op?: unknown }).op;
   if (typeof op !== 'string' || !(MUTATION_OPS as readonly string[]).includes(op)) {
     bad(pre, 'op', op, `one of ${MUTATION_OPS.join(', ')}`);
   }
   const o = op as MutationOp;
-  const where: Where = { label: `batch[${index}] ${o}`, details: { index, op: o } };
-  const only = (keys: readonly string[]) => record(x, where, 'mutation', ['op', ...keys]);
+  const where: Where = new BatchPlace(index, o);
+  const only = (keys: readonly string[]) => record(x, where, 'mutation', keys);
   switch (o) {
-    case 'putVm': return Object.freeze({ op: o, row: checkVmRow(only(['row'])['row'], where) });
-    case 'putViommu': return Object.freeze({ op: o, row: checkViommuRow(only(['row'])['row'], where) });
-    case 'putDevice': return Object.freeze({ op: o, row: checkDeviceRow(only(['row'])['row'], where) });
-    case 'insertPasid': return Object.freeze({ op: o, row: checkPasidRow(only(['row'])['row'], where) });
-    case 'putBinding': return Object.freeze({ op: o, row: checkBindingRow(only(['row'])['row'], where) });
-    case 'putMeta': return Object.freeze({ op: o, row: checkMetaRow(only(['row'])['row'], where) });
+    case 'putVm': return Object.freeze({ op: o, row: checkVmRow(only(KEYS_ROW)['row'], where) });
+    case 'putViommu': return Object.freeze({ op: o, row: checkViommuRow(only(KEYS_ROW)['row'], where) });
+    case 'putDevice': return Object.freeze({ op: o, row: checkDeviceRow(only(KEYS_ROW)['row'], where) });
+    case 'insertPasid': return Object.freeze({ op: o, row: checkPasidRow(only(KEYS_ROW)['row'], where) });
+    case 'putBinding': return Object.freeze({ op: o, row: checkBindingRow(only(KEYS_ROW)['row'], where) });
+    case 'putMeta': return Object.freeze({ op: o, row: checkMetaRow(only(KEYS_ROW)['row'], where) });
     case 'deleteVm': {
-      const r = only(['id']);
+      const r = only(KEYS_ID);
       return Object.freeze({ op: o, id: checkVmId(r['id'], where, 'id') });
     }
     case 'setTokenHash': {
-      const r = only(['vm', 'tokenHash']);
+      const r = only(KEYS_VM_TOKENHASH);
       return Object.freeze({ op: o, vm: checkVmId(r['vm'], where, 'vm'), tokenHash: tokenHash(r['tokenHash'], where, 'tokenHash') });
     }
     case 'setRegisters': {
-      const r = only(['vm', 'segment', 'registers']);
+      const r = only(KEYS_VM_SEGMENT_REGISTERS);
       return Object.freeze({
         op: o, vm: checkVmId(r['vm'], where, 'vm'), segment: segment(r['segment'], where, 'segment'),
         registers: jsonObject(r['registers'], STORE_LIMITS.registersMaxLength, where, 'registers'),
       });
     }
     case 'appendEvents': {
-      const r = only(['events']);
+      const r = only(KEYS_EVENTS);
       const events = r['events'];
       if (!Array.isArray(events) || events.length === 0) bad(where, 'events', events, 'a non-empty array of events');
-      return Object.freeze({ op: o, events: Object.freeze(events.map((e, i) => checkNewEventRow(e, where, `events[${i}]`))) });
+      return Object.freeze({ op: o, events: Object.freeze(events.map((e, i) => checkNewEventRow(e, where, EVENT_FIELDS[i] ?? `events[${i}]`))) });
     }
     case 'deleteViommu': {
-      const r = only(['vm', 'segment']);
+      const r = only(KEYS_VM_SEGMENT);
       return Object.freeze({ op: o, vm: checkVmId(r['vm'], where, 'vm'), segment: segment(r['segment'], where, 'segment') });
     }
     case 'deleteDevice': {
-      const r = only(['vm', 'bdf']);
+      const r = only(KEYS_VM_BDF);
       return Object.freeze({ op: o, vm: checkVmId(r['vm'], where, 'vm'), bdf: bdf(r['bdf'], where, 'bdf') });
     }
     case 'deletePasid': {
-      const r = only(['pasid', 'vm']);
+      const r = only(KEYS_PASID_VM);
       if (!('vm' in r)) bad(where, 'vm', undefined, 'a VM id or null (host-owned)');
       return Object.freeze({ op: o, pasid: checkPasid(r['pasid'], where, 'pasid'), vm: owner(r['vm'], where, 'vm') });
     }
     case 'deleteBinding': {
-      const r = only(['pasid', 'bdf']);
+      const r = only(KEYS_PASID_BDF);
       return Object.freeze({ op: o, pasid: checkPasid(r['pasid'], where, 'pasid'), bdf: bdf(r['bdf'], where, 'bdf') });
     }
     case 'deleteMeta': {
-      const r = only(['key']);
+      const r = only(KEYS_KEY);
       return Object.freeze({ op: o, key: metaKey(r['key'], where, 'key', false) });
     }
   }
