@@ -231,7 +231,9 @@ describe('cluster: one namespace across hosts on a 3-member etcd cluster', { ski
     };
     const p1 = await vcmdAlloc(a);
     assert.equal((await readPasidKeys(a.store)).get(p1), 'gvm', 'the PASID is in etcd before the guest sees it');
-    // b refuses the VM's registers; after the migration it serves them, and a refuses.
+    // b refuses the VM's registers (once it has applied the VM's creation, it knows the token);
+    // after the migration it serves them, and a refuses.
+    await settleAll([a, b]);
     assert.equal((await b.call('POST', '/v1/vms/gvm/viommus/0/mmio', { op: 'read', offset: 0xe10, size: 8 }, tok)).status, 421);
     assert.equal((await a.call('POST', '/v1/vms/gvm/migrate', { to: 'vb' })).status, 200);
     await settleAll([a, b]);
