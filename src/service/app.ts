@@ -365,8 +365,10 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
       : new IoasidError('ENOENT', `no route ${req.method} ${path}`, { method: req.method });
     return sendProblem(req, reply, e);
   });
-  app.addHook('onResponse', async (req, reply) => {
+  // Hooks on every request take fastify's callback form: no promise per hook and request.
+  app.addHook('onResponse', (req, reply, done) => {
     metrics.request(req.method, req.routeOptions.url ?? 'unknown', reply.statusCode, reply.elapsedTime / 1000);
+    done();
   });
 
   // Before the WebSocket plugin's own close hook: subscribers are told 1001 (going away).
@@ -385,7 +387,16 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
   });
 
   // ---------------------------------------------------------------- authentication
-  const authorize = (def: RouteDef) => async (req: FastifyRequest): Promise<void> => {
+  const authorize = (def: RouteDef) => (req: FastifyRequest, _reply: FastifyReply, done: (err?: Error) => void): void => {
+    try {
+      authenticate(def, req);
+    } catch (e) {
+      done(e as Error);
+      return;
+    }
+    done();
+  };
+  const authenticate = (def: RouteDef, req: FastifyRequest): void => {
     if (closing) throw stopping();
     if (def.auth === 'none' || (def.auth === 'metrics' && metricsOpen)) return;
     const token = bearerOfHeader(req.headers.authorization);
@@ -427,9 +438,15 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
       // Authentication first, before the body is read: a caller without a valid token learns
       // nothing about the request and cannot make the service wait for a body.
       onRequest: authorize(def),
-      preValidation: async (req) => {
-        parseIntegers(req.params, ints.params);
-        parseIntegers(req.query, ints.query);
+      preValidation: (req, _reply, done) => {
+        try {
+          parseIntegers(req.params, ints.params);
+          parseIntegers(req.query, ints.query);
+        } catch (e) {
+          done(e as Error);
+          return;
+        }
+        done();
       },
       handler: async (req: FastifyRequest, reply: FastifyReply) => {
         const caller = req.caller;

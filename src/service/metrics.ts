@@ -182,18 +182,34 @@ export class ServiceMetrics {
     this.#connections = read;
   }
 
+  /** Label-bound children, made once per label set (prom-client hashes a label object per call). */
+  readonly #opChildren = new Map<string, { inc(): void }>();
+  readonly #latencyChildren = new Map<string, { observe(v: number): void }>();
+
   op(op: string, result: string): void {
-    this.#ops.inc({ op, result });
+    const key = `${op} ${result}`;
+    let c = this.#opChildren.get(key);
+    if (c === undefined) {
+      c = this.#ops.labels({ op, result });
+      this.#opChildren.set(key, c);
+    }
+    c.inc();
   }
 
   /** A request refused with `code`, at any stage; `route` is fastify's route path (none: no route matched). */
   refused(method: string, route: string | undefined, code: string): void {
     const op = route === undefined ? 'none' : (OP_BY_ROUTE.get(`${method} ${route}`) ?? (route === '/v1/events' ? 'events' : 'other'));
-    this.#ops.inc({ op, result: code });
+    this.op(op, code);
   }
 
   request(method: string, route: string, status: number, seconds: number): void {
-    this.#latency.observe({ method, route, status: String(status) }, seconds);
+    const key = `${method} ${route} ${status}`;
+    let c = this.#latencyChildren.get(key);
+    if (c === undefined) {
+      c = this.#latency.labels({ method, route, status: String(status) });
+      this.#latencyChildren.set(key, c);
+    }
+    c.observe(seconds);
   }
 
   render(): Promise<string> {
