@@ -108,53 +108,20 @@ export class ServiceMetrics {
         this.set(authority.commitFailure === null ? 0 : 1);
       },
     });
-    new Gauge({
-      name: 'ioasid_event_subscribers', help: 'Event stream subscribers connected', registers,
-      collect() {
-        this.set(metrics.#events?.stats().subscribers ?? 0);
-      },
-    });
-    new Counter({
-      name: 'ioasid_event_consumers_dropped_total', help: 'Event stream subscribers closed (4008) because they did not keep up', registers,
-      collect() {
-        this.reset();
-        this.inc(metrics.#events?.stats().dropped ?? 0);
-      },
-    });
-    new Counter({
-      name: 'ioasid_event_subscribers_dead_total', help: 'Event stream subscribers cut because they answered no heartbeat ping (a peer gone without closing)', registers,
-      collect() {
-        this.reset();
-        this.inc(metrics.#events?.stats().dead ?? 0);
-      },
-    });
-    new Counter({
-      name: 'ioasid_event_subscriptions_refused_total', help: 'Event stream subscriptions refused (4429) for being over the bounds', registers,
-      collect() {
-        this.reset();
-        this.inc(metrics.#events?.stats().refused ?? 0);
-      },
-    });
-    new Gauge({
-      name: 'ioasid_http_connections_open', help: 'HTTP connections open now (WebSockets included)', registers,
-      collect() {
-        this.set(metrics.#connections?.().open ?? 0);
-      },
-    });
-    new Counter({
-      name: 'ioasid_http_connections_refused_total', help: 'Connections closed at once because the connection cap was reached', registers,
-      collect() {
-        this.reset();
-        this.inc(metrics.#connections?.().refused ?? 0);
-      },
-    });
-    new Counter({
-      name: 'ioasid_http_requests_timed_out_total', help: 'Connections answered 408 and closed because a request did not arrive in time (headers or whole request)', registers,
-      collect() {
-        this.reset();
-        this.inc(metrics.#connections?.().timedOut ?? 0);
-      },
-    });
+    // Counts kept by the event hub and the server, read at each scrape.
+    const readGauge = (name: string, help: string, read: () => number) =>
+      new Gauge({ name, help, registers, collect() { this.set(read()); } });
+    const readCounter = (name: string, help: string, read: () => number) =>
+      new Counter({ name, help, registers, collect() { this.reset(); this.inc(read()); } });
+    const events = () => metrics.#events?.stats();
+    const connections = () => metrics.#connections?.();
+    readGauge('ioasid_event_subscribers', 'Event stream subscribers connected', () => events()?.subscribers ?? 0);
+    readCounter('ioasid_event_consumers_dropped_total', 'Event stream subscribers closed (4008) because they did not keep up', () => events()?.dropped ?? 0);
+    readCounter('ioasid_event_subscribers_dead_total', 'Event stream subscribers cut because they answered no heartbeat ping (a peer gone without closing)', () => events()?.dead ?? 0);
+    readCounter('ioasid_event_subscriptions_refused_total', 'Event stream subscriptions refused (4429) for being over the bounds', () => events()?.refused ?? 0);
+    readGauge('ioasid_http_connections_open', 'HTTP connections open now (WebSockets included)', () => connections()?.open ?? 0);
+    readCounter('ioasid_http_connections_refused_total', 'Connections closed at once because the connection cap was reached', () => connections()?.refused ?? 0);
+    readCounter('ioasid_http_requests_timed_out_total', 'Connections answered 408 and closed because a request did not arrive in time (headers or whole request)', () => connections()?.timedOut ?? 0);
     const cluster = authority.cluster;
     if (cluster !== null) {
       const health = () => cluster.health();
