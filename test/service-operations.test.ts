@@ -94,7 +94,7 @@ describe('readiness', () => {
     await app.close();
   });
 
-  it('while shutting down, a request on an open connection is answered 503 (a load balancer stops sending)', async () => {
+  it('while shutting down, a request on an open connection is answered 503, the routes added beside the API too (a load balancer stops sending)', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'ioasid-ops-'));
     const tokenFile = join(dir, 'admin.token');
     writeFileSync(tokenFile, `${ADMIN}\n`);
@@ -107,26 +107,34 @@ describe('readiness', () => {
           await held;
           return { done: true };
         });
+        f.get('/test/other', async () => ({ other: true }));
       },
     });
     // A connection busy with a request when the shutdown begins stays open; a readiness probe
-    // sent on it during the shutdown is answered 503.
+    // sent on it during the shutdown is answered 503, and so is a route added beside the API (as
+    // the dashboard's are), on a second such connection.
     const u = new URL(server.url);
-    const sock = connect(Number(u.port), u.hostname);
-    let raw = '';
-    sock.on('data', (d: Buffer) => (raw += d.toString()));
-    const ended = new Promise<void>((r) => sock.on('close', () => r()));
-    sock.write('GET /test/slow HTTP/1.1\r\nHost: x\r\n\r\n');
+    const open = () => {
+      const sock = connect(Number(u.port), u.hostname);
+      let raw = '';
+      sock.on('data', (d: Buffer) => (raw += d.toString()));
+      const ended = new Promise<void>((r) => sock.on('close', () => r()));
+      sock.write('GET /test/slow HTTP/1.1\r\nHost: x\r\n\r\n');
+      return { sock, ended, statuses: () => [...raw.matchAll(/HTTP\/1\.1 (\d+)/g)].map((m) => Number(m[1])), raw: () => raw };
+    };
+    const probe = open();
+    const page = open();
     await new Promise((r) => setTimeout(r, 100));
     const closing = server.close();
     await new Promise((r) => setTimeout(r, 50));
-    sock.write('GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n');
+    probe.sock.write('GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n');
+    page.sock.write('GET /test/other HTTP/1.1\r\nHost: x\r\n\r\n');
     await new Promise((r) => setTimeout(r, 50));
     release();
     await closing;
-    await ended;
-    const statuses = [...raw.matchAll(/HTTP\/1\.1 (\d+)/g)].map((m) => Number(m[1]));
-    assert.deepEqual(statuses, [200, 503], raw);
+    await Promise.all([probe.ended, page.ended]);
+    assert.deepEqual(probe.statuses(), [200, 503], probe.raw());
+    assert.deepEqual(page.statuses(), [200, 503], page.raw());
     rmSync(dir, { recursive: true, force: true });
   });
 });

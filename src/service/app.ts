@@ -513,7 +513,14 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
     },
   });
 
-  if (opts.extend) await opts.extend(app);
+  // Routes added by `extend` (the dashboard's page and files) stop with the API: 503 while closing.
+  const extend = opts.extend;
+  if (extend) {
+    await app.register(async (child) => {
+      child.addHook('onRequest', (_req, _reply, done) => done(closing ? stopping() : undefined));
+      await extend(child);
+    });
+  }
 
   let shut: Promise<void> | null = null;
   const shutdown = (graceMs = limits.shutdownGraceMs): Promise<void> => {
