@@ -10,37 +10,24 @@
  *  - a destroy too big for one transaction is done in chunks; one left half done by a crash is
  *    finished when its host starts again, and the other hosts apply it.
  */
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Etcd3 } from 'etcd3';
 import type { AuthorityEvent } from '../src/service/index.ts';
-import { EtcdCluster, ETCD_SKIP } from './helpers/etcd-cluster.ts';
-import { checkDomain, readPasidKeys, settleAll, startInstance, type Instance } from './fixtures/cluster-instances.ts';
+import { ETCD_SKIP } from './helpers/etcd-cluster.ts';
+import { checkDomain, clusterSuite, readPasidKeys, settleAll, type Instance } from './fixtures/cluster-instances.ts';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const BDF = '0000:00:02.0';
 
 describe('cluster: the journal of a domain', { skip: ETCD_SKIP ?? false }, () => {
-  let etcd: EtcdCluster;
-  const all: Instance[] = [];
-  const start = async (id: string, domain: string, opts: Parameters<typeof startInstance>[3] = {}) => {
-    const i = await startInstance(etcd.endpoints, id, domain, { releaseDelayMs: 300, ...opts });
-    all.push(i);
-    return i;
-  };
+  const { start, etcd } = clusterSuite();
   /** Every event an instance publishes from now on, as [seq, type, vm]. */
   const record = (i: Instance) => {
     const seen: AuthorityEvent[] = [];
     const off = i.authority.on((e) => seen.push(e));
     return { seen, off, keys: () => seen.map((e) => `${e.seq} ${e.type} ${e.vm}`) };
   };
-  before(async () => {
-    etcd = await EtcdCluster.start();
-  });
-  after(async () => {
-    for (const i of all) await i.close().catch(() => {});
-    await etcd?.stop();
-  });
 
   it('every host publishes every event of the domain with the same seq, in ascending order', async () => {
     const d = 'events';
@@ -286,7 +273,7 @@ describe('cluster: the journal of a domain', { skip: ETCD_SKIP ?? false }, () =>
     const r2 = await a.call('POST', '/v1/vms', { id: 'half', quota: 0 });
     const held = (await a.call('POST', '/v1/vms/half/pasids', { count: 5 }, r2.body.token)).body.pasids as number[];
     await a.close();
-    const raw = new Etcd3({ hosts: etcd.endpoints.map((e) => `http://${e}`) });
+    const raw = new Etcd3({ hosts: etcd().endpoints.map((e) => `http://${e}`) });
     try {
       const key = a.store.keys.vm('half');
       const vmValue = JSON.parse((await raw.get(key).string()) as string) as Record<string, unknown>;

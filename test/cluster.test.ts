@@ -11,7 +11,7 @@
  *  - blocks go back when empty; a host's clean stop frees nothing; an operator's reclaim fences a
  *    host and frees what it held; a second incarnation of a host id fences the first.
  */
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -19,8 +19,8 @@ import { join } from 'node:path';
 import { IoasidError } from '../src/core/index.ts';
 import { openStore, parseEtcdSpec, EtcdStore } from '../src/store/index.ts';
 import { startServer } from '../src/service/index.ts';
-import { EtcdCluster, ETCD_SKIP } from './helpers/etcd-cluster.ts';
-import { checkDomain, readPasidKeys, settleAll, startInstance, type Instance } from './fixtures/cluster-instances.ts';
+import { ETCD_SKIP } from './helpers/etcd-cluster.ts';
+import { checkDomain, clusterSuite, readPasidKeys, settleAll, type Instance } from './fixtures/cluster-instances.ts';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -55,20 +55,7 @@ describe('cluster: the etcd store spec', () => {
 });
 
 describe('cluster: one namespace across hosts on a 3-member etcd cluster', { skip: ETCD_SKIP ?? false }, () => {
-  let etcd: EtcdCluster;
-  const all: Instance[] = [];
-  const start = async (id: string, domain: string, opts: Parameters<typeof startInstance>[3] = {}) => {
-    const i = await startInstance(etcd.endpoints, id, domain, { releaseDelayMs: 300, ...opts });
-    all.push(i);
-    return i;
-  };
-  before(async () => {
-    etcd = await EtcdCluster.start();
-  });
-  after(async () => {
-    for (const i of all) await i.close().catch(() => {});
-    await etcd?.stop();
-  });
+  const { start, etcd } = clusterSuite();
 
   it('two, then three instances allocating concurrently: no PASID ever has two owners', async () => {
     const d = 'conc';
