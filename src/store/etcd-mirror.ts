@@ -11,16 +11,10 @@
  * through the same write primitives, outside any batch.
  */
 import type { StateTx } from './mutation-rules.ts';
+import { bump, pairKey } from './state-check.ts';
 import type { BindingRow, DeviceRow, MetaRow, NewEventRow, PasidRow, ViommuRow, VmRow } from './rows.ts';
 import type { DomainKeys, VmPlacement } from './etcd-keys.ts';
 
-function bump<K>(m: Map<K, number>, k: K, by: number): void {
-  const n = (m.get(k) ?? 0) + by;
-  if (n === 0) m.delete(k);
-  else m.set(k, n);
-}
-
-const pair = (a: string, b: string | number): string => `${a}\u0000${b}`;
 
 /** What one batch did to the mirror: how to take it back, and the keys to write. */
 export interface Staged {
@@ -94,10 +88,10 @@ export class EtcdMirror implements StateTx {
   // ------------------------------------------------------------------ reads (StateTx)
 
   getVm(id: string) { return this.#vms.get(id); }
-  getViommu(vm: string, segment: number) { return this.#viommus.get(pair(vm, segment)); }
-  getDevice(vm: string, bdf: string) { return this.#devices.get(pair(vm, bdf)); }
+  getViommu(vm: string, segment: number) { return this.#viommus.get(pairKey(vm, segment)); }
+  getDevice(vm: string, bdf: string) { return this.#devices.get(pairKey(vm, bdf)); }
   getPasid(pasid: number) { return this.#pasids.get(pasid); }
-  getBinding(pasid: number, bdf: string) { return this.#bindings.get(pair(bdf, pasid)); }
+  getBinding(pasid: number, bdf: string) { return this.#bindings.get(pairKey(bdf, pasid)); }
   getMeta(key: string) { return this.#meta.get(key); }
   vmWithTokenHash(hash: string, except: string) {
     const vm = this.#vmByHash.get(hash);
@@ -106,8 +100,8 @@ export class EtcdMirror implements StateTx {
   countPasidsOf(vm: string) { return this.#held.get(vm) ?? 0; }
   hasViommusOf(vm: string) { return this.#viommusPerVm.has(vm); }
   hasDevicesOf(vm: string) { return this.#devicesPerVm.has(vm); }
-  hasDevicesOn(vm: string, segment: number) { return this.#devicesPerViommu.has(pair(vm, segment)); }
-  isDeviceBound(vm: string, bdf: string) { return this.#bindingsPerDevice.has(pair(vm, bdf)); }
+  hasDevicesOn(vm: string, segment: number) { return this.#devicesPerViommu.has(pairKey(vm, segment)); }
+  isDeviceBound(vm: string, bdf: string) { return this.#bindingsPerDevice.has(pairKey(vm, bdf)); }
   isPasidBound(pasid: number) { return this.#bindingsPerPasid.has(pasid); }
 
   placement(vm: string): VmPlacement | undefined { return this.#placement.get(vm); }
@@ -152,18 +146,18 @@ export class EtcdMirror implements StateTx {
     else this.#placement.set(id, p);
   }
   putViommu(row: ViommuRow): void {
-    const k = pair(row.vm, row.segment);
+    const k = pairKey(row.vm, row.segment);
     const prev = this.#viommus.get(k);
     this.#journal(prev ? () => this.putViommu(prev) : () => this.deleteViommu(row.vm, row.segment), this.#keys.viommu(row.vm, row.segment));
     if (!prev) bump(this.#viommusPerVm, row.vm, 1);
     this.#viommus.set(k, row);
   }
   setRegisters(vm: string, segment: number, registers: string): void {
-    const prev = this.#viommus.get(pair(vm, segment));
+    const prev = this.#viommus.get(pairKey(vm, segment));
     if (prev) this.putViommu({ ...prev, registers });
   }
   deleteViommu(vm: string, segment: number): void {
-    const k = pair(vm, segment);
+    const k = pairKey(vm, segment);
     const prev = this.#viommus.get(k);
     if (!prev) return;
     this.#journal(() => this.putViommu(prev), this.#keys.viommu(vm, segment));
@@ -171,20 +165,20 @@ export class EtcdMirror implements StateTx {
     this.#viommus.delete(k);
   }
   putDevice(row: DeviceRow): void {
-    const k = pair(row.vm, row.bdf);
+    const k = pairKey(row.vm, row.bdf);
     const prev = this.#devices.get(k);
     this.#journal(prev ? () => this.putDevice(prev) : () => this.deleteDevice(row.vm, row.bdf), this.#keys.device(row.vm, row.bdf));
-    if (prev) bump(this.#devicesPerViommu, pair(prev.vm, prev.segment), -1);
+    if (prev) bump(this.#devicesPerViommu, pairKey(prev.vm, prev.segment), -1);
     else bump(this.#devicesPerVm, row.vm, 1);
-    bump(this.#devicesPerViommu, pair(row.vm, row.segment), 1);
+    bump(this.#devicesPerViommu, pairKey(row.vm, row.segment), 1);
     this.#devices.set(k, row);
   }
   deleteDevice(vm: string, bdf: string): void {
-    const k = pair(vm, bdf);
+    const k = pairKey(vm, bdf);
     const prev = this.#devices.get(k);
     if (!prev) return;
     this.#journal(() => this.putDevice(prev), this.#keys.device(vm, bdf));
-    bump(this.#devicesPerViommu, pair(prev.vm, prev.segment), -1);
+    bump(this.#devicesPerViommu, pairKey(prev.vm, prev.segment), -1);
     bump(this.#devicesPerVm, vm, -1);
     this.#devices.delete(k);
   }
@@ -208,16 +202,16 @@ export class EtcdMirror implements StateTx {
     this.#pasids.delete(pasid);
   }
   putBinding(row: BindingRow): void {
-    const k = pair(row.bdf, row.pasid);
+    const k = pairKey(row.bdf, row.pasid);
     const prev = this.#bindings.get(k);
     this.#journal(prev ? () => this.putBinding(prev) : () => this.deleteBinding(row.pasid, row.bdf), this.#keys.binding(row.pasid, row.bdf));
     if (prev) this.#unindexBinding(prev);
-    bump(this.#bindingsPerDevice, pair(row.vm, row.bdf), 1);
+    bump(this.#bindingsPerDevice, pairKey(row.vm, row.bdf), 1);
     bump(this.#bindingsPerPasid, row.pasid, 1);
     this.#bindings.set(k, row);
   }
   deleteBinding(pasid: number, bdf: string): void {
-    const k = pair(bdf, pasid);
+    const k = pairKey(bdf, pasid);
     const prev = this.#bindings.get(k);
     if (!prev) return;
     this.#journal(() => this.putBinding(prev), this.#keys.binding(pasid, bdf));
@@ -225,7 +219,7 @@ export class EtcdMirror implements StateTx {
     this.#bindings.delete(k);
   }
   #unindexBinding(b: BindingRow): void {
-    bump(this.#bindingsPerDevice, pair(b.vm, b.bdf), -1);
+    bump(this.#bindingsPerDevice, pairKey(b.vm, b.bdf), -1);
     bump(this.#bindingsPerPasid, b.pasid, -1);
   }
   putMeta(row: MetaRow): void {

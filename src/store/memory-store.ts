@@ -11,13 +11,7 @@ import {
   type Applied, type BindingRow, type DeviceRow, type EventRow, type MetaRow, type Mutation, type NewEventRow, type PasidRow, type Store,
   type StoreStats, type StoredState, type ViommuRow, type VmRow,
 } from './rows.ts';
-import { pairKey, sortState, validateStoredState } from './state-check.ts';
-
-function bump<K>(m: Map<K, number>, k: K, by: number): void {
-  const n = (m.get(k) ?? 0) + by;
-  if (n === 0) m.delete(k);
-  else m.set(k, n);
-}
+import { bump, pairKey, sortState, validateStoredState } from './state-check.ts';
 
 /** As bump, but a count that reaches 0 stays in the map (the key comes back soon: no churn). */
 function count<K>(m: Map<K, number>, k: K, by: number): void {
