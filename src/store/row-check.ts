@@ -261,54 +261,53 @@ export function checkMutation(x: unknown, index: number): Mutation {
   }
   const o = op as MutationOp;
   const where: Where = new BatchPlace(index, o);
-  const only = (keys: readonly string[]) => record(x, where, 'mutation', keys);
   switch (o) {
-    case 'putVm': return Object.freeze({ op: o, row: checkVmRow(only(KEYS_ROW)['row'], where) });
-    case 'putViommu': return Object.freeze({ op: o, row: checkViommuRow(only(KEYS_ROW)['row'], where) });
-    case 'putDevice': return Object.freeze({ op: o, row: checkDeviceRow(only(KEYS_ROW)['row'], where) });
-    case 'insertPasid': return Object.freeze({ op: o, row: checkPasidRow(only(KEYS_ROW)['row'], where) });
-    case 'putBinding': return Object.freeze({ op: o, row: checkBindingRow(only(KEYS_ROW)['row'], where) });
-    case 'putMeta': return Object.freeze({ op: o, row: checkMetaRow(only(KEYS_ROW)['row'], where) });
+    case 'putVm': return Object.freeze({ op: o, row: checkVmRow(record(x, where, 'mutation', KEYS_ROW)['row'], where) });
+    case 'putViommu': return Object.freeze({ op: o, row: checkViommuRow(record(x, where, 'mutation', KEYS_ROW)['row'], where) });
+    case 'putDevice': return Object.freeze({ op: o, row: checkDeviceRow(record(x, where, 'mutation', KEYS_ROW)['row'], where) });
+    case 'insertPasid': return Object.freeze({ op: o, row: checkPasidRow(record(x, where, 'mutation', KEYS_ROW)['row'], where) });
+    case 'putBinding': return Object.freeze({ op: o, row: checkBindingRow(record(x, where, 'mutation', KEYS_ROW)['row'], where) });
+    case 'putMeta': return Object.freeze({ op: o, row: checkMetaRow(record(x, where, 'mutation', KEYS_ROW)['row'], where) });
     case 'deleteVm': {
-      const r = only(KEYS_ID);
+      const r = record(x, where, 'mutation', KEYS_ID);
       return Object.freeze({ op: o, id: checkVmId(r['id'], where, 'id') });
     }
     case 'setTokenHash': {
-      const r = only(KEYS_VM_TOKENHASH);
+      const r = record(x, where, 'mutation', KEYS_VM_TOKENHASH);
       return Object.freeze({ op: o, vm: checkVmId(r['vm'], where, 'vm'), tokenHash: tokenHash(r['tokenHash'], where, 'tokenHash') });
     }
     case 'setRegisters': {
-      const r = only(KEYS_VM_SEGMENT_REGISTERS);
+      const r = record(x, where, 'mutation', KEYS_VM_SEGMENT_REGISTERS);
       return Object.freeze({
         op: o, vm: checkVmId(r['vm'], where, 'vm'), segment: segment(r['segment'], where, 'segment'),
         registers: jsonObject(r['registers'], STORE_LIMITS.registersMaxLength, where, 'registers'),
       });
     }
     case 'appendEvents': {
-      const r = only(KEYS_EVENTS);
+      const r = record(x, where, 'mutation', KEYS_EVENTS);
       const events = r['events'];
       if (!Array.isArray(events) || events.length === 0) bad(where, 'events', events, 'a non-empty array of events');
       return Object.freeze({ op: o, events: Object.freeze(events.map((e, i) => checkNewEventRow(e, where, EVENT_FIELDS[i] ?? `events[${i}]`))) });
     }
     case 'deleteViommu': {
-      const r = only(KEYS_VM_SEGMENT);
+      const r = record(x, where, 'mutation', KEYS_VM_SEGMENT);
       return Object.freeze({ op: o, vm: checkVmId(r['vm'], where, 'vm'), segment: segment(r['segment'], where, 'segment') });
     }
     case 'deleteDevice': {
-      const r = only(KEYS_VM_BDF);
+      const r = record(x, where, 'mutation', KEYS_VM_BDF);
       return Object.freeze({ op: o, vm: checkVmId(r['vm'], where, 'vm'), bdf: bdf(r['bdf'], where, 'bdf') });
     }
     case 'deletePasid': {
-      const r = only(KEYS_PASID_VM);
+      const r = record(x, where, 'mutation', KEYS_PASID_VM);
       if (!('vm' in r)) bad(where, 'vm', undefined, 'a VM id or null (host-owned)');
       return Object.freeze({ op: o, pasid: checkPasid(r['pasid'], where, 'pasid'), vm: owner(r['vm'], where, 'vm') });
     }
     case 'deleteBinding': {
-      const r = only(KEYS_PASID_BDF);
+      const r = record(x, where, 'mutation', KEYS_PASID_BDF);
       return Object.freeze({ op: o, pasid: checkPasid(r['pasid'], where, 'pasid'), bdf: bdf(r['bdf'], where, 'bdf') });
     }
     case 'deleteMeta': {
-      const r = only(KEYS_KEY);
+      const r = record(x, where, 'mutation', KEYS_KEY);
       return Object.freeze({ op: o, key: metaKey(r['key'], where, 'key', false) });
     }
   }
