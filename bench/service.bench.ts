@@ -58,7 +58,11 @@ const TARGETS = { memory: 0.5, 'sqlite-normal': 0.4, p99Ms: 10 } as const;
 const CLK_TCK = 100; // Linux USER_HZ: /proc/PID/stat times are in 1/100 s
 
 type ConfigName = 'ceiling' | 'memory' | 'sqlite-normal' | 'sqlite-full';
-const CONFIGS: readonly ConfigName[] = ['ceiling', 'memory', 'sqlite-normal', 'sqlite-full'];
+const ALL_CONFIGS: readonly ConfigName[] = ['ceiling', 'memory', 'sqlite-normal', 'sqlite-full'];
+/** BENCH_CONFIGS=ceiling,memory runs a subset (for a quick look; the saved JSON then lacks the others). */
+const CONFIGS: readonly ConfigName[] = process.env.BENCH_CONFIGS === undefined
+  ? ALL_CONFIGS
+  : ALL_CONFIGS.filter((c) => process.env.BENCH_CONFIGS!.split(',').includes(c));
 
 const dir = mkdtempSync(join(tmpdir(), 'ioasid-service-bench-'));
 buildDist();
@@ -236,15 +240,17 @@ function frameKey(n: ProfileNode): string {
  * What the service does per request beyond the framework, by the functions that do it (inclusive
  * time: a sample counts for a group if any frame of its stack matches).
  */
+/** A file of the service, in src/ (under tsx) or dist/ (compiled, as the benchmark runs it). */
+const file = (path: string) => `(?:src|dist)/${path.replace(/\./g, '\\.')}\\.(?:ts|js)`;
 const BREAKDOWN: readonly [string, RegExp][] = [
-  ['auth: SHA-256 of the bearer token (tokenMatches/hashToken)', /^(tokenMatches|hashToken) src\/service\/tokens\.ts/],
-  ['authority.allocPasids + freePasid (model + store.apply, to the commit)', /^(allocPasids|freePasid) src\/service\/authority\.ts/],
-  ['store.apply, memory (checkBatch + applyBatch)', /^apply src\/store\/memory-store\.ts/],
-  ['store.apply, sqlite (checkBatch + queue)', /^apply src\/store\/sqlite-store\.ts/],
-  ['sqlite #flush (BEGIN..COMMIT, fsync under FULL; blocks the event loop)', /^#flush src\/store\/sqlite-store\.ts/],
-  ['row checks (checkBatch, any caller)', /^checkBatch src\/store\/row-check\.ts/],
-  ['host events -> authority #publish (event objects, 64 Ki ring)', /^Host\.space\.subscribe\.priority src\/host\/host\.ts/],
-  ['metrics (prom-client: onResponse histogram + op counter)', /^(request|op) src\/service\/metrics\.ts/],
+  ['auth: SHA-256 of the bearer token (identify, tokenMatches, hashToken)', new RegExp(`^(identify|tokenMatches|hashToken) ${file('service/(authority|tokens)')}`)],
+  ['authority.allocPasids + freePasid (model + store.apply, to the commit)', new RegExp(`^(allocPasids|freePasid) ${file('service/authority')}`)],
+  ['store.apply, memory (checkBatch + applyBatch)', new RegExp(`^apply ${file('store/memory-store')}`)],
+  ['store.apply, sqlite (checkBatch + queue)', new RegExp(`^apply ${file('store/sqlite-store')}`)],
+  ['sqlite #flush (BEGIN..COMMIT, fsync under FULL; blocks the event loop)', new RegExp(`^#flush ${file('store/sqlite-store')}`)],
+  ['row checks (checkBatch, any caller)', new RegExp(`^checkBatch ${file('store/row-check')}`)],
+  ['host events -> authority #publish (event objects, 64 Ki ring)', new RegExp(`^#publish ${file('(host/host|service/authority)')}`)],
+  ['metrics (onResponse latency histogram + op counter, metric-families.ts)', new RegExp(`^(request|op) ${file('service/metrics')}`)],
   ['request logger (pino child per request, level silent)', /^child pino/],
   ['fastify Reply.send (serialise, onSend hooks, socket write)', /^Reply\.send fastify/],
   ['socket write syscalls (writev, writeLatin1String; loopback delivery and preemption land here)', /^(writev|writeLatin1String) \(native\/V8\)/],
@@ -330,6 +336,10 @@ for (let rep = 0; rep < REPS; rep++) {
   }
 }
 for (const s of servers.values()) await stopServer(s);
+if (CONFIGS.length < ALL_CONFIGS.length) {
+  console.log(`BENCH_CONFIGS ran ${CONFIGS.join(', ')} only: nothing compared or saved`);
+  process.exit(0);
+}
 
 const ms = (us: number) => +(us / 1000).toFixed(3);
 const summary = Object.fromEntries(CONFIGS.map((c) => {
