@@ -166,7 +166,7 @@ describe('cluster mode: a VM another host serves', () => {
 });
 
 describe('/metrics', () => {
-  it('build info, capacity, an unlimited quota as +Inf, commit latency, refusals of every stage under operations_total, no errors_total', async () => {
+  it('build info, capacity, an unlimited quota as +Inf, commit latency (failures at 0), refusals of every stage under operations_total, no errors_total', async () => {
     const { call, metrics, app } = await makeApp();
     await call('POST', '/v1/vms', { id: 'capped', quota: 4 });
     await call('POST', '/v1/vms', { id: 'free', quota: 0 });
@@ -184,6 +184,7 @@ describe('/metrics', () => {
     assert.match(m, /^ioasid_vm_quota\{vm="free"\} \+Inf$/m, 'an unlimited quota is not 0');
     assert.match(m, /^ioasid_vm_pasids\{vm="capped"\} 2$/m);
     assert.match(m, /^ioasid_store_commit_duration_seconds_count\{result="ok"\} 3$/m, 'two creates and one allocation committed');
+    assert.match(m, /^ioasid_store_commit_duration_seconds_count\{result="failed"\} 0$/m, 'the failures series exists before the first failure');
     assert.match(m, /^ioasid_operations_total\{op="allocPasids",result="EPERM"\} 1$/m);
     assert.match(m, /^ioasid_operations_total\{op="allocPasids",result="EINVAL"\} 1$/m);
     assert.match(m, /^ioasid_operations_total\{op="freePasid",result="ENOENT"\} 1$/m);

@@ -19,10 +19,9 @@ import { Host, type AllocationPolicy, type Committed, type HostEventRecord, type
 import type { Store } from '../store/index.ts';
 import type { ClusterRole, ClusterStatus, MigrateResult, ReclaimReport } from '../cluster/index.ts';
 import type { CreateVmBody, PasidInfo, VmInfo } from '../api/index.ts';
-import { timingSafeEqual } from 'node:crypto';
 import { eventHasPasid } from './events.ts';
 import { eventRecord, StoreJournal, toHostState } from './store-journal.ts';
-import { TOKEN_HASH_RE, hashToken, newToken, tokenMatches } from './tokens.ts';
+import { TOKEN_HASH_RE, hashToken, newToken, sameHash, tokenMatches } from './tokens.ts';
 
 /** The wire types (src/api) under the names the service has used. */
 export type { VmInfo, PasidInfo };
@@ -113,8 +112,6 @@ export class PasidAuthority {
   /** Events numbered up to this one may have been lost (pruned by the store, or out of the ring). */
   #lostUpTo = 0;
   #adminHash: string | null = null;
-  /** The admin hash's bytes, made once per admin hash (compared on every request). */
-  #adminBytes: { hash: string; bytes: Buffer } | null = null;
   readonly #commitListeners = new Set<CommitListener>();
   /** The last commit failed in the backend (and none succeeded since): why. */
   #commitFailure: { code: string; message: string } | null = null;
@@ -307,15 +304,9 @@ export class PasidAuthority {
    * compared in constant time; VM tokens are found by the SHA-256 of the token (the VM's credential
    * in the host), which an attacker cannot steer, so the lookup leaks nothing useful.
    */
-  #adminHashBytes(): Buffer {
-    const hash = this.#adminHash!;
-    if (this.#adminBytes?.hash !== hash) this.#adminBytes = { hash, bytes: Buffer.from(hash, 'hex') };
-    return this.#adminBytes.bytes;
-  }
-
   identify(token: string): { admin: boolean; vm: string | null } {
     const h = hashToken(token);
-    const admin = this.#adminHash !== null && h.length === this.#adminHash.length && timingSafeEqual(Buffer.from(h, 'hex'), this.#adminHashBytes());
+    const admin = this.#adminHash !== null && sameHash(h, this.#adminHash);
     return { admin, vm: admin ? null : (this.host.vmByCredential(h)?.id ?? null) };
   }
 

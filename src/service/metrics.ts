@@ -13,9 +13,10 @@
  *  - `ioasid_build_info`: version, Node version and store kind, as labels of a constant 1.
  */
 import { readFileSync } from 'node:fs';
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, Gauge, Registry } from 'prom-client';
 import { OPERATIONS, type OperationDef } from '../api/index.ts';
 import type { PasidAuthority } from './authority.ts';
+import { CounterFamily, HistogramFamily } from './metric-families.ts';
 
 /** What the metrics read of the event stream (EventHub.stats). */
 export interface EventStats {
@@ -46,19 +47,19 @@ const OP_BY_ROUTE = new Map(
 
 export class ServiceMetrics {
   readonly registry = new Registry();
-  readonly #ops: Counter<'op' | 'result'>;
-  readonly #latency: Histogram<'method' | 'route' | 'status'>;
+  readonly #ops: CounterFamily<'op' | 'result'>;
+  readonly #latency: HistogramFamily<'method' | 'route' | 'status'>;
   #events: EventStats | null = null;
   #connections: (() => ConnectionCounts) | null = null;
 
   constructor(authority: PasidAuthority) {
     const registers = [this.registry];
     const metrics = this;
-    this.#ops = new Counter({
+    this.#ops = new CounterFamily({
       name: 'ioasid_operations_total', help: 'API operations by kind and result: ok, or the errno code of the refusal (authentication and validation included)',
       labelNames: ['op', 'result'], registers,
     });
-    this.#latency = new Histogram({
+    this.#latency = new HistogramFamily({
       name: 'ioasid_http_request_duration_seconds', help: 'HTTP request latency', labelNames: ['method', 'route', 'status'], registers,
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1],
     });
@@ -94,13 +95,13 @@ export class ServiceMetrics {
         this.set(authority.host.pasidMax - authority.host.pasidMin + 1);
       },
     });
-    const commits = new Histogram({
+    const commits = new HistogramFamily({
       name: 'ioasid_store_commit_duration_seconds', help: 'Time to make one change durable (the store commit, fsync included), by result', labelNames: ['result'], registers,
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     });
     // Children made once: no label lookup per commit.
-    const committed = commits.labels('ok');
-    const failed = commits.labels('failed');
+    const committed = commits.child({ result: 'ok' });
+    const failed = commits.child({ result: 'failed' });
     authority.onCommit((seconds, ok) => (ok ? committed : failed).observe(seconds));
     new Gauge({
       name: 'ioasid_store_commit_failing', help: '1 while the last commit failed (the service is not ready until one succeeds)', registers,
@@ -149,7 +150,7 @@ export class ServiceMetrics {
     this.#connections = read;
   }
 
-  /** Label-bound children, made once per label set (prom-client hashes a label object per call). */
+  /** Children by label values, found once per label set (metric-families.ts). */
   readonly #opChildren = new Map<string, { inc(): void }>();
   readonly #latencyChildren = new Map<string, { observe(v: number): void }>();
 
@@ -157,7 +158,7 @@ export class ServiceMetrics {
     const key = `${op} ${result}`;
     let c = this.#opChildren.get(key);
     if (c === undefined) {
-      c = this.#ops.labels({ op, result });
+      c = this.#ops.child({ op, result });
       this.#opChildren.set(key, c);
     }
     c.inc();
@@ -173,7 +174,7 @@ export class ServiceMetrics {
     const key = `${method} ${route} ${status}`;
     let c = this.#latencyChildren.get(key);
     if (c === undefined) {
-      c = this.#latency.labels({ method, route, status: String(status) });
+      c = this.#latency.child({ method, route, status: String(status) });
       this.#latencyChildren.set(key, c);
     }
     c.observe(seconds);

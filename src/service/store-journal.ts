@@ -11,7 +11,7 @@ import { IoasidBugError, IoasidError, parseBdf } from '../core/index.ts';
 import type { Committed, HostEvent, HostEventRecord, HostState, Journal, JournalEntry } from '../host/index.ts';
 import { parseGuestState, type Layout, type PasBit } from '../vtd/index.ts';
 import type { EventRow, Mutation, Store, StoredState } from '../store/index.ts';
-import { failpoint } from './failpoints.ts';
+import { failpoint, failpointsArmed } from './failpoints.ts';
 
 export class StoreJournal implements Journal {
   readonly durable = true;
@@ -26,6 +26,7 @@ export class StoreJournal implements Journal {
 
   async commit(entry: JournalEntry): Promise<Committed> {
     const at = this.#now();
+    if (!failpointsArmed) return { seq: (await this.store.apply(toMutations(entry, at))).seq, at };
     const what = `${entry.registers !== undefined ? 'vcmd-' : ''}${entry.events[0]?.type ?? 'registers'}`;
     failpoint(`before-commit:${what}`);
     const { seq } = await this.store.apply(toMutations(entry, at));
