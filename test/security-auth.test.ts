@@ -13,9 +13,12 @@
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+
+const sha256 = (t: string) => createHash('sha256').update(t, 'utf8').digest('hex');
 import WebSocket from 'ws';
-import { buildApp, hashToken, PasidAuthority, redactToken, type ServiceApp } from '../src/service/index.ts';
+import { buildApp, hashToken, PasidAuthority, redactToken, tokenMatches, type ServiceApp } from '../src/service/index.ts';
+import { sameHash } from '../src/service/tokens.ts';
 import { EVENT_STREAM, IoasidClient, eventStreamProtocols, type ApiEvent } from '../src/client/index.ts';
 import { MemoryStore } from '../src/store/index.ts';
 import { parseResponse, rawClient } from './helpers/raw-http.ts';
@@ -57,6 +60,24 @@ function stream(url: string, opts: { query?: string; protocols?: string[]; heade
     ws.once('error', reject);
   });
 }
+
+describe('security: token hashes', () => {
+  it('a token matches its SHA-256 only; hashes compare equal only when every digit is', () => {
+    const h = hashToken(ADMIN);
+    assert.match(h, /^[0-9a-f]{64}$/);
+    assert.equal(h, sha256(ADMIN), 'the SHA-256 of the UTF-8 bytes, in hex');
+    assert.ok(tokenMatches(ADMIN, h));
+    assert.ok(!tokenMatches(`${ADMIN} `, h));
+    assert.ok(!tokenMatches(ADMIN.toLowerCase(), h));
+    assert.ok(sameHash(h, `${h}`));
+    for (const i of [0, 1, 31, 62, 63]) {
+      const other = h.slice(0, i) + (h[i] === '0' ? '1' : '0') + h.slice(i + 1);
+      assert.ok(!sameHash(h, other), `a difference at digit ${i} is seen`);
+    }
+    assert.ok(!sameHash(h, h.slice(0, 63)), 'a shorter hash is not equal');
+    assert.ok(!sameHash(h, `${h}0`), 'a longer one neither');
+  });
+});
 
 describe('security: the Bearer scheme (RFC 7235)', () => {
   let c: Ctx;
