@@ -14,14 +14,14 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-
-const sha256 = (t: string) => createHash('sha256').update(t, 'utf8').digest('hex');
 import WebSocket from 'ws';
 import { buildApp, hashToken, PasidAuthority, redactToken, tokenMatches, type ServiceApp } from '../src/service/index.ts';
 import { sameHash } from '../src/service/tokens.ts';
 import { EVENT_STREAM, IoasidClient, eventStreamProtocols, type ApiEvent } from '../src/client/index.ts';
 import { MemoryStore } from '../src/store/index.ts';
 import { parseResponse, rawClient } from './helpers/raw-http.ts';
+
+const sha256 = (t: string) => createHash('sha256').update(t, 'utf8').digest('hex');
 
 // Characters that URL, base64 and JSON encodings all treat differently, around a random core.
 const CORE = randomBytes(12).toString('hex');
