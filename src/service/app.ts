@@ -423,6 +423,28 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
   };
 
   // ---------------------------------------------------------------- the contract's operations
+  // An answer completed in the event-loop turn its request arrived in is written at the end of
+  // that turn, with the answers of every other request completed in it (as Redis writes its
+  // replies before it polls again). The change is committed and applied when the handler returns;
+  // only the socket write waits, for the rest of the turn at most. Answers written together wake a
+  // client that multiplexes connections once per turn rather than once per answer, and that wake-up,
+  // not the write, was most of a write's cost. An answer completed in a later turn (a SQLite group
+  // commit, an etcd transaction) is written at once: what completed it already answers its batch
+  // together. docs/decisions.md 57 has the figures.
+  interface Turn { readonly done: Promise<void>; over: boolean }
+  let turn: Turn | null = null;
+  const thisTurn = (): Turn => {
+    if (turn !== null) return turn;
+    let resolve!: () => void;
+    const t: Turn = { done: new Promise<void>((r) => (resolve = r)), over: false };
+    turn = t;
+    setImmediate(() => {
+      t.over = true;
+      turn = null;
+      resolve();
+    });
+    return t;
+  };
   for (const def of ROUTES) {
     const ints = { params: integersOf(def.schema.params), query: integersOf(def.schema.querystring) };
     const op: OperationId = def.operationId;
@@ -451,7 +473,9 @@ export async function buildApp(opts: AppOptions): Promise<ServiceApp> {
       handler: async (req: FastifyRequest, reply: FastifyReply) => {
         const caller = req.caller;
         try {
+          const arrived = thisTurn();
           let result = await def.handler(authority, { params: req.params ?? {}, query: req.query ?? {}, body: req.body }, ctx);
+          if (!arrived.over) await arrived.done;
           metrics.op(op, 'ok');
           if (op === 'registers' && caller?.kind === 'vm') result = tenantRegisters(caller.vm, result as Parameters<typeof tenantRegisters>[1]);
           if (def.status === 204) return reply.status(204).send();
