@@ -46,6 +46,18 @@ export interface GuestKernelOptions {
   readonly log?: LogFn;
 }
 
+/** The options every guest hands to its kernel as they are (the others each guest sets itself). */
+export type GuestDriverOptions = Pick<GuestKernelOptions, 'profile' | 'pasBit' | 'rangeExtension' | 'timeoutMs' | 'pollIntervalMs' | 'log'>;
+
+const DRIVER_OPTIONS = ['profile', 'pasBit', 'rangeExtension', 'timeoutMs', 'pollIntervalMs', 'log'] as const;
+
+/** The driver options set in `opts` (an option given as undefined is left out, not passed on). */
+export function driverOptionsOf(opts: GuestDriverOptions): GuestDriverOptions {
+  const out: Record<string, unknown> = {};
+  for (const k of DRIVER_OPTIONS) if (opts[k] !== undefined) out[k] = opts[k];
+  return out as GuestDriverOptions;
+}
+
 export class GuestKernel {
   readonly space: IoasidSpace;
   readonly driver: VtdGuestDriver;
@@ -173,5 +185,74 @@ export class GuestKernel {
   /** The guest died: forget its bindings (the host tears the entries down itself). */
   forget(): void {
     this.#sva.forget();
+  }
+}
+
+/**
+ * What a running guest offers over its kernel, written once for the in-process `Guest` and the
+ * `RemoteGuest`: the guest's view of its vIOMMUs and PASIDs, allocation, SVA and the exit of an
+ * address space. The two differ in how the kernel reaches its registers and in how the guest stops
+ * (`alive` throws once it has; a stopped guest holds no PASIDs).
+ */
+export abstract class GuestFront {
+  abstract readonly kernel: GuestKernel;
+
+  /** Whether the guest has stopped. */
+  protected abstract get stopped(): boolean;
+
+  /** Throws (`ENODEV`) once the guest has stopped. */
+  protected abstract alive(): void;
+
+  get space(): IoasidSpace {
+    return this.kernel.space;
+  }
+
+  get driver(): VtdGuestDriver {
+    return this.kernel.driver;
+  }
+
+  /** The guest's view of a vIOMMU. */
+  unit(segment: number): GuestViommu {
+    return this.kernel.unit(segment);
+  }
+
+  /** PASIDs this guest kernel holds (its space's active table); none once it has stopped. */
+  pasids(): number[] {
+    return this.stopped ? [] : this.kernel.pasids();
+  }
+
+  /** Allocate a PASID with no device (e.g. for a nested VM or a test), through the VCMD allocator. */
+  async alloc(min = 1, max = this.driver.pasidMaxId - 1, data: unknown = null): Promise<number> {
+    this.alive();
+    return this.kernel.alloc(min, max, data);
+  }
+
+  /** Free a PASID allocated with `alloc` (through VCMD). */
+  async free(pasid: number): Promise<void> {
+    this.alive();
+    await this.kernel.free(pasid);
+  }
+
+  /** Bind a device to an address space; returns the PASID (see sva.ts). */
+  async svaBind(bdf: string, mm: string): Promise<number> {
+    this.alive();
+    return this.kernel.svaBind(bdf, mm);
+  }
+
+  /** Unbind; the last device's unbind clears the data, then frees the PASID through VCMD. */
+  async svaUnbind(bdf: string, mm: string): Promise<void> {
+    this.alive();
+    return this.kernel.svaUnbind(bdf, mm);
+  }
+
+  /** The address space exits: its devices are unbound and its PASID freed (see sva.ts). */
+  async mmExit(mm: string): Promise<number> {
+    this.alive();
+    return this.kernel.mmExit(mm);
+  }
+
+  /** Address spaces bound, as { mm, pasid, devices }. */
+  bindings(): { mm: string; pasid: number; devices: string[] }[] {
+    return this.kernel.bindings();
   }
 }

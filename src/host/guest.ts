@@ -4,29 +4,24 @@
  * (nesting): `startHost()` makes a Host whose space is this guest's space, so every L2 allocation
  * goes L2 -> L1 space -> VCMD -> L0: one namespace at every depth.
  */
-import { IoasidError, type IoasidSpace, type LogFn, type Profile } from '../core/index.ts';
-import type { GuestViommu, Layout, MmioAccessor, PasBit, UnplugReport, VtdGuestDriver } from '../vtd/index.ts';
+import { IoasidError } from '../core/index.ts';
+import type { Layout, MmioAccessor, UnplugReport } from '../vtd/index.ts';
 import type { Vm, Viommu } from './vm.ts';
 import type { PciDevice } from './device.ts';
-import { GuestKernel } from './guest-kernel.ts';
+import { GuestFront, GuestKernel, driverOptionsOf, type GuestDriverOptions } from './guest-kernel.ts';
 import { Host, type HostOptions } from './host.ts';
 
-export interface GuestOptions {
-  /** The guest kernel's profile (default strict). */
-  readonly profile?: Profile;
+/** In process the guest polls by yielding a turn, so there is no pause between polls to set. */
+export interface GuestOptions extends Omit<GuestDriverOptions, 'pollIntervalMs'> {
   /** The guest driver's register layout (default: the layout of the VM's first vIOMMU, else B). */
   readonly layout?: Layout;
-  readonly pasBit?: PasBit;
-  /** Use the range extension where advertised (strict only; default true). */
-  readonly rangeExtension?: boolean;
   /** VCMD poll deadline (default 10 s of virtual time). */
   readonly timeoutMs?: number;
-  readonly log?: LogFn;
   /** Observe or alter the guest's register accesses (the demo traces them; tests inject faults). */
   readonly wrapMmio?: (viommu: Viommu, mmio: MmioAccessor) => MmioAccessor;
 }
 
-export class Guest {
+export class Guest extends GuestFront {
   readonly vm: Vm;
   readonly kernel: GuestKernel;
   #host: Host | null = null;
@@ -36,6 +31,7 @@ export class Guest {
 
   /** @internal booted by Host.boot */
   constructor(vm: Vm, opts: GuestOptions, hostOptions: Pick<HostOptions, 'now' | 'log'>) {
+    super();
     this.vm = vm;
     this.#hostOptions = hostOptions;
     const wrap = opts.wrapMmio;
@@ -53,73 +49,21 @@ export class Guest {
         // In process, the host answers within a few turns of the event loop: poll by yielding, not
         // with a 1 ms timer (the deadline still counts virtual time per poll).
         sleep: () => new Promise<void>((resolve) => setImmediate(resolve)),
-        ...(opts.profile !== undefined ? { profile: opts.profile } : {}),
-        ...(opts.pasBit !== undefined ? { pasBit: opts.pasBit } : {}),
-        ...(opts.rangeExtension !== undefined ? { rangeExtension: opts.rangeExtension } : {}),
-        ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
-        ...(opts.log ? { log: opts.log } : {}),
+        ...driverOptionsOf(opts),
       },
     );
-  }
-
-  get space(): IoasidSpace {
-    return this.kernel.space;
-  }
-
-  get driver(): VtdGuestDriver {
-    return this.kernel.driver;
   }
 
   get dead(): boolean {
     return this.#dead;
   }
 
-  #alive(): void {
+  protected get stopped(): boolean {
+    return this.#dead;
+  }
+
+  protected alive(): void {
     if (this.#dead) throw new IoasidError('ENODEV', `the guest of VM ${this.vm.id} is not running`, { vm: this.vm.id });
-  }
-
-  /** The guest's view of a vIOMMU. */
-  unit(segment: number): GuestViommu {
-    return this.kernel.unit(segment);
-  }
-
-  /** PASIDs this guest kernel holds (its space's active table). */
-  pasids(): number[] {
-    return this.#dead ? [] : this.kernel.pasids();
-  }
-
-  /** Allocate a PASID with no device (e.g. for a nested VM or a test). */
-  async alloc(min = 1, max = this.driver.pasidMaxId - 1, data: unknown = null): Promise<number> {
-    this.#alive();
-    return this.kernel.alloc(min, max, data);
-  }
-
-  async free(pasid: number): Promise<void> {
-    this.#alive();
-    await this.kernel.free(pasid);
-  }
-
-  /** Bind a device to an address space; returns the PASID (see sva.ts). */
-  async svaBind(bdf: string, mm: string): Promise<number> {
-    this.#alive();
-    return this.kernel.svaBind(bdf, mm);
-  }
-
-  /** Unbind; the last device's unbind clears the data, then frees the PASID. */
-  async svaUnbind(bdf: string, mm: string): Promise<void> {
-    this.#alive();
-    return this.kernel.svaUnbind(bdf, mm);
-  }
-
-  /** Address spaces bound, as { mm, pasid, devices }. */
-  bindings(): { mm: string; pasid: number; devices: string[] }[] {
-    return this.kernel.bindings();
-  }
-
-  /** The address space exits: its devices are unbound and its PASID freed (see sva.ts). */
-  async mmExit(mm: string): Promise<number> {
-    this.#alive();
-    return this.kernel.mmExit(mm);
   }
 
   // ------------------------------------------------------------------ hot-plug, as the host tells it
@@ -154,7 +98,7 @@ export class Guest {
 
   /** This guest as a host for its own VMs (L1 -> L2); one per guest. */
   startHost(opts: Omit<HostOptions, 'space' | 'parent' | 'pasidMax'> = {}): Host {
-    this.#alive();
+    this.alive();
     if (this.#host !== null) return this.#host;
     this.#host = new Host({ ...this.#hostOptions, ...opts, space: this.space, parent: this, pasidMax: this.driver.pasidMaxId - 1 });
     return this.#host;

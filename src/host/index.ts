@@ -13,8 +13,8 @@ export { Vm, parseViommuSpec } from './vm.ts';
 export type { Viommu, ViommuConfig, ViommuSpec, VmView } from './vm.ts';
 export { Guest } from './guest.ts';
 export type { GuestOptions } from './guest.ts';
-export { GuestKernel } from './guest-kernel.ts';
-export type { GuestKernelOptions, GuestPort, GuestUnitSpec } from './guest-kernel.ts';
+export { GuestFront, GuestKernel, driverOptionsOf } from './guest-kernel.ts';
+export type { GuestDriverOptions, GuestKernelOptions, GuestPort, GuestUnitSpec } from './guest-kernel.ts';
 export { parseDevice } from './device.ts';
 export { GuestSva } from './sva.ts';
 export {

@@ -19,43 +19,35 @@
  * The guest thread blocks on each register access (see remote-mmio.ts): never run a RemoteGuest in
  * the thread that runs the service it talks to.
  */
-import { IoasidError, fmtId, type IoasidSpace, type LogFn, type Profile } from '../core/index.ts';
-import type { GuestViommu, Layout, MmioAccessor, PasBit, UnplugReport, VtdGuestDriver } from '../vtd/index.ts';
-import { GuestKernel, parseDevice, type PciDevice } from '../host/index.ts';
+import { IoasidError, fmtId } from '../core/index.ts';
+import type { Layout, MmioAccessor, UnplugReport } from '../vtd/index.ts';
+import { GuestFront, GuestKernel, driverOptionsOf, parseDevice, type GuestDriverOptions, type PciDevice } from '../host/index.ts';
 import { IoasidClient, type VmInfo } from '../client/index.ts';
 import { RemoteMmio, SyncServiceChannel, type ChannelStats } from './remote-mmio.ts';
 
-export interface RemoteGuestOptions {
+export interface RemoteGuestOptions extends GuestDriverOptions {
   /** Base URL of the service, e.g. `http://127.0.0.1:7070`. */
   readonly url: string;
   /** The VM this guest runs in. */
   readonly vm: string;
   /** The VM's bearer token (it can touch only this VM). */
   readonly token: string;
-  /** The guest kernel's profile (default strict). */
-  readonly profile?: Profile;
   /** The guest driver's register layout (default: the layout of the VM's first vIOMMU, else B). */
   readonly layout?: Layout;
-  readonly pasBit?: PasBit;
-  /** Use the range extension where advertised (strict only; default true). */
-  readonly rangeExtension?: boolean;
   /** VCMD poll deadline, wall-clock ms (default 10 000, DMAR_OPERATION_TIMEOUT). */
   readonly timeoutMs?: number;
-  /** Pause between two VCRSP reads while IP is set, ms (default 1). */
-  readonly pollIntervalMs?: number;
   /**
    * Longest wait for one trapped access, ms (default 30 000). While the service cannot be reached
    * (a restart), the access is sent again until this much time has passed.
    */
   readonly mmioTimeoutMs?: number;
-  readonly log?: LogFn;
   /** Observe or alter the register accesses (tracing, fault injection). */
   readonly wrapMmio?: (segment: number, mmio: MmioAccessor) => MmioAccessor;
   /** fetch for the asynchronous calls (bindings, VM info); default the global one. */
   readonly fetch?: typeof fetch;
 }
 
-export class RemoteGuest {
+export class RemoteGuest extends GuestFront {
   readonly vm: string;
   /** The guest driver's register layout. */
   readonly layout: Layout;
@@ -70,6 +62,7 @@ export class RemoteGuest {
   #closed = false;
 
   private constructor(opts: RemoteGuestOptions, info: VmInfo, client: IoasidClient, channel: SyncServiceChannel) {
+    super();
     this.vm = opts.vm;
     this.client = client;
     this.channel = channel;
@@ -90,12 +83,7 @@ export class RemoteGuest {
         layout,
         // The deadline is wall-clock time: each poll costs a round trip, not only the pause.
         now: () => performance.now(),
-        ...(opts.profile !== undefined ? { profile: opts.profile } : {}),
-        ...(opts.pasBit !== undefined ? { pasBit: opts.pasBit } : {}),
-        ...(opts.rangeExtension !== undefined ? { rangeExtension: opts.rangeExtension } : {}),
-        ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
-        ...(opts.pollIntervalMs !== undefined ? { pollIntervalMs: opts.pollIntervalMs } : {}),
-        ...(opts.log ? { log: opts.log } : {}),
+        ...driverOptionsOf(opts),
       },
     );
   }
@@ -133,28 +121,19 @@ export class RemoteGuest {
     }
   }
 
-  #alive(): void {
+  protected alive(): void {
     if (this.#closed) throw new IoasidError('ENODEV', `the remote guest of VM ${this.vm} is closed`, { vm: this.vm });
+  }
+
+  protected get stopped(): boolean {
+    return this.#closed;
   }
 
   get closed(): boolean {
     return this.#closed;
   }
 
-  get space(): IoasidSpace {
-    return this.kernel.space;
-  }
-
-  get driver(): VtdGuestDriver {
-    return this.kernel.driver;
-  }
-
   // ------------------------------------------------------------------ what the guest sees
-
-  /** The guest's view of a vIOMMU. */
-  unit(segment: number): GuestViommu {
-    return this.kernel.unit(segment);
-  }
 
   /** The raw register page of a vIOMMU (unwrapped): for tracing and register-level tests. */
   mmio(segment: number): RemoteMmio {
@@ -178,16 +157,6 @@ export class RemoteGuest {
     return d;
   }
 
-  /** PASIDs this guest kernel holds (its space's active table). */
-  pasids(): number[] {
-    return this.#closed ? [] : this.kernel.pasids();
-  }
-
-  /** Address spaces bound, as { mm, pasid, devices }. */
-  bindings(): { mm: string; pasid: number; devices: string[] }[] {
-    return this.kernel.bindings();
-  }
-
   /** Round-trip figures of the trapped register accesses. */
   mmioStats(): ChannelStats {
     return this.channel.stats();
@@ -200,7 +169,7 @@ export class RemoteGuest {
    * already removed it: see the report).
    */
   async refresh(): Promise<{ added: number[]; removed: UnplugReport[] }> {
-    this.#alive();
+    this.alive();
     const info = await this.client.getVm(this.vm);
     this.#learnDevices(info);
     const now = new Set(info.viommus.map((v) => v.segment));
@@ -220,37 +189,11 @@ export class RemoteGuest {
     return { added, removed };
   }
 
-  // ------------------------------------------------------------------ raw allocation
-
-  /** Allocate a PASID with no device (through VCMD). */
-  async alloc(min = 1, max = this.driver.pasidMaxId - 1, data: unknown = null): Promise<number> {
-    this.#alive();
-    return this.kernel.alloc(min, max, data);
-  }
-
-  /** Free a PASID allocated with `alloc` (through VCMD). */
-  async free(pasid: number): Promise<void> {
-    this.#alive();
-    await this.kernel.free(pasid);
-  }
-
-  // ------------------------------------------------------------------ SVA
-
-  /** Bind a device to an address space; returns the PASID (see src/host/sva.ts). */
-  async svaBind(bdf: string, mm: string): Promise<number> {
-    this.#alive();
-    return this.kernel.svaBind(bdf, mm);
-  }
-
-  /** Unbind; the last device's unbind clears the data, then frees the PASID through VCMD. */
-  async svaUnbind(bdf: string, mm: string): Promise<void> {
-    this.#alive();
-    return this.kernel.svaUnbind(bdf, mm);
-  }
+  // ------------------------------------------------------------------ allocation and SVA: GuestFront
 
   /** Unbind every address space from every device and free every PASID (a clean guest shutdown). */
   async releaseAll(): Promise<{ unbound: number; freed: number[] }> {
-    this.#alive();
+    this.alive();
     return this.kernel.releaseAll();
   }
 
