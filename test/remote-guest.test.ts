@@ -17,7 +17,7 @@ import { isIoasidError } from '../src/core/index.ts';
 import type { VmView } from '../src/host/index.ts';
 import { checkInvariants } from '../src/sim/index.ts';
 import { IoasidClient } from '../src/client/index.ts';
-import { RemoteMmio, SyncServiceChannel } from '../src/remote/index.ts';
+import { RemoteGuest, RemoteMmio, SyncServiceChannel } from '../src/remote/index.ts';
 import { startServer, type RunningServer } from '../src/service/index.ts';
 
 const ADMIN = 'admin-token-for-remote-guest-tests-0123456789';
@@ -330,6 +330,19 @@ describe('remote guests: the synchronous MMIO channel', () => {
       await ch.close();
     }
     assert.throws(() => new RemoteMmio(ch, 'vm', 0).read(0x8, 8), (e: unknown) => isIoasidError(e, 'ENODEV'));
+  });
+
+  it('a linux-6.x guest (no VCMD, device-local PASIDs) is refused at boot (EOPNOTSUPP), and an unknown profile is EINVAL, before the service is asked anything', async () => {
+    const asked: string[] = [];
+    const fetchSpy: typeof fetch = async (input) => {
+      asked.push(String(input));
+      return new Response('{}', { status: 500 });
+    };
+    await assert.rejects(RemoteGuest.boot({ url: server.url, vm: 'vm', token, profile: 'linux-6.x', fetch: fetchSpy }),
+      (e: unknown) => isIoasidError(e, 'EOPNOTSUPP') && /no VCMD/.test((e as Error).message) && /system-wide PASIDs only/.test((e as Error).message));
+    await assert.rejects(RemoteGuest.boot({ url: server.url, vm: 'vm', token, profile: 'linux-9' as never, fetch: fetchSpy }),
+      (e: unknown) => isIoasidError(e, 'EINVAL') && /profile must be one of strict/.test((e as Error).message));
+    assert.deepEqual(asked, [], 'no request reached the service');
   });
 
   it('an unreachable service is ENODEV; a bad URL or token is EINVAL', async () => {
