@@ -164,6 +164,21 @@ describe('host journal: events in the order things happened, numbered by the jou
     await dev.writeDurable(registerOffset('B', 'VCMD_REG'), encodeVcmd('B', VCMD_CMD.FREE, 9), 8);
     assert.deepEqual(journal.entries.at(-1), { events: [], registers: { vm: 'vm1', segment: 0, state: dev.guestState() } });
   });
+
+  it('a device-local binding (a linux-6.x guest\'s own PASID) is refused by a durable host (EOPNOTSUPP), nothing committed; a memory host keeps it', async () => {
+    const journal = new SlowJournal();
+    journal.auto = true;
+    const host = new Host<SlowJournal>({ journal });
+    const vm = await host.createVm({ id: 'vm1', credential: 'c', viommus: [{ segment: 0 }], devices: [{ bdf: '0000:00:02.0' }] });
+    const before = journal.entries.length;
+    await assert.rejects(Promise.resolve(vm.bind('0000:00:02.0', 5, { deviceLocal: true })), (e: unknown) => code('EOPNOTSUPP')(e) && /not kept by a durable host/.test((e as Error).message));
+    assert.equal(journal.entries.length, before, 'nothing committed');
+    assert.deepEqual(vm.localBindings(), []);
+    const mem = new Host({ journal: new TestJournal() });
+    const m = mem.createVm({ id: 'vm1', credential: 'c', viommus: [{ segment: 0 }], devices: [{ bdf: '0000:00:02.0' }] });
+    m.bind('0000:00:02.0', 5, { deviceLocal: true });
+    assert.deepEqual(m.localBindings(), [['0000:00:02.0', 5]]);
+  });
 });
 
 describe('host journal: an asynchronous journal', () => {
