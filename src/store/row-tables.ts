@@ -12,10 +12,17 @@
  */
 import type { StateTx } from './mutation-rules.ts';
 import type { BindingRow, DeviceRow, MetaRow, NewEventRow, PasidRow, ViommuRow, VmRow } from './rows.ts';
-import { bump, pairKey } from './state-check.ts';
+import { pairKey } from './state-check.ts';
 
 /** What a write changed, as `touch` is told: the table, then the row's key (one or two parts). */
 export type TouchedTable = 'vm' | 'token' | 'viommu' | 'device' | 'pasid' | 'binding' | 'meta';
+
+/** A count in a map of counts: a count that reaches 0 goes. */
+function bump<K>(m: Map<K, number>, k: K, by: number): void {
+  const n = (m.get(k) ?? 0) + by;
+  if (n === 0) m.delete(k);
+  else m.set(k, n);
+}
 
 /** As bump, but a count that reaches 0 stays in the map (the key comes back soon: no churn). */
 function count<K>(m: Map<K, number>, k: K, by: number): void {

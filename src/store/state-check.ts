@@ -30,13 +30,6 @@ export function pairKey(vm: string, x: string | number): string {
   return `${vm}\u0000${x}`;
 }
 
-/** A count in a map of counts (the in-memory tables' secondary counts): a count that reaches 0 goes. */
-export function bump<K>(m: Map<K, number>, k: K, by: number): void {
-  const n = (m.get(k) ?? 0) + by;
-  if (n === 0) m.delete(k);
-  else m.set(k, n);
-}
-
 function cmpStr(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
