@@ -46,6 +46,19 @@ describe('metric families', () => {
     assert.doesNotMatch(await ours.metrics(), /ops_total\{/);
   });
 
+  it('labels(...values) finds the child of those values in label order, the same one each time; after a reset it counts afresh', async () => {
+    const r = new Registry();
+    const c = new CounterFamily({ name: 'ops_total', help: 'Ops', labelNames: ['op', 'result'], registers: [r] });
+    assert.equal(c.labels('alloc', 'ok'), c.labels('alloc', 'ok'));
+    assert.equal(c.labels('alloc', 'ok'), c.child({ result: 'ok', op: 'alloc' }), 'by name or by position, one child');
+    c.labels('alloc', 'ok').inc();
+    c.labels('alloc', 'ok').inc();
+    assert.match(await r.metrics(), /ops_total\{op="alloc",result="ok"\} 2\n/);
+    r.resetMetrics();
+    c.labels('alloc', 'ok').inc();
+    assert.match(await r.metrics(), /ops_total\{op="alloc",result="ok"\} 1\n/, 'a reset loses no later count');
+  });
+
   it('a value that is not a finite number is not observed', async () => {
     const r = new Registry();
     const h = new HistogramFamily({ name: 'y_seconds', help: 'Y', labelNames: ['k'], buckets: BUCKETS, registers: [r] });

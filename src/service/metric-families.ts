@@ -22,6 +22,13 @@ interface Family<L extends string, C> {
   fresh(): C;
 }
 
+interface Child<L extends string, C, H> {
+  readonly labels: Labels<L>;
+  readonly state: C;
+  /** What callers use (inc, observe), made once with the child. */
+  readonly handle: H;
+}
+
 /** What prom-client's registry reads of a metric (`get`, `getForPromString`, `reset`). */
 interface Sample {
   readonly value: number;
@@ -32,7 +39,7 @@ interface Sample {
   readonly exemplar?: null;
 }
 
-abstract class LabelledFamily<L extends string, C> {
+abstract class LabelledFamily<L extends string, C, H> {
   readonly name: string;
   readonly help: string;
   abstract readonly type: 'counter' | 'histogram';
@@ -40,7 +47,7 @@ abstract class LabelledFamily<L extends string, C> {
   readonly #labelNames: readonly L[];
   readonly #fresh: () => C;
   /** Children by the label values joined with NUL (label values never hold one in this service). */
-  #children = new Map<string, { labels: Labels<L>; state: C }>();
+  #children = new Map<string, Child<L, C, H>>();
 
   constructor(f: Family<L, C>) {
     this.name = f.name;
@@ -50,16 +57,27 @@ abstract class LabelledFamily<L extends string, C> {
     for (const r of f.registers) r.registerMetric(this as never);
   }
 
-  protected state(labels: Labels<L>): C {
-    let key = '';
-    for (const n of this.#labelNames) key += `${labels[n]}\u0000`;
+  /**
+   * The child of these label values, in `labelNames` order: found by one map lookup, made the
+   * first time. The place to call per request (no label object to build).
+   */
+  labels(...values: string[]): H {
+    const key = values.join('\u0000');
     let c = this.#children.get(key);
     if (c === undefined) {
-      c = { labels: Object.fromEntries(this.#labelNames.map((n) => [n, labels[n]])) as Labels<L>, state: this.#fresh() };
+      const state = this.#fresh();
+      c = { labels: Object.fromEntries(this.#labelNames.map((n, i) => [n, values[i] ?? ''])) as Labels<L>, state, handle: this.handle(state) };
       this.#children.set(key, c);
     }
-    return c.state;
+    return c.handle;
   }
+
+  /** The child of these labels (as `labels`, by name). */
+  child(labels: Labels<L>): H {
+    return this.labels(...this.#labelNames.map((n) => labels[n]));
+  }
+
+  protected abstract handle(state: C): H;
 
   protected abstract samples(labels: Labels<L>, state: C, out: Sample[]): void;
 
@@ -80,16 +98,15 @@ abstract class LabelledFamily<L extends string, C> {
   }
 }
 
-/** A counter with labels; `child(labels).inc()` counts. */
-export class CounterFamily<L extends string> extends LabelledFamily<L, { n: number }> {
+/** A counter with labels; `labels(...values).inc()` counts. */
+export class CounterFamily<L extends string> extends LabelledFamily<L, { n: number }, { inc(): void }> {
   readonly type = 'counter';
 
   constructor(opts: { name: string; help: string; labelNames: readonly L[]; registers: readonly Registry[] }) {
     super({ ...opts, fresh: () => ({ n: 0 }) });
   }
 
-  child(labels: Labels<L>): { inc(): void } {
-    const s = this.state(labels);
+  protected handle(s: { n: number }): { inc(): void } {
     return { inc: () => void (s.n += 1) };
   }
 
@@ -105,8 +122,8 @@ interface HistogramState {
   count: number;
 }
 
-/** A histogram with labels and fixed upper bounds; `child(labels).observe(seconds)`. */
-export class HistogramFamily<L extends string> extends LabelledFamily<L, HistogramState> {
+/** A histogram with labels and fixed upper bounds; `labels(...values).observe(seconds)`. */
+export class HistogramFamily<L extends string> extends LabelledFamily<L, HistogramState, { observe(v: number): void }> {
   readonly type = 'histogram';
   readonly #bounds: readonly number[];
 
@@ -116,8 +133,7 @@ export class HistogramFamily<L extends string> extends LabelledFamily<L, Histogr
     this.#bounds = bounds;
   }
 
-  child(labels: Labels<L>): { observe(v: number): void } {
-    const s = this.state(labels);
+  protected handle(s: HistogramState): { observe(v: number): void } {
     const bounds = this.#bounds;
     return {
       observe: (v: number) => {

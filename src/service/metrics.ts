@@ -99,10 +99,10 @@ export class ServiceMetrics {
       name: 'ioasid_store_commit_duration_seconds', help: 'Time to make one change durable (the store commit, fsync included), by result', labelNames: ['result'], registers,
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     });
-    // Children made once: no label lookup per commit.
-    const committed = commits.child({ result: 'ok' });
-    const failed = commits.child({ result: 'failed' });
-    authority.onCommit((seconds, ok) => (ok ? committed : failed).observe(seconds));
+    // Both series exist from the start (the failures at 0).
+    commits.labels('ok');
+    commits.labels('failed');
+    authority.onCommit((seconds, ok) => commits.labels(ok ? 'ok' : 'failed').observe(seconds));
     new Gauge({
       name: 'ioasid_store_commit_failing', help: '1 while the last commit failed (the service is not ready until one succeeds)', registers,
       collect() {
@@ -150,18 +150,8 @@ export class ServiceMetrics {
     this.#connections = read;
   }
 
-  /** Children by label values, found once per label set (metric-families.ts). */
-  readonly #opChildren = new Map<string, { inc(): void }>();
-  readonly #latencyChildren = new Map<string, { observe(v: number): void }>();
-
   op(op: string, result: string): void {
-    const key = `${op} ${result}`;
-    let c = this.#opChildren.get(key);
-    if (c === undefined) {
-      c = this.#ops.child({ op, result });
-      this.#opChildren.set(key, c);
-    }
-    c.inc();
+    this.#ops.labels(op, result).inc();
   }
 
   /** A request refused with `code`, at any stage; `route` is fastify's route path (none: no route matched). */
@@ -171,13 +161,7 @@ export class ServiceMetrics {
   }
 
   request(method: string, route: string, status: number, seconds: number): void {
-    const key = `${method} ${route} ${status}`;
-    let c = this.#latencyChildren.get(key);
-    if (c === undefined) {
-      c = this.#latency.child({ method, route, status: String(status) });
-      this.#latencyChildren.set(key, c);
-    }
-    c.observe(seconds);
+    this.#latency.labels(method, route, String(status)).observe(seconds);
   }
 
   render(): Promise<string> {
