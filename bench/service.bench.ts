@@ -60,9 +60,16 @@ const CLK_TCK = 100; // Linux USER_HZ: /proc/PID/stat times are in 1/100 s
 type ConfigName = 'ceiling' | 'memory' | 'sqlite-normal' | 'sqlite-full';
 const ALL_CONFIGS: readonly ConfigName[] = ['ceiling', 'memory', 'sqlite-normal', 'sqlite-full'];
 /** BENCH_CONFIGS=ceiling,memory runs a subset (for a quick look; the saved JSON then lacks the others). */
-const CONFIGS: readonly ConfigName[] = process.env.BENCH_CONFIGS === undefined
-  ? ALL_CONFIGS
-  : ALL_CONFIGS.filter((c) => process.env.BENCH_CONFIGS!.split(',').includes(c));
+const CONFIGS: readonly ConfigName[] = (() => {
+  const asked = process.env.BENCH_CONFIGS?.split(',').map((c) => c.trim());
+  if (asked === undefined) return ALL_CONFIGS;
+  const unknown = asked.filter((c) => !(ALL_CONFIGS as readonly string[]).includes(c));
+  if (unknown.length > 0 || asked.length === 0) {
+    console.error(`BENCH_CONFIGS: ${unknown.join(', ') || '(empty)'} is not one of ${ALL_CONFIGS.join(', ')}`);
+    process.exit(2);
+  }
+  return ALL_CONFIGS.filter((c) => asked.includes(c));
+})();
 
 const dir = mkdtempSync(join(tmpdir(), 'ioasid-service-bench-'));
 buildDist();
@@ -236,12 +243,12 @@ function frameKey(n: ProfileNode): string {
   return `${f.functionName || '(anonymous)'} ${area(f.url, f.functionName)}:${f.lineNumber + 1}`;
 }
 
+/** A file of the service, in src/ (under tsx) or dist/ (compiled, as the benchmark runs it). */
+const file = (path: string) => `(?:src|dist)/${path.replace(/\./g, '\\.')}\\.(?:ts|js)`;
 /**
  * What the service does per request beyond the framework, by the functions that do it (inclusive
  * time: a sample counts for a group if any frame of its stack matches).
  */
-/** A file of the service, in src/ (under tsx) or dist/ (compiled, as the benchmark runs it). */
-const file = (path: string) => `(?:src|dist)/${path.replace(/\./g, '\\.')}\\.(?:ts|js)`;
 const BREAKDOWN: readonly [string, RegExp][] = [
   ['auth: SHA-256 of the bearer token (identify, tokenMatches, hashToken)', new RegExp(`^(identify|tokenMatches|hashToken) ${file('service/(authority|tokens)')}`)],
   ['authority.allocPasids + freePasid (model + store.apply, to the commit)', new RegExp(`^(allocPasids|freePasid) ${file('service/authority')}`)],
