@@ -21,7 +21,7 @@ export { CORE_HAZARDS, logHazard } from './log.ts';
 export type { CoreHazardKind, HazardSpec, LogFn, LogLevel } from './log.ts';
 export { EVENT_TYPES, PRIORITIES } from './events.ts';
 export type { IoasidEvent, IoasidEventType, IoasidListener, NotifierPriority, SubscribeOptions } from './events.ts';
-export { PROFILES, IOASID_PROFILES, PROFILE_RULES, isProfile } from './profiles.ts';
+export { PROFILES, IOASID_PROFILES, PROFILE_RULES, checkProfile, isProfile } from './profiles.ts';
 export type { Profile, ProfileRules } from './profiles.ts';
 export type { AllocatorOps } from './allocator.ts';
 export { parseSnapshot } from './snapshot.ts';

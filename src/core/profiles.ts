@@ -7,6 +7,8 @@
  * ioasid.c, no custom allocators, one global IDA of PASIDs (`iommu_global_pasid_ida`, v6.6:
  * `iommu_alloc_global_pasid`). The space then models that IDA.
  */
+import { IoasidError, fmtId } from './errors.ts';
+
 export const PROFILES = ['strict', 'linux-5.8', 'linux-5.11', 'linux-5.18', 'linux-6.x'] as const;
 export type Profile = (typeof PROFILES)[number];
 
@@ -89,4 +91,10 @@ export const PROFILE_RULES: Readonly<Record<Profile, ProfileRules>> = {
 
 export function isProfile(x: unknown): x is Profile {
   return typeof x === 'string' && (PROFILES as readonly string[]).includes(x);
+}
+
+/** A profile name, or EINVAL naming the known ones (the one check, for the space and its callers). */
+export function checkProfile(x: unknown): Profile {
+  if (!isProfile(x)) throw new IoasidError('EINVAL', `unknown profile ${fmtId(x)} (one of ${PROFILES.join(', ')})`, { profile: x });
+  return x;
 }

@@ -29,7 +29,7 @@ import { IdEngine, type AllocPolicy } from './id-engine.ts';
 import { DenseRecordTable, SparseRecordTable, TAG_NO_SET, type RecordTable } from './record-table.ts';
 import { IoasidSet, type IoasidSetOptions } from './set.ts';
 import { NotifierChain, type IoasidEvent, type IoasidEventType, type IoasidListener, type SubscribeOptions } from './events.ts';
-import { PROFILE_RULES, isProfile, type Profile, type ProfileRules } from './profiles.ts';
+import { PROFILE_RULES, checkProfile, type Profile, type ProfileRules } from './profiles.ts';
 import type { AllocatorOps } from './allocator.ts';
 import { parseSnapshot, type SetSnapshot, type SpaceSnapshot, type TableSnapshot } from './snapshot.ts';
 import { CORE_HAZARDS, logHazard, type LogFn } from './log.ts';
@@ -124,8 +124,7 @@ export class IoasidSpace {
   #inCallback = 0;
 
   constructor(opts: IoasidSpaceOptions = {}) {
-    const profile = opts.profile ?? 'strict';
-    if (!isProfile(profile)) throw new IoasidError('EINVAL', `unknown profile ${fmtId(profile)}`, { profile });
+    const profile = checkProfile(opts.profile ?? 'strict');
     this.#rules = PROFILE_RULES[profile];
     const bits = opts.bits ?? this.#rules.defaultBits;
     this.profile = profile;

@@ -19,7 +19,7 @@
  * The guest thread blocks on each register access (see remote-mmio.ts): never run a RemoteGuest in
  * the thread that runs the service it talks to.
  */
-import { IoasidError, PROFILES, fmtId, isProfile } from '../core/index.ts';
+import { IoasidError, checkProfile, fmtId } from '../core/index.ts';
 import type { Layout, MmioAccessor, UnplugReport } from '../vtd/index.ts';
 import { GuestFront, GuestKernel, driverOptionsOf, parseDevice, type GuestDriverOptions, type PciDevice } from '../host/index.ts';
 import { IoasidClient, type VmInfo } from '../client/index.ts';
@@ -96,9 +96,7 @@ export class RemoteGuest extends GuestFront {
   static async boot(opts: RemoteGuestOptions): Promise<RemoteGuest> {
     if (typeof opts !== 'object' || opts === null) throw new IoasidError('EINVAL', 'RemoteGuest.boot needs options', {});
     if (typeof opts.vm !== 'string' || opts.vm.length === 0) throw new IoasidError('EINVAL', `VM id must be a non-empty string, got ${fmtId(opts.vm)}`, { vm: opts.vm });
-    if (opts.profile !== undefined && !isProfile(opts.profile)) {
-      throw new IoasidError('EINVAL', `profile must be one of ${PROFILES.join(', ')}, got ${fmtId(opts.profile)}`, { profile: opts.profile });
-    }
+    if (opts.profile !== undefined) checkProfile(opts.profile);
     // A v6.x guest has no VCMD allocator: its PASIDs are its own, attached to each device by
     // iommufd, and the service keeps system-wide PASIDs only. Refused before the service is asked.
     if (opts.profile === 'linux-6.x') {
