@@ -50,6 +50,15 @@ async function free(s: IoasidSpace, id: number): Promise<void> {
   else await s.free(id);
 }
 
+describe('profiles', () => {
+  it('a space of an unknown profile is EINVAL naming the known ones; every known one makes a space', () => {
+    for (const bad of ['linux-4.19', 'STRICT', '', 42, {}]) {
+      assert.throws(() => new IoasidSpace({ profile: bad as never }), (e: unknown) => e instanceof IoasidError && e.code === 'EINVAL' && /unknown profile .*\(one of strict, linux-5\.8, linux-5\.11, linux-5\.18, linux-6\.x\)/.test(e.message));
+    }
+    for (const p of ALL) assert.equal(new IoasidSpace({ profile: p }).profile, p);
+  });
+});
+
 describe('core allocator (behaviours 1-17)', () => {
   for (const p of ALL) {
     describe(p, () => {
