@@ -25,8 +25,6 @@ class MemoryTables extends RowTables {
     this.#retention = retention;
   }
 
-  get lastSeq(): number { return this.#lastSeq; }
-
   appendEvents(events: readonly NewEventRow[]): void {
     const length = this.#events.length;
     const last = this.#lastSeq;
